@@ -38,6 +38,22 @@ class StageResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def counts_line(self) -> str:
+        """A one-line summary of the scalar counts.
+
+        >>> StageResult("filter", "k", "/o", {"kept": 3, "sweep": [1]}).counts_line()
+        'kept=3'
+        """
+        return " ".join(f"{k}={v}" for k, v in self.counts.items() if isinstance(v, (int, float, str)))
+
+
+def load_result(cfg: PipelineConfig, stage: str, key: str) -> StageResult:
+    """The result of a finished stage run, read back from its manifest."""
+    from sft_pipeline.artifacts import read_manifest
+
+    out = stage_dir(cfg, stage, key)
+    return StageResult(stage=stage, key=key, out_dir=str(out), counts=read_manifest(out)["counts"])
+
 
 def stage_dir(cfg: PipelineConfig, stage: str, key: str) -> Path:
     return Path(cfg.run.output_dir) / stage / key[:KEY_CHARS]

@@ -1,0 +1,1 @@
+"""Prefect flows: `sft` (the whole pipeline) and `sft-train` (training on a GPU work pool)."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, cached, retryable wrappers over `sft_pipeline.stages`."""

@@ -1,0 +1,72 @@
+"""Content-addressed cache policy and retry rules shared by every stage task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.filesystems import LocalFileSystem
+
+from sft_pipeline.config import PipelineConfig
+from sft_pipeline.errors import DETERMINISTIC_ERRORS
+from sft_pipeline.stages import expected_key
+
+RESULTS_SUBDIR = ".prefect-results"
+LOCKS_SUBDIR = ".prefect-locks"
+CONFIG_PARAM = "cfg"
+
+
+@dataclass
+class StageCachePolicy(CachePolicy):
+    """Key = digest of the stage's input *content* + its config section + its code version.
+
+    Unlike Prefect's DEFAULT policy (which includes the run id), two runs on the same
+    inputs share every stage result, and a changed threshold only invalidates the
+    stages whose inputs actually changed.
+    """
+
+    stage: str = ""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any):
+        cfg = PipelineConfig.model_validate(inputs[CONFIG_PARAM])
+        upstream = {name: value for name, value in inputs.items() if name != CONFIG_PARAM}
+        return f"{self.stage}-{expected_key(self.stage, cfg, upstream)}"
+
+
+def storage_root(cfg: PipelineConfig) -> str:
+    return cfg.run.output_dir.rstrip("/")
+
+
+def result_storage(cfg: PipelineConfig):
+    """Where task results and cache records live: next to the outputs they describe.
+
+    A plain path gives a LocalFileSystem block; an fsspec URL (s3://, gs://, ...) is
+    handed to Prefect as is, so workers on different machines share results.
+    """
+    root = storage_root(cfg)
+    if "://" in root:
+        return f"{root}/{RESULTS_SUBDIR}"
+    return LocalFileSystem(basepath=str(Path(root, RESULTS_SUBDIR).resolve()))
+
+
+def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:
+    """A serializable policy: concurrent runs on one key wait for each other instead of racing."""
+    locks = Path(storage_root(cfg), LOCKS_SUBDIR) if "://" not in storage_root(cfg) else Path(LOCKS_SUBDIR)
+    return StageCachePolicy(stage=stage).configure(
+        isolation_level="SERIALIZABLE",
+        lock_manager=FileSystemLockManager(lock_files_directory=locks.resolve()),
+    )
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only errors a retry can fix; bad config, bad input or a missing model fail at once."""
+    try:
+        state.result(raise_on_failure=True)
+    except DETERMINISTIC_ERRORS:
+        return False
+    except BaseException:  # noqa: BLE001 - anything else may be transient (I/O, network, preemption)
+        return True
+    return False

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from sft_pipeline.config import load_config
+from sft_pipeline.errors import ConfigError
+
+DEFAULT = Path(__file__).resolve().parents[1] / "deployments" / "configs" / "default.yaml"
+
+
+def test_default_config_loads():
+    cfg = load_config(DEFAULT)
+    assert cfg.train.method == "qlora"
+    assert cfg.train.lora.r == 16 and cfg.train.lora.alpha == 32
+    assert cfg.filter.threshold == 0.7
+    assert len(cfg.ingest.sources) == 2
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(DEFAULT, ["filter.threshold=0.5", "train.lora.r=8", "train.method=lora"])
+    assert cfg.filter.threshold == 0.5
+    assert cfg.train.lora.r == 8
+    assert cfg.train.method == "lora"
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("filter.treshold=0.5", "filter.treshold: unknown key"),
+        ("filter.threshold=1.5", "filter.threshold: Input should be less than or equal to 1"),
+        ("train.method=qlora2", "train.method"),
+        ("train.lora.r=abc", "train.lora.r"),
+        ("nosuchsection.x=1", "nosuchsection: unknown key"),
+        ("novalue", "expected KEY.SUB=VALUE"),
+    ],
+)
+def test_bad_values_fail_at_load_with_the_key_path(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT, [override])
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+def test_sources_required(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("run: {seed: 1}\n")
+    with pytest.raises(ConfigError, match="ingest.sources"):
+        load_config(empty)
