@@ -1,0 +1,91 @@
+"""End to end: the `sft` flow on the tiny config under a real (temporary) Prefect server."""
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from sft_pipeline import constants as C
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")
+TINY_DATA = str(ROOT / "tests" / "data" / "tiny_chat.jsonl")
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def overrides(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return [f"run.output_dir={out}", f"model.name_or_path={tiny_model_dir}",
+            f"ingest.sources=[{{path: '{TINY_DATA}'}}]"]
+
+
+def run_flow(overrides, extra=(), until="evaluate"):
+    from flows.sft import sft
+
+    state = sft(config=TINY, overrides=list(overrides) + list(extra), until=until, return_state=True)
+    assert state.is_completed(), state.message
+    return state, state.result()
+
+
+def task_states(state) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, overrides):
+    return run_flow(overrides)
+
+
+def test_full_run_writes_every_output(first_run):
+    state, results = first_run
+    assert set(results) == set(C.STAGES)
+    assert Path(results["filter"]["out_dir"], C.FILTERED_FILE).exists()
+    assert Path(results["ingest"]["out_dir"], C.REJECTS_FILE).exists()
+    assert Path(results["evaluate"]["out_dir"], C.REPORT_MD_FILE).exists()
+    for name, res in results.items():
+        assert Path(res["out_dir"], C.MANIFEST_FILE).exists(), name
+    counts = results["ingest"]["counts"]
+    assert counts["rows_read"] == counts["rows_accepted"] + counts["rows_rejected"]
+
+
+def test_adapter_weights_moved_from_initialisation(first_run):
+    _, results = first_run
+    adapter = Path(results["train"]["out_dir"], C.ADAPTER_DIR)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    lora_b = [t for name, t in tensors.items() if "lora_B" in name]
+    assert lora_b, "no LoRA B matrices saved"
+    # PEFT initialises every B matrix to zero: any non-zero entry was learned.
+    assert any(t.abs().sum() > 0 for t in lora_b)
+
+
+def test_second_run_is_all_cached(first_run, overrides):
+    state, results = run_flow(overrides)
+    states = task_states(state)
+    assert set(states) == {"ingest", "score", "filter", "tokenize", "train", "evaluate"}
+    assert set(states.values()) == {"Cached"}, states
+    assert results["train"]["out_dir"] == first_run[1]["train"]["out_dir"]
+
+
+def test_threshold_change_recomputes_only_what_changed(first_run, overrides):
+    # No tiny-data score falls in [0.65, 0.7): the same rows are kept, so the filtered
+    # file has the same content and everything downstream is still a cache hit.
+    state, results = run_flow(overrides, ["filter.threshold=0.65"])
+    states = task_states(state)
+    assert states["ingest"] == states["score"] == "Cached"
+    assert states["filter"] == "Completed"
+    assert results["filter"]["out_dir"] != first_run[1]["filter"]["out_dir"]
+    assert states["tokenize"] == states["train"] == states["evaluate"] == "Cached", states
