@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 
 from sft_pipeline.config import PipelineConfig, load_config
@@ -12,6 +13,7 @@ from tasks import stages as T
 from tasks.caching import result_storage, stage_policy
 
 TRAIN_FLOW = "sft-train"
+GPU_SLOTS = "gpu"  # global concurrency limit: `prefect gcl create gpu --limit <number of GPUs>`
 
 
 def _train_task(cfg: PipelineConfig):
@@ -22,7 +24,8 @@ def _train_task(cfg: PipelineConfig):
 def sft_train(config: str, tokenize: dict, overrides: list[str] | None = None) -> dict:
     """Train on the tokenized stage output found at ``tokenize['out_dir']`` (a shared path)."""
     cfg = load_config(config, overrides)
-    return _train_task(cfg)(cfg, tokenize)
+    with concurrency(GPU_SLOTS, occupy=1):
+        return _train_task(cfg)(cfg, tokenize)
 
 
 def train_stage(cfg: PipelineConfig, tokenized: dict, config: str, overrides: list[str] | None) -> dict:
