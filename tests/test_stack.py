@@ -1,0 +1,47 @@
+"""Production shape on loopback: real Prefect server, process work pools, workers, deployments.
+
+Runs `deployments/stack.sh` exactly as a user would, on the tiny config, with training
+handed to the `sft-train/gpu` deployment on the `gpu` pool, and checks the outputs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sft_pipeline import constants as C
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DATA = ROOT / "tests" / "data" / "tiny_chat.jsonl"
+STACK_TIMEOUT_S = 900
+
+
+def test_stack_runs_sft_full_with_gpu_handoff(tiny_model_dir, tmp_path):
+    out = tmp_path / "runs"
+    params = {
+        "config": "deployments/configs/tiny.yaml",
+        "overrides": [
+            f"run.output_dir={out}",
+            f"model.name_or_path={tiny_model_dir}",
+            f"ingest.sources=[{{path: '{TINY_DATA}'}}]",
+            "train.work_pool=gpu",
+        ],
+    }
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "VENV_BIN": str(Path(sys.executable).parent)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "deployments" / "stack.sh"), json.dumps(params)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=STACK_TIMEOUT_S,
+    )
+    logs = tmp_path / "prefect" / "logs"
+    detail = proc.stdout[-3000:] + proc.stderr[-3000:]
+    for log in sorted(logs.glob("worker-*.log")):
+        detail += f"\n--- {log.name}\n" + log.read_text()[-3000:]
+    assert proc.returncode == 0, detail
+    assert "finished successfully in 'Completed'" in proc.stdout, detail
+    reports = list(out.glob(f"evaluate/*/{C.REPORT_MD_FILE}"))
+    adapters = list(out.glob(f"train/*/{C.ADAPTER_DIR}/adapter_model.safetensors"))
+    assert reports and adapters, detail
+    # Training ran on the gpu pool's worker, in a flow run of its own.
+    assert "sft-train" in (logs / "worker-gpu.log").read_text()
