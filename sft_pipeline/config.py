@@ -34,19 +34,29 @@ class ModelConfig(Section):
     chat_template: str | None = None
 
 
+# Canonical field names a source's field_map may rename (see sft_pipeline.ingest.formats).
+MappableField = Literal["instruction", "input", "output", "system", "history", "conversations", "messages",
+                        "prompt", "completion", "role", "content"]
+
+
 class SourceConfig(Section):
     path: str  # file, folder saved by `datasets`, "package:..." path, or "hub:ORG/NAME"
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = "auto"
     split: str = "train"  # for hub datasets and DatasetDict folders
     limit: int | None = Field(default=None, ge=1)  # read at most this many rows
-    field_map: dict[str, str] = Field(default_factory=dict)  # canonical name -> column name
+    # canonical name -> this source's column (or message key, for role/content) name
+    field_map: dict[MappableField, str] = Field(default_factory=dict)
 
 
 class IngestConfig(Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     max_chars: int = Field(default=200_000, ge=1)  # per conversation
     max_turns: int = Field(default=256, ge=2)
-    batch_rows: int = Field(default=10_000, ge=1)
+    batch_rows: int = Field(default=10_000, ge=1)  # rows per Parquet row group / read batch
+    max_row_bytes: int = Field(default=16 * 2**20, ge=1024)  # bigger raw rows are rejected unparsed
+    # Drop an assistant message that opens a conversation (ShareGPT chunks that start mid-answer,
+    # as FastChat's trainer does) instead of rejecting the row; the text is kept in metadata.
+    drop_leading_assistant: bool = False
 
 
 class ScoreConfig(Section):

@@ -1,0 +1,165 @@
+"""Stream the elements of a (possibly huge, possibly truncated) top-level JSON array.
+
+``json.JSONDecoder.raw_decode`` parses one element at a time out of a bounded text
+buffer that is refilled from the file. A small bracket/string scanner finds where a
+broken element ends (the next ``,`` or ``]`` at depth 0), so one bad element becomes
+one reject and parsing resumes after it; an element longer than ``max_row_chars`` is
+skipped by the scanner without being held in memory; the unterminated tail of a cut
+file becomes one ``truncated_json`` reject.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterator, TextIO
+
+from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest.reasons import RawRow, RowReject
+
+CHUNK_CHARS = 1 << 20
+_SPECIAL = re.compile(r'["\\\[\]{},]')
+_WS = re.compile(r"[ \t\r\n]*")
+_DECODER = json.JSONDecoder()
+
+
+class SeparatorScanner:
+    """Find the end of one array element: the first ``,`` or ``]`` outside strings at depth 0.
+
+    Fed chunk by chunk; keeps its string/escape/depth state between chunks.
+
+    >>> SeparatorScanner().feed('{"a": [1, "],"]} , 2')
+    17
+    >>> s = SeparatorScanner(); s.feed('{"a": "x\\\\'), s.feed('"", 3}]')
+    (None, 6)
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False  # the previous chunk ended with a backslash inside a string
+
+    def feed(self, text: str, start: int = 0) -> int | None:
+        skip = start if self.escaped else -1
+        self.escaped = False
+        for match in _SPECIAL.finditer(text, start):
+            i = match.start()
+            if i == skip:
+                continue
+            c = text[i]
+            if self.in_string:
+                if c == "\\":
+                    skip = i + 1
+                    self.escaped = skip == len(text)
+                elif c == '"':
+                    self.in_string = False
+            elif c == '"':
+                self.in_string = True
+            elif c in "[{":
+                self.depth += 1
+            elif c in "]}":
+                if self.depth == 0:
+                    return i
+                self.depth -= 1
+            elif self.depth == 0:  # a comma
+                return i
+        return None
+
+
+class JsonArrayStream:
+    """Iterate :class:`RawRow` s over the elements of the JSON array read from ``fh``."""
+
+    def __init__(self, fh: TextIO, max_row_chars: int, chunk_chars: int = CHUNK_CHARS):
+        self.fh = fh
+        self.max_row_chars = max_row_chars
+        self.chunk_chars = chunk_chars
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+
+    def _fill(self, size: int | None = None) -> bool:
+        """Append more text (dropping what was consumed); False at end of file."""
+        data = "" if self.eof else self.fh.read(max(size or 0, self.chunk_chars))
+        self.eof = not data
+        self.buf = self.buf[self.pos:] + data
+        self.pos = 0
+        return bool(data)
+
+    def _peek(self) -> str:
+        """The next non-whitespace character ("" at end of file), without consuming it."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or not self._fill():
+                return self.buf[self.pos:self.pos + 1]
+
+    def __iter__(self) -> Iterator[RawRow]:
+        if self._peek() != "[":
+            raise ValueError("not a JSON array")
+        self.pos += 1
+        index = 0
+        if self._peek() == "]":
+            self.pos += 1
+        else:
+            comma = True
+            while True:
+                if not self._peek():  # file ends right after a comma: nothing was lost
+                    return
+                row = self._element(index)
+                if not comma and row.reject is None:
+                    row = row._replace(reject=RowReject(R.INVALID_JSON, "invalid JSON: missing ',' before element"))
+                yield row
+                index += 1
+                nxt = self._peek()
+                comma = nxt == ","
+                if comma or nxt == "]":
+                    self.pos += 1
+                if nxt == "]" or not nxt:  # closed, or the file ends after a complete element
+                    break
+        if self._peek():
+            tail = self.buf[self.pos:self.pos + self.max_row_chars]
+            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, "data after the closing ']'"))
+
+    def _element(self, index: int) -> RawRow:
+        """Parse one element at ``self.pos``, refilling the buffer as needed."""
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buf, self.pos)
+                if end - self.pos > self.max_row_chars:
+                    return self._too_large(index, self.buf[self.pos:self.pos + self.chunk_chars], end)
+                if end < len(self.buf) or self.eof:
+                    self.pos = end
+                    return RawRow(index, value)
+            except (json.JSONDecodeError, RecursionError) as err:
+                sep = SeparatorScanner().feed(self.buf, self.pos)
+                if sep is not None:
+                    why = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+                    return self._broken(index, sep, R.INVALID_JSON, f"invalid JSON: {why}")
+                if self.eof:
+                    msg = "file ends inside this element (truncated JSON)"
+                    return self._broken(index, len(self.buf), R.TRUNCATED_JSON, msg)
+            if len(self.buf) - self.pos > self.max_row_chars:
+                return self._skip_large(index)
+            self._fill(len(self.buf) - self.pos)
+
+    def _broken(self, index: int, end: int, reason: str, message: str) -> RawRow:
+        raw = self.buf[self.pos:end]
+        self.pos = end
+        return RawRow(index, raw=raw, reject=RowReject(reason, message))
+
+    def _skip_large(self, index: int) -> RawRow:
+        """Scan past an oversized element without keeping it in memory."""
+        raw = self.buf[self.pos:self.pos + self.chunk_chars]
+        scanner = SeparatorScanner()
+        end = scanner.feed(self.buf, self.pos)
+        while end is None:
+            self.pos = len(self.buf)
+            if not self._fill():
+                msg = "file ends inside an oversized element (truncated JSON)"
+                return RawRow(index, raw=raw, reject=RowReject(R.TRUNCATED_JSON, msg))
+            end = scanner.feed(self.buf, 0)
+        return self._too_large(index, raw, end)
+
+    def _too_large(self, index: int, raw: str, end: int) -> RawRow:
+        self.pos = end
+        msg = f"element longer than max_row_bytes={self.max_row_chars} characters"
+        return RawRow(index, raw=raw, reject=RowReject(R.ROW_TOO_LARGE, msg))

@@ -1,0 +1,256 @@
+"""Open one configured source and stream its records as :class:`RawRow` s.
+
+Supported: JSONL (``.jsonl``/``.ndjson``), JSON array or JSON lines (``.json``), Parquet,
+CSV/TSV (optionally ``.gz``-compressed text), a folder written by ``datasets``
+``save_to_disk`` (Dataset, or DatasetDict + ``split``) and ``hub:ORG/NAME[:CONFIG]``
+(streamed with ``datasets.load_dataset``). Files of other names are sniffed.
+
+``RawRow.index`` (stored as ``source_row``) is the 0-based record index: the line
+index for JSON lines (blank lines are not rows but do advance the index), the element
+index for JSON arrays, the data row index (header excluded) for CSV, and the row index
+for Parquet and ``datasets``. A source that cannot be read at all raises InputError.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sft_pipeline.errors import InputError
+from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest.jsonarray import JsonArrayStream
+from sft_pipeline.ingest.reasons import RawRow, RowReject
+
+HUB_SCHEME = "hub:"
+JSONL, JSON, PARQUET, CSV, TSV = "jsonl", "json", "parquet", "csv", "tsv"
+SUFFIX_KINDS = {".jsonl": JSONL, ".ndjson": JSONL, ".json": JSON, ".parquet": PARQUET, ".pq": PARQUET,
+                ".csv": CSV, ".tsv": TSV}
+PARQUET_MAGIC = b"PAR1"
+BOM = b"\xef\xbb\xbf"
+SNIFF_BYTES = 4096
+SKIP_CHUNK = 1 << 20
+TEXT_ENCODING = "utf-8-sig"  # strips a leading BOM
+READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (never empty).
+
+    >>> first_line(ValueError("bad thing\\nmore detail"))
+    'bad thing'
+    """
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def open_text(path: Path) -> IO[str]:
+    """Text with a BOM stripped; undecodable bytes survive as surrogates (rejected per row later)."""
+    return io.TextIOWrapper(open_binary(path), encoding=TEXT_ENCODING, errors="surrogateescape", newline="")
+
+
+def sniff_kind(path: Path, spec: str) -> str:
+    """The file kind from its suffix (ignoring ``.gz``), refined or guessed from its first bytes."""
+    suffix = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+    kind = SUFFIX_KINDS.get(suffix.lower())
+    with open_binary(path) as fh:
+        head = fh.read(SNIFF_BYTES)
+    if not head.removeprefix(BOM).strip():
+        raise InputError(f"{spec}: file is empty")
+    if kind in (PARQUET, CSV, TSV) or (kind is None and head.startswith(PARQUET_MAGIC)):
+        return kind or PARQUET
+    start = head.removeprefix(BOM).lstrip()[:1]
+    if start == b"[":
+        return JSON
+    if start == b"{" or kind == JSONL:
+        return JSONL
+    if kind == JSON:
+        raise InputError(f"{spec}: not a JSON array or JSON lines file (starts with {start!r})")
+    raise InputError(f"{spec}: unsupported file type (expected .jsonl, .json, .parquet, .csv, .tsv "
+                     f"or a datasets folder)")
+
+
+def read_jsonl(fh: IO[bytes], max_row_bytes: int) -> Iterator[RawRow]:
+    """One JSON value per line; bad lines become rejects, oversized lines are skipped unread."""
+    for index, line in enumerate(_lines(fh, max_row_bytes)):
+        if line is None:
+            msg = f"line longer than max_row_bytes={max_row_bytes}, skipped unparsed"
+            yield RawRow(index, raw=b"", reject=RowReject(R.ROW_TOO_LARGE, msg))
+            continue
+        line = line.removeprefix(BOM) if index == 0 else line
+        if not line.strip():
+            continue
+        yield _parse_json_line(index, line)
+
+
+def _lines(fh: IO[bytes], max_row_bytes: int) -> Iterator[bytes | None]:
+    """Lines of at most ``max_row_bytes`` bytes; None for a longer line (consumed in chunks)."""
+    while line := fh.readline(max_row_bytes + 1):
+        if len(line) > max_row_bytes and not line.endswith(b"\n"):
+            while (part := fh.readline(SKIP_CHUNK)) and not part.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield line
+
+
+def _parse_json_line(index: int, line: bytes) -> RawRow:
+    """Fast path orjson; on failure the stdlib parser decides (as for JSON arrays: NaN and lone
+    surrogate escapes parse, and are judged later) and names the problem."""
+    try:
+        return RawRow(index, orjson.loads(line), raw=line)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return RawRow(index, json.loads(line.decode("utf-8")), raw=line)
+    except UnicodeDecodeError as bad:
+        reject = RowReject(R.INVALID_UTF8, f"invalid UTF-8 byte at offset {bad.start}")
+    except (json.JSONDecodeError, RecursionError) as err:
+        reject = RowReject(R.INVALID_JSON, f"invalid JSON: {first_line(err)}")
+    return RawRow(index, raw=line, reject=reject)
+
+
+def read_json(path: Path, kind: str, max_row_bytes: int) -> Iterator[RawRow]:
+    """A ``[...]`` array (streamed element by element) or JSON lines."""
+    if kind == JSONL:
+        with open_binary(path) as fh:
+            yield from read_jsonl(fh, max_row_bytes)
+        return
+    with open_text(path) as fh:
+        yield from JsonArrayStream(fh, max_row_bytes)
+
+
+def read_csv(path: Path, spec: str, delimiter: str, max_row_bytes: int) -> Iterator[RawRow]:
+    """Rows as ``{header: value}``; a malformed record or wrong field count is a ``bad_csv_row``."""
+    with open_text(path) as fh, _csv_field_limit(max_row_bytes):
+        reader = csv.reader(fh, delimiter=delimiter, strict=True)
+        try:
+            header = next(reader)
+        except (csv.Error, StopIteration) as err:
+            raise InputError(f"{spec}: cannot read the CSV header: {first_line(err)}") from None
+        if len(set(header)) != len(header) or not all(header):
+            raise InputError(f"{spec}: CSV header has empty or duplicate column names: {header[:10]}")
+        index = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                msg = f"CSV line {reader.line_num}: {first_line(err)}"
+                yield RawRow(index, raw="", reject=RowReject(R.BAD_CSV_ROW, msg))
+                index += 1
+                continue
+            if not row:  # blank line
+                continue
+            if len(row) != len(header):
+                msg = f"CSV line {reader.line_num}: {len(row)} fields, header has {len(header)}"
+                yield RawRow(index, raw=delimiter.join(row), reject=RowReject(R.BAD_CSV_ROW, msg))
+            else:
+                yield RawRow(index, dict(zip(header, row)))
+            index += 1
+
+
+@contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def read_parquet(path: Path, spec: str, batch_rows: int) -> Iterator[RawRow]:
+    try:
+        pf = pq.ParquetFile(path)
+    except READ_ERRORS as err:
+        raise InputError(f"{spec}: not a readable Parquet file: {first_line(err)}") from None
+    yield from _table_rows(pf.iter_batches(batch_size=batch_rows))
+
+
+def _table_rows(batches: Iterator[pa.RecordBatch | pa.Table]) -> Iterator[RawRow]:
+    index = 0
+    for batch in batches:
+        for record in batch.to_pylist():
+            yield RawRow(index, record)
+            index += 1
+
+
+def read_datasets_dir(path: Path, spec: str, split: str, batch_rows: int) -> Iterator[RawRow]:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise InputError(f"{spec}: folder is not a dataset saved with datasets' save_to_disk") from None
+    except (*READ_ERRORS, ValueError) as err:
+        raise InputError(f"{spec}: cannot load the datasets folder: {first_line(err)}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise InputError(f"{spec}: no split {split!r} (available: {', '.join(ds)})")
+        ds = ds[split]
+    yield from _table_rows(ds.with_format("arrow").iter(batch_size=batch_rows))
+
+
+def read_hub(spec: str, split: str) -> Iterator[RawRow]:
+    """``hub:ORG/NAME`` or ``hub:ORG/NAME:CONFIG``, streamed (no full download)."""
+    import datasets
+
+    name, _, config = spec[len(HUB_SCHEME):].partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+    except Exception as err:  # network, auth, missing dataset/split/config: all one user error
+        raise InputError(f"{spec}: cannot load split {split!r} from the hub: {first_line(err)}") from None
+    for index, record in enumerate(ds):
+        yield RawRow(index, record)
+
+
+def read_source(spec: str, path: Path | None, *, split: str, max_row_bytes: int, batch_rows: int
+                ) -> Iterator[RawRow]:
+    """All records of one source; ``path`` is the resolved local path (None for hub ids)."""
+    if spec.startswith(HUB_SCHEME):
+        rows = read_hub(spec, split)
+    elif path is None or not path.exists():
+        raise InputError(f"{spec}: no such file or directory")
+    elif path.is_dir():
+        rows = read_datasets_dir(path, spec, split, batch_rows)
+    else:
+        rows = _read_file(path, spec, max_row_bytes, batch_rows)
+    return _guarded(rows, spec)
+
+
+def _read_file(path: Path, spec: str, max_row_bytes: int, batch_rows: int) -> Iterator[RawRow]:
+    try:
+        kind = sniff_kind(path, spec)
+    except READ_ERRORS as err:
+        raise InputError(f"{spec}: cannot read: {first_line(err)}") from None
+    if kind == PARQUET:
+        return read_parquet(path, spec, batch_rows)
+    if kind in (CSV, TSV):
+        return read_csv(path, spec, "\t" if kind == TSV else ",", max_row_bytes)
+    return read_json(path, kind, max_row_bytes)
+
+
+def _guarded(rows: Iterator[RawRow], spec: str) -> Iterator[RawRow]:
+    """Turn an I/O or decoding failure in the middle of a source into a one-line InputError."""
+    count = 0
+    try:
+        for row in rows:
+            count += 1
+            yield row
+    except READ_ERRORS as err:
+        raise InputError(f"{spec}: read failed after {count} rows: {first_line(err)}") from None
