@@ -120,6 +120,7 @@ def test_huge_rows_are_skipped_without_parsing(tmp_path):
     summary, convs, rejects = ingest(tmp_path, jsonl, array, max_row_bytes=1024)
     assert reasons_of(rejects) == [(1, "row_too_large"), (3, "row_too_large"), (1, "row_too_large")]
     assert [c["source_row"] for c in convs] == [0, 2, 0, 2]
+    assert all(r["raw"].startswith('{"conversations"') for r in rejects)
 
 
 def test_json_array_stream_with_tiny_chunks_matches_json_loads():

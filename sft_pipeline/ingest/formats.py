@@ -11,13 +11,16 @@ Supported formats (detected per row, or forced with ``SourceConfig.format``):
 * ``prompt_completion``: ``prompt`` and ``completion``, each a plain string (user /
   assistant) or a conversational list of messages (TRL style).
 
-List-valued fields stored as JSON text (CSV, string columns) are parsed. Fields a format
-does not use are kept as the row's metadata.
+List-valued fields stored as JSON text (CSV, string columns) are parsed. Null fields count
+as absent (columnar files null out the columns a row lacks). Row fields a format does not
+use are kept as the row's metadata; extra keys inside messages (``name``, ``weight``, ...)
+are not kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Mapping
 
 import orjson
@@ -106,6 +109,15 @@ def detect_format(record: Mapping[str, Any]) -> str:
     raise RowReject(R.UNKNOWN_FORMAT, f"no alpaca/sharegpt/messages/prompt_completion fields (fields: {fields})")
 
 
+class MessageKeys:
+    """Key names tried, in order, for a message's role and content."""
+
+    def __init__(self, field_map: Mapping[str, str] | None = None):
+        field_map = field_map or {}
+        self.role = tuple(dict.fromkeys([field_map.get("role", "role"), "role", "from"]))
+        self.content = tuple(dict.fromkeys([field_map.get("content", "content"), "content", "value"]))
+
+
 def _require(record: Mapping[str, Any], field: str) -> Any:
     if record.get(field) is None:
         raise RowReject(R.MISSING_FIELD, f"missing field {field!r}")
@@ -166,7 +178,7 @@ def _optional_text(record: Mapping[str, Any], field: str) -> str:
     return "" if value is None else _text(value, field)
 
 
-def alpaca_messages(record: Mapping[str, Any], keys: "MessageKeys") -> list[Message]:
+def alpaca_messages(record: Mapping[str, Any], keys: MessageKeys) -> list[Message]:
     """Instruction (+ input) -> user, output -> assistant; optional system and history first.
 
     >>> alpaca_messages({"instruction": "Add", "input": "1+1", "output": "2"}, MessageKeys())
@@ -185,7 +197,7 @@ def alpaca_messages(record: Mapping[str, Any], keys: "MessageKeys") -> list[Mess
     return messages + [{"role": ROLE_USER, "content": user}, {"role": ROLE_ASSISTANT, "content": output}]
 
 
-def sharegpt_messages(record: Mapping[str, Any], keys: "MessageKeys") -> list[Message]:
+def sharegpt_messages(record: Mapping[str, Any], keys: MessageKeys) -> list[Message]:
     messages = turns(_require(record, "conversations"), "conversations", keys.role, keys.content)
     system = _optional_text(record, "system")
     if system and not (messages and messages[0]["role"] == ROLE_SYSTEM):
@@ -193,11 +205,11 @@ def sharegpt_messages(record: Mapping[str, Any], keys: "MessageKeys") -> list[Me
     return messages
 
 
-def openai_messages(record: Mapping[str, Any], keys: "MessageKeys") -> list[Message]:
+def openai_messages(record: Mapping[str, Any], keys: MessageKeys) -> list[Message]:
     return turns(_require(record, MESSAGES), MESSAGES, keys.role, keys.content)
 
 
-def prompt_completion_messages(record: Mapping[str, Any], keys: "MessageKeys") -> list[Message]:
+def prompt_completion_messages(record: Mapping[str, Any], keys: MessageKeys) -> list[Message]:
     """Plain strings -> one user and one assistant message; lists -> their messages.
 
     >>> prompt_completion_messages({"prompt": "2+2?", "completion": "4"}, MessageKeys())
@@ -211,15 +223,6 @@ def prompt_completion_messages(record: Mapping[str, Any], keys: "MessageKeys") -
         else:
             out += turns(value, field, keys.role, keys.content)
     return out
-
-
-class MessageKeys:
-    """Key names tried, in order, for a message's role and content."""
-
-    def __init__(self, field_map: Mapping[str, str] | None = None):
-        field_map = field_map or {}
-        self.role = tuple(dict.fromkeys([field_map.get("role", "role"), "role", "from"]))
-        self.content = tuple(dict.fromkeys([field_map.get("content", "content"), "content", "value"]))
 
 
 CONVERTERS = {
@@ -271,6 +274,4 @@ def metadata_json(metadata: Mapping[str, Any]) -> str:
     try:
         return orjson.dumps(metadata, default=str, option=option).decode()
     except (TypeError, orjson.JSONEncodeError):  # lone surrogates, huge ints, ...: escape everything
-        import json
-
         return json.dumps(metadata, default=str, ensure_ascii=True)

@@ -85,10 +85,10 @@ def sniff_kind(path: Path, spec: str) -> str:
 
 def read_jsonl(fh: IO[bytes], max_row_bytes: int) -> Iterator[RawRow]:
     """One JSON value per line; bad lines become rejects, oversized lines are skipped unread."""
-    for index, line in enumerate(_lines(fh, max_row_bytes)):
-        if line is None:
+    for index, (line, complete) in enumerate(_lines(fh, max_row_bytes)):
+        if not complete:
             msg = f"line longer than max_row_bytes={max_row_bytes}, skipped unparsed"
-            yield RawRow(index, raw=b"", reject=RowReject(R.ROW_TOO_LARGE, msg))
+            yield RawRow(index, raw=line[:SNIFF_BYTES], reject=RowReject(R.ROW_TOO_LARGE, msg))
             continue
         line = line.removeprefix(BOM) if index == 0 else line
         if not line.strip():
@@ -96,15 +96,16 @@ def read_jsonl(fh: IO[bytes], max_row_bytes: int) -> Iterator[RawRow]:
         yield _parse_json_line(index, line)
 
 
-def _lines(fh: IO[bytes], max_row_bytes: int) -> Iterator[bytes | None]:
-    """Lines of at most ``max_row_bytes`` bytes; None for a longer line (consumed in chunks)."""
+def _lines(fh: IO[bytes], max_row_bytes: int) -> Iterator[tuple[bytes, bool]]:
+    """(line, True) for lines of at most ``max_row_bytes`` bytes; (its start, False) for a longer
+    line, whose rest is consumed in chunks without being kept."""
     while line := fh.readline(max_row_bytes + 1):
         if len(line) > max_row_bytes and not line.endswith(b"\n"):
             while (part := fh.readline(SKIP_CHUNK)) and not part.endswith(b"\n"):
                 pass
-            yield None
+            yield line, False
         else:
-            yield line
+            yield line, True
 
 
 def _parse_json_line(index: int, line: bytes) -> RawRow:
@@ -196,7 +197,8 @@ def read_datasets_dir(path: Path, spec: str, split: str, batch_rows: int) -> Ite
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError:
-        raise InputError(f"{spec}: folder is not a dataset saved with datasets' save_to_disk") from None
+        raise InputError(f"{spec}: folder is not a dataset saved with datasets' save_to_disk "
+                         f"(list data files as separate sources)") from None
     except (*READ_ERRORS, ValueError) as err:
         raise InputError(f"{spec}: cannot load the datasets folder: {first_line(err)}") from None
     if isinstance(ds, datasets.DatasetDict):
