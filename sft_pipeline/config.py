@@ -149,14 +149,17 @@ class FilterConfig(Section):
 
 class TokenizeConfig(Section):
     max_length: int = Field(default=1024, ge=8)
+    # keep_start: keep the first max_length tokens; drop: drop longer rows (both counted)
     truncation: Literal["keep_start", "drop"] = "keep_start"
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
-    packing: bool = False
-    heldout_fraction: float = Field(default=0.05, ge=0, lt=1)
-    max_heldout_rows: int | None = Field(default=200, ge=1)
-    max_rows: int | None = Field(default=None, ge=1)  # deterministic subset of kept rows
-    decontaminate_ngram: int = Field(default=8, ge=3)
-    num_proc: int = Field(default=1, ge=1)
+    packing: bool = False  # best-fit-decreasing, padding-free (seq_lengths + position_ids)
+    heldout_fraction: float = Field(default=0.05, ge=0, lt=1)  # by row-id hash
+    max_heldout_rows: int | None = Field(default=200, ge=1)  # extra candidates stay in train
+    max_rows: int | None = Field(default=None, ge=1)  # deterministic subset of train rows (by id hash)
+    decontaminate_ngram: int = Field(default=8, ge=3)  # drop held-out rows sharing a word n-gram with train
+    num_proc: int = Field(default=1, ge=1)  # encoding processes
+    batch_rows: int = Field(default=512, ge=1)  # rows per tokenizer call / worker task
+    preview_rows: int = Field(default=3, ge=0)  # rows shown in mask_preview.md
 
 
 class LoraSection(Section):

