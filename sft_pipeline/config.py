@@ -184,8 +184,15 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=1, ge=1)
     save_steps: int = Field(default=50, ge=1)
-    merge_export: bool = False
+    save_total_limit: int | None = Field(default=2, ge=1)  # complete checkpoints kept in out_dir/checkpoints
+    merge_export: bool = False  # lora/qlora: also save the adapter merged into a 16-bit base under out_dir/merged
     work_pool: str | None = None  # run on this Prefect work pool via `sft-train/gpu`
+
+    @model_validator(mode="after")
+    def _check_merge(self) -> "TrainConfig":
+        if self.merge_export and self.method == "full":
+            raise ValueError("merge_export applies to lora/qlora only (full already saves the whole model)")
+        return self
 
 
 class EvalConfig(Section):

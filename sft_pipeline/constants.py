@@ -36,6 +36,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 REPORT_MD_FILE = "report.md"
 REPORT_HTML_FILE = "report.html"
 EVAL_RESULTS_FILE = "eval.json"
+MERGED_DIR = "merged"  # train stage: adapter merged into a 16-bit copy of the base (train.merge_export)
 MASK_PREVIEW_FILE = "mask_preview.md"  # tokenize stage: a few rows' token/label tables
 TOKENIZE_DROPPED_FILE = "tokenize_dropped.parquet"  # tokenize stage: rows left out, with reason
 

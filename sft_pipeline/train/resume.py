@@ -1,0 +1,79 @@
+"""Checkpoints that survive a killed process: only COMPLETE ones are ever resumed from.
+
+HF ``Trainer`` writes ``checkpoint-<step>/`` piece by piece (weights, optimizer,
+scheduler, RNG, ``trainer_state.json``) and then fires ``on_save``. A process killed
+in between leaves a half-written folder that ``get_last_checkpoint`` would happily
+pick. :class:`CompleteMarker` writes a small marker file (atomically) from
+``on_save``; a checkpoint without it is incomplete and is deleted before resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from sft_pipeline.artifacts import write_json
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+TRAINER_STATE = "trainer_state.json"
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The global step encoded in a checkpoint folder name, or None for other names.
+
+    >>> checkpoint_step("out/checkpoint-12"), checkpoint_step("out/adapter"), checkpoint_step("checkpoint-x")
+    (12, None, None)
+    """
+    name = Path(path).name
+    prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+    if not name.startswith(prefix) or not name[len(prefix):].isdigit():
+        return None
+    return int(name[len(prefix):])
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE_MARKER).is_file() and (path / TRAINER_STATE).is_file()
+
+
+def checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """All checkpoint folders under ``ckpt_dir``, by step."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_complete_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    done = [p for p in checkpoints(ckpt_dir) if is_complete(p)]
+    return done[-1] if done else None
+
+
+def remove_incomplete(ckpt_dir: str | Path) -> list[str]:
+    """Delete checkpoints a killed process left half-written; return their names."""
+    removed = []
+    for path in checkpoints(ckpt_dir):
+        if not is_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def saved_step(checkpoint: Path) -> int:
+    """The global step recorded in a checkpoint's trainer state."""
+    return int(json.loads((checkpoint / TRAINER_STATE).read_text())["global_step"])
+
+
+class CompleteMarker(TrainerCallback):
+    """Mark each checkpoint complete once the Trainer has finished writing it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step})
+        return control
