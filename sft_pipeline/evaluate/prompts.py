@@ -1,0 +1,47 @@
+"""Open-ended generation prompts: MT-Bench's first-turn questions, spread over categories."""
+
+from __future__ import annotations
+
+import json
+from itertools import chain, zip_longest
+from pathlib import Path
+
+from sft_pipeline.errors import InputError
+
+QUESTION_KEYS = ("question_id", "category", "turns")
+
+
+def round_robin(rows: list[dict], key: str = "category") -> list[dict]:
+    """Interleave rows by ``key`` (groups in first-seen order) so a short prefix covers every group.
+
+    >>> rows = [{"category": c, "i": i} for i, c in enumerate("aabbc")]
+    >>> [r["i"] for r in round_robin(rows)]
+    [0, 2, 4, 1, 3]
+    """
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row[key], []).append(row)
+    return [r for r in chain.from_iterable(zip_longest(*groups.values())) if r is not None]
+
+
+def load_questions(path: str | Path, count: int) -> list[dict]:
+    """``count`` MT-Bench questions as ``{"id", "category", "prompt"}`` (first turn only)."""
+    if count <= 0:
+        return []
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read generation prompts ({exc.strerror})") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or any(k not in row for k in QUESTION_KEYS) or not row["turns"]:
+            raise InputError(f"{path}: line {number}: expected {', '.join(QUESTION_KEYS)} with a first turn")
+        rows.append({"id": row["question_id"], "category": row["category"], "prompt": row["turns"][0]})
+    return round_robin(rows)[:count]

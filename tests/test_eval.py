@@ -1,0 +1,247 @@
+"""EVALUATE stage on the tiny model: held-out loss, generation, behaviour, gate and the full stage."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from sft_pipeline import constants as C
+from sft_pipeline.config import EvalConfig, GateConfig, ModelConfig
+from sft_pipeline.errors import InputError
+
+CONVERSATIONS = [
+    ("What is two plus two?", "Two plus two is four."),
+    ("Name a colour.", "Blue is a colour that many people like."),
+    ("Say hello in French.", "Bonjour!"),
+    ("Give me a fruit.", "An apple is a crunchy fruit that grows on trees."),
+    ("Count to three.", "One, two, three."),
+]
+
+
+def tokenize_conversation(tokenizer, user: str, reply: str) -> dict:
+    """Chat-template tokens; labels keep only the assistant reply (and its end-of-turn)."""
+    messages = [{"role": C.ROLE_USER, "content": user}, {"role": C.ROLE_ASSISTANT, "content": reply}]
+    prefix = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert ids[:len(prefix_ids)] == prefix_ids
+    labels = [C.IGNORE_INDEX] * len(prefix_ids) + ids[len(prefix_ids):]
+    return {"messages": messages, "input_ids": ids, "labels": labels}
+
+
+def write_heldout(path: Path, tokenizer) -> list[dict]:
+    rows = [{"id": f"c{i}", **tokenize_conversation(tokenizer, u, r)} for i, (u, r) in enumerate(CONVERSATIONS)]
+    pd.DataFrame(rows).to_parquet(path)
+    return rows
+
+
+def save_random_adapter(model_dir: Path, out: Path) -> Path:
+    """A LoRA adapter with non-zero random weights, so the tuned model differs from the base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(out)
+    return out
+
+
+def write_manifest(stage_dir: Path, stage: str, counts: dict, config: dict | None = None) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"stage": stage, "key": "k" * 64, "counts": counts, "config": config or {}, "duration_s": 0.1}
+    (stage_dir / C.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def stage_dirs(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, Path]:
+    """Hand-made upstream stage folders, as the other stages would leave them."""
+    root = tmp_path_factory.mktemp("stages")
+    dirs = {s: root / s for s in (C.STAGE_INGEST, C.STAGE_SCORE, C.STAGE_FILTER, C.STAGE_TOKENIZE, C.STAGE_TRAIN)}
+    write_manifest(dirs["ingest"], "ingest", {"rows": 12, "rejected": 2})
+    write_manifest(dirs["score"], "score", {"rows": 10, "flags": {"too_short": 3}})
+    write_manifest(dirs["filter"], "filter", {"kept": 7, "dropped": 3}, {"threshold": 0.7})
+    (dirs["filter"] / C.SWEEP_FILE).write_text(json.dumps(
+        [{"threshold": t, "rows": r, "tokens": r * 40} for t, r in ((0.5, 9), (0.7, 7), (0.9, 2))]))
+    write_manifest(dirs["tokenize"], "tokenize", {"train_rows": 2, "heldout_rows": 5})
+    write_heldout(dirs["tokenize"] / C.HELDOUT_TOKENS_FILE, tiny_tokenizer)
+    write_manifest(dirs["train"], "train", {"steps": 3, "final_loss": 9.5})
+    (dirs["train"] / C.METRICS_FILE).write_text(json.dumps(
+        {"log_history": [{"step": s, "loss": 11.0 - s} for s in (1, 2, 3)], "train_runtime": 1.5}))
+    save_random_adapter(tiny_model_dir, dirs["train"] / C.ADAPTER_DIR)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    from sft_pipeline.models import load_causal_lm
+
+    return load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir))).eval()
+
+
+def manual_loss(model, rows) -> float:
+    """Per row, per position: -log p(label) on supervised positions only, token-weighted."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            logp = torch.log_softmax(model(torch.tensor([row["input_ids"]])).logits[0].float(), -1)
+            for pos in range(1, len(row["input_ids"])):
+                if row["labels"][pos] != C.IGNORE_INDEX:
+                    total -= float(logp[pos - 1, row["labels"][pos]])
+                    count += 1
+    return total / count
+
+
+def test_heldout_loss_matches_manual_computation(tiny_model, tiny_tokenizer, stage_dirs):
+    from sft_pipeline.evaluate.loss import heldout_loss, read_heldout
+
+    rows = read_heldout(stage_dirs["tokenize"] / C.HELDOUT_TOKENS_FILE)
+    expected = manual_loss(tiny_model, rows)
+    supervised = sum(sum(1 for x in r["labels"][1:] if x != C.IGNORE_INDEX) for r in rows)
+    for batch_size in (1, 2, 8):
+        got = heldout_loss(tiny_model, rows, batch_size=batch_size, pad_id=tiny_tokenizer.pad_token_id)
+        assert got["heldout_loss"] == pytest.approx(expected, rel=1e-4)
+        assert got["heldout_perplexity"] == pytest.approx(math.exp(expected), rel=1e-3)
+        assert got["heldout_tokens"] == supervised
+    # Loss on all tokens differs: the prompt tokens really are excluded.
+    all_tokens = [{**r, "labels": r["input_ids"]} for r in rows]
+    assert manual_loss(tiny_model, all_tokens) != pytest.approx(expected, rel=1e-3)
+
+
+def test_heldout_limit_and_bad_file(stage_dirs, tmp_path):
+    from sft_pipeline.evaluate.loss import read_heldout
+
+    assert len(read_heldout(stage_dirs["tokenize"] / C.HELDOUT_TOKENS_FILE, limit=2)) == 2
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"id": ["a"], "input_ids": [[1, 2]]}).to_parquet(bad)
+    with pytest.raises(InputError, match="bad.parquet: missing column"):
+        read_heldout(bad)
+    with pytest.raises(InputError, match="not found"):
+        read_heldout(tmp_path / "missing.parquet")
+
+
+def test_generation_is_greedy_batched_and_left_padded(tiny_model, tiny_tokenizer):
+    from sft_pipeline.evaluate.generate import generate
+
+    prompts = ["Hi", "Write a very long and detailed story about a dragon and a knight.", "Why?"]
+    kwargs = dict(max_new_tokens=6, do_sample=False)
+    batched = generate(tiny_model, tiny_tokenizer, prompts, batch_size=3, **kwargs)
+    single = generate(tiny_model, tiny_tokenizer, prompts, batch_size=1, **kwargs)
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.prompt for g in batched] == prompts
+    assert all(1 <= g.new_tokens <= 6 for g in batched)
+    assert all(g.stopped == (g.new_tokens < 6) or g.stopped for g in batched)
+    assert tiny_tokenizer.padding_side == "right"  # restored
+    sampled = [generate(tiny_model, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=6, do_sample=True,
+                        temperature=1.0, seed=7) for _ in range(2)]
+    assert [g.text for g in sampled[0]] == [g.text for g in sampled[1]]
+
+
+def test_stop_detection(tiny_tokenizer):
+    from sft_pipeline.evaluate.generate import stop_token_ids
+
+    stops = stop_token_ids(tiny_tokenizer)
+    assert tiny_tokenizer.convert_tokens_to_ids("<|im_end|>") in stops
+    assert tiny_tokenizer.eos_token_id in stops
+
+
+def test_behaviour_metrics():
+    from sft_pipeline.evaluate.behaviour import behaviour_metrics
+    from sft_pipeline.evaluate.generate import Generation
+
+    gens = [
+        Generation("p", "Sure! Here is a long enough answer for you.", 10, True),
+        Generation("p", "Ok.", 2, True),
+        Generation("p", "la la la la la la la la", 64, False),
+        Generation("p", "Great question! The answer is forty two.", 9, True),
+    ]
+    m = behaviour_metrics(gens, ngram=2, min_words=5)
+    assert m["stop_rate"] == 0.75
+    assert m["sycophantic_rate"] == 0.5
+    assert m["too_short_rate"] == 0.25
+    assert m["mean_new_tokens"] == pytest.approx(85 / 4)
+    assert m["repetition_rate"] == pytest.approx((6 / 7) / 4)
+
+
+def test_gate_promotes_and_blocks():
+    from sft_pipeline.evaluate.gate import run_gate
+
+    base = {"heldout_loss": 2.0, "ifeval_inst_loose": 0.40, "stop_rate": 0.9, "repetition_rate": 0.1}
+    better = {"heldout_loss": 1.8, "ifeval_inst_loose": 0.45, "stop_rate": 0.95, "repetition_rate": 0.1}
+    worse = {"heldout_loss": 2.2, "ifeval_inst_loose": 0.30, "stop_rate": 0.5, "repetition_rate": 0.3}
+    gate = GateConfig(max_repetition_increase=0.05)
+    ok = run_gate(base, better, gate)
+    assert ok["promoted"] and ok["failed_checks"] == []
+    assert {c["status"] for c in ok["checks"]} == {"passed"} and len(ok["checks"]) == 4
+    bad = run_gate(base, worse, gate)
+    assert not bad["promoted"]
+    assert bad["failed_checks"] == ["heldout_loss", "ifeval_inst_loose", "stop_rate", "repetition_rate"]
+    # Tolerances and disabled checks.
+    loose = GateConfig(max_heldout_loss_increase=0.5, min_ifeval_delta=None, min_stop_rate_delta=None)
+    assert run_gate(base, worse, loose)["promoted"]
+    skipped = run_gate({**base, "heldout_loss": None}, better, GateConfig())
+    assert skipped["promoted"] and skipped["checks"][0]["status"] == "skipped"
+
+
+def test_questions_cover_categories():
+    from sft_pipeline.evaluate.prompts import load_questions
+    from sft_pipeline.resources import resolve_path
+
+    questions = load_questions(resolve_path(EvalConfig().generation_prompts), 8)
+    assert len({q["category"] for q in questions}) == 8
+    assert len(load_questions(resolve_path(EvalConfig().generation_prompts), 200)) == 80
+    assert load_questions("/nonexistent.jsonl", 0) == []
+
+
+def run_eval(tiny_model_dir, stage_dirs, out: Path, gate: GateConfig) -> dict:
+    from sft_pipeline.evaluate import evaluate_run
+
+    cfg = EvalConfig(max_new_tokens=8, batch_size=8, num_generation_prompts=2, num_ifeval_prompts=6, gate=gate)
+    out.mkdir()
+    return evaluate_run(ModelConfig(name_or_path=str(tiny_model_dir)), stage_dirs, out, cfg, seed=0)
+
+
+@pytest.fixture(scope="module")
+def blocked_run(tmp_path_factory, tiny_model_dir, stage_dirs):
+    """A full evaluation whose gate cannot pass (IFEval must rise by a whole 1.0)."""
+    out = tmp_path_factory.mktemp("eval") / "blocked"
+    return out, run_eval(tiny_model_dir, stage_dirs, out, GateConfig(min_ifeval_delta=1.0))
+
+
+def test_evaluate_run_writes_results_and_blocks(blocked_run, tiny_model, tiny_tokenizer, stage_dirs):
+    out, summary = blocked_run
+    for name in (C.EVAL_RESULTS_FILE, C.REPORT_MD_FILE, C.REPORT_HTML_FILE, C.RUN_FILE, C.METRIC_BARS_FILE,
+                 C.LOSS_CURVE_FILE):
+        assert (out / name).exists(), name
+    assert summary["promoted"] is False and "ifeval_inst_loose" in summary["failed_checks"]
+    results = json.loads((out / C.EVAL_RESULTS_FILE).read_text())
+    base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
+    # The base numbers are those of the plain base model; the adapter changes the tuned ones.
+    from sft_pipeline.evaluate.loss import read_heldout
+
+    rows = read_heldout(stage_dirs["tokenize"] / C.HELDOUT_TOKENS_FILE)
+    assert base["heldout_loss"] == pytest.approx(manual_loss(tiny_model, rows), rel=1e-4)
+    assert tuned["heldout_loss"] != pytest.approx(base["heldout_loss"], rel=1e-6)
+    assert len(results["ifeval"]["prompts"]) == 6 and len(results["generations"]) == 2
+    assert results["metrics"]["delta"]["heldout_loss"] == pytest.approx(tuned["heldout_loss"] - base["heldout_loss"])
+    report = (out / C.REPORT_MD_FILE).read_text()
+    assert "NOT promoted" in report and "`ifeval_inst_loose`" in report
+    run = json.loads((out / C.RUN_FILE).read_text())
+    assert set(run["stage_dirs"]) == set(stage_dirs) and run["train_loss"][0] == [1, 10.0]
+
+
+def test_evaluate_run_promotes(tmp_path, tiny_model_dir, stage_dirs):
+    off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None)
+    summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "ok", off)
+    assert summary["promoted"] is True and summary["failed_checks"] == []
+    assert "Verdict: promoted" in (tmp_path / "ok" / C.REPORT_MD_FILE).read_text()
+
+
+def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir, stage_dirs):
+    dirs = {**stage_dirs, "train": tmp_path / "empty-train"}
+    with pytest.raises(InputError, match="no LoRA adapter"):
+        run_eval(tiny_model_dir, dirs, tmp_path / "out", GateConfig())

@@ -1,0 +1,107 @@
+"""Report rendering: Markdown order and content, self-contained HTML, re-rendering from a run folder."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sft_pipeline import constants as C
+from sft_pipeline.artifacts import write_json
+from sft_pipeline.config import GateConfig
+from sft_pipeline.errors import InputError
+from sft_pipeline.evaluate import METRICS, Inputs, ModelEval, build_results
+from sft_pipeline.evaluate.gate import run_gate
+from sft_pipeline.evaluate.generate import Generation
+from sft_pipeline.report import render_report, write_run_file
+from sft_pipeline.report.plots import loss_curve
+
+IFEVAL_ROW = {"key": 1, "prompt": "No commas please.", "instruction_id_list": ["punctuation:no_comma"],
+              "kwargs": [{}]}
+QUESTION = {"id": 81, "category": "writing", "prompt": "Write <b>bold</b> things."}
+VERDICT_OK = {"prompt_strict": True, "inst_strict": [True], "prompt_loose": True, "inst_loose": [True]}
+VERDICT_KO = {"prompt_strict": False, "inst_strict": [False], "prompt_loose": False, "inst_loose": [False]}
+
+
+def model_eval(loss: float, ifeval: float, answer: str, verdict: dict) -> ModelEval:
+    metrics = {m: 0.5 for m in METRICS}
+    metrics.update(heldout_loss=loss, heldout_perplexity=2.718 ** loss, ifeval_inst_loose=ifeval,
+                   heldout_rows=3, heldout_tokens=42)
+    return ModelEval(metrics, [verdict], [Generation("p", "a, b", 4, True)],
+                     [Generation(QUESTION["prompt"], answer, 12, True)])
+
+
+@pytest.fixture()
+def run_dir(tmp_path) -> Path:
+    """A finished evaluate folder made from hand-written results and stage folders."""
+    stages = {s: tmp_path / "stages" / s for s in ("ingest", "filter", "train")}
+    for name, path in stages.items():
+        path.mkdir(parents=True)
+        write_json(path / C.MANIFEST_FILE, {"key": "k", "counts": {"rows": 5}, "config": {"threshold": 0.7},
+                                            "duration_s": 1.0})
+    write_json(stages["filter"] / C.SWEEP_FILE, [{"threshold": 0.7, "rows": 5, "tokens": 99}])
+    loss_curve([1, 2], [1.0, 0.5], stages["filter"] / C.HISTOGRAM_FILE)  # any PNG will do
+    write_json(stages["train"] / C.METRICS_FILE, {"log_history": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}]})
+    base = model_eval(2.0, 0.4, "Base answer.", VERDICT_KO)
+    tuned = model_eval(2.5, 0.6, "```\n<script>alert(1)</script>\n```", VERDICT_OK)
+    gate = run_gate(base.metrics, tuned.metrics, GateConfig())
+    results = build_results(Inputs([], [IFEVAL_ROW], [QUESTION]), base, tuned, gate,
+                            {"model": "tiny", "seed": 0, "config": {"max_new_tokens": 8}})
+    out = tmp_path / "runs" / C.STAGE_EVALUATE / "abc"
+    out.mkdir(parents=True)
+    write_json(out / C.EVAL_RESULTS_FILE, results)
+    write_run_file(out, stages)
+    return out
+
+
+def test_markdown_has_summary_first_and_every_section(run_dir):
+    md_path, _ = render_report(run_dir)
+    text = md_path.read_text()
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert headings[0] == "Summary: base vs tuned"
+    assert headings[1:] == ["Regression gate", "Data", "Training", "Instruction following (IFEval checks)",
+                            "Generations: base vs tuned (1 MT-Bench first turns)"]
+    assert "NOT promoted" in text and "`heldout_loss`" in text  # loss rose by 0.5 > 0
+    assert "| Held-out loss (assistant tokens) | 2.000 | 2.500 | +0.500 | worse |" in text
+    assert "| 0.700 (used) | 5 | 99 |" in text  # sweep, configured threshold marked
+    assert "Training loss 3.000 at step 1 -> 2.000 at step 2" in text
+    assert "| punctuation:no_comma | 0/1 | 1/1 |" in text
+    assert "````text\n```\n<script>" in text  # generations fenced safely
+
+
+def test_html_is_self_contained_and_escaped(run_dir):
+    _, html_path = render_report(run_dir)
+    html = html_path.read_text()
+    assert html.count("data:image/png;base64,") == 3  # metric bars, histogram, loss curve
+    assert not re.search(r'src="[^"]+\.png"', html)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<b>bold</b>" not in html
+    assert '<div class="pair">' in html and "<table>" in html
+
+
+def test_rerender_from_run_folder_alone(run_dir, tmp_path):
+    md_path, html_path = render_report(run_dir)
+    first = md_path.read_text()
+    md_path.unlink()
+    html_path.unlink()
+    shutil.rmtree(tmp_path / "stages")  # upstream folders gone: run.json and copied PNGs suffice
+    md2, html2 = render_report(run_dir)
+    assert md2.read_text() == first and html2.exists()
+    # The runs root works too: the newest evaluate folder below it is used.
+    assert render_report(tmp_path / "runs")[0] == md2
+
+
+def test_run_file_lists_stage_dirs(run_dir, tmp_path):
+    run = json.loads((run_dir / C.RUN_FILE).read_text())
+    assert set(run["stage_dirs"]) == {"ingest", "filter", "train"}
+    assert run["train_loss"] == [[1, 3.0], [2, 2.0]]
+    assert (run_dir / C.HISTOGRAM_FILE).exists() and (run_dir / C.LOSS_CURVE_FILE).exists()
+
+
+def test_bad_run_dir_is_a_one_line_error(tmp_path):
+    with pytest.raises(InputError, match="no eval.json"):
+        render_report(tmp_path)
+    (tmp_path / C.EVAL_RESULTS_FILE).write_text("[]")
+    with pytest.raises(InputError, match="not an evaluation result file"):
+        render_report(tmp_path)
