@@ -1,0 +1,118 @@
+"""Train stage failure policy: OOM back-off keeps the effective batch; transient vs deterministic errors."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import torch
+from huggingface_hub.errors import HfHubHTTPError
+from transformers import TrainerCallback
+
+from sft_pipeline import constants as C
+from sft_pipeline.config import ModelConfig, TrainConfig
+from sft_pipeline.errors import InputError, PipelineError
+from sft_pipeline.train import is_transient, train_model
+from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
+
+OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+class FailFirstSteps(TrainerCallback):
+    """Raise ``error`` at the first ``times`` training steps; record the batch settings seen."""
+
+    def __init__(self, times: int, error: Exception):
+        self.left, self.error, self.seen = times, error, []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.seen.append((args.per_device_train_batch_size, args.gradient_accumulation_steps))
+        if self.left:
+            self.left -= 1
+            raise self.error
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenized")
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), folder / C.TRAIN_TOKENS_FILE)
+    return ModelConfig(name_or_path=str(tiny_model_dir)), folder
+
+
+def _cfg(**kw):
+    return TrainConfig(**{"method": "lora", "max_steps": 2, "learning_rate": 1e-3, "save_steps": 10, **kw})
+
+
+def test_oom_halves_micro_batch_and_doubles_accumulation(setup, tmp_path):
+    model_cfg, tokenized = setup
+    fail = FailFirstSteps(1, torch.OutOfMemoryError(OOM_MESSAGE))
+    result = train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=4, gradient_accumulation=2),
+                         seed=0, callbacks=[fail])
+    assert fail.seen[0] == (4, 2) and fail.seen[1] == (2, 4)
+    assert (result["micro_batch"], result["gradient_accumulation"]) == (2, 4)
+    assert result["steps"] == 2
+    metrics = json.loads((tmp_path / "out" / C.METRICS_FILE).read_text())
+    assert [a["outcome"] for a in metrics["attempts"]] == ["oom", "ok"]
+    assert metrics["effective_batch"] == 8
+
+
+def test_oom_at_micro_batch_one_is_a_clear_pipeline_error(setup, tmp_path):
+    model_cfg, tokenized = setup
+    fail = FailFirstSteps(99, torch.OutOfMemoryError(OOM_MESSAGE))
+    with pytest.raises(PipelineError, match=r"out of memory even at micro-batch 1 \(effective batch 2\)") as err:
+        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=2, gradient_accumulation=1),
+                    seed=0, callbacks=[fail])
+    assert fail.seen == [(2, 1), (1, 2)]
+    assert "\n" not in str(err.value)
+
+
+def test_other_errors_are_not_retried(setup, tmp_path):
+    model_cfg, tokenized = setup
+    fail = FailFirstSteps(1, RuntimeError("shape mismatch in layer 3"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=4), seed=0, callbacks=[fail])
+    assert fail.seen == [(4, 4)]
+
+
+def _http_error(status: int) -> HfHubHTTPError:
+    response = httpx.Response(status, request=httpx.Request("GET", "https://hub.invalid/api/models/x"))
+    return HfHubHTTPError(f"HTTP {status}", response=response)
+
+
+def _wrapped(outer: Exception, cause: Exception) -> Exception:
+    try:
+        try:
+            raise cause
+        except Exception as inner:
+            raise outer from inner
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (ConnectionResetError("reset by peer"), True),
+        (httpx.ConnectTimeout("timed out"), True),
+        (_http_error(503), True),
+        (_http_error(429), True),
+        (_http_error(404), False),
+        (_wrapped(OSError("could not load model"), ConnectionError("network is unreachable")), True),
+        (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled system error"), True),
+        (torch.OutOfMemoryError(OOM_MESSAGE), False),
+        (InputError("x.parquet: no training rows"), False),
+        (ValueError("bad learning rate"), False),
+        (FileNotFoundError("model.safetensors"), False),
+    ],
+)
+def test_is_transient(exc, expected):
+    assert is_transient(exc) is expected
+
+
+def test_missing_hub_model_is_deterministic(setup, tmp_path):
+    """A hub id that cannot be resolved offline fails at once with one line."""
+    _, tokenized = setup
+    with pytest.raises(InputError, match="model org/does-not-exist-xyz") as err:
+        train_model(ModelConfig(name_or_path="org/does-not-exist-xyz"), tokenized, tmp_path / "out", _cfg(), seed=0)
+    assert "\n" not in str(err.value)
+    assert not is_transient(err.value)
