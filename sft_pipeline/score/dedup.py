@@ -105,31 +105,35 @@ def group_heads(keys: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return out
 
 
-def near_duplicate_heads(sigs: np.ndarray, rank: np.ndarray, threshold: float) -> np.ndarray:
-    """Cluster representative (smallest rank) of every row, from LSH-banded signatures."""
-    n, num_perm = sigs.shape
+def near_duplicate_heads(sigs: np.ndarray, rows: np.ndarray, rank: np.ndarray, threshold: float) -> np.ndarray:
+    """Cluster representative (smallest rank) of each of ``rows``, from LSH-banded signatures.
+
+    Works on row indices into ``sigs`` (no copy of the matrix); returns positions into ``rows``.
+    """
+    n = len(rows)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    bands, rows = lsh_params(threshold, num_perm)
+    bands, width = lsh_params(threshold, sigs.shape[1])
     links = []
     for b in range(bands):
         band_hash = np.zeros(n, dtype=np.uint64)
-        for col in range(b * rows, (b + 1) * rows):
-            band_hash = band_hash * _BAND_MULT + sigs[:, col]
+        for col in range(b * width, (b + 1) * width):
+            band_hash = band_hash * _BAND_MULT + sigs[rows, col]
         heads = group_heads(band_hash, rank)
         member = np.flatnonzero(heads != np.arange(n))
         links.append(np.stack([member, heads[member]]))
     pairs = np.concatenate(links, axis=1)
-    pairs = pairs[:, _similar(sigs, pairs, threshold)]
+    pairs = pairs[:, _similar(sigs, rows, pairs, threshold)]
     graph = coo_matrix((np.ones(pairs.shape[1], dtype=np.int8), (pairs[0], pairs[1])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return group_heads(labels.astype(np.uint64), rank)
 
 
-def _similar(sigs: np.ndarray, pairs: np.ndarray, threshold: float) -> np.ndarray:
+def _similar(sigs: np.ndarray, rows: np.ndarray, pairs: np.ndarray, threshold: float) -> np.ndarray:
+    """Estimated Jaccard (share of equal signature slots) >= threshold, in bounded slices."""
     keep = np.zeros(pairs.shape[1], dtype=bool)
     for start in range(0, pairs.shape[1], _VERIFY_CHUNK):
-        a, b = pairs[:, start: start + _VERIFY_CHUNK]
+        a, b = rows[pairs[:, start: start + _VERIFY_CHUNK]]
         keep[start: start + len(a)] = (sigs[a] == sigs[b]).mean(axis=1) >= threshold
     return keep
 
@@ -150,7 +154,7 @@ def resolve(rank: np.ndarray, keys: np.ndarray | None, sigs: np.ndarray | None, 
     near = np.zeros(n, dtype=bool)
     if sigs is not None:
         idx = np.flatnonzero(has_sig & ~exact)
-        heads = idx[near_duplicate_heads(sigs[idx], rank[idx], threshold)]
+        heads = idx[near_duplicate_heads(sigs, idx, rank[idx], threshold)]
         near[idx] = heads != idx
         final = np.arange(n)
         final[idx] = heads

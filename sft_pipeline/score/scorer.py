@@ -35,27 +35,26 @@ class ChunkResult:
 def chunks(batch: pa.RecordBatch, max_bytes: int) -> list[pa.RecordBatch]:
     """Split a batch so that each piece holds about ``max_bytes`` of message text or less."""
     flat_content = pc.struct_field(batch.column("messages").flatten(), "content")
-    n_bytes = pc.fill_null(pc.binary_length(flat_content), 0).to_numpy(zero_copy_only=False)
-    lengths = pc.fill_null(pc.list_value_length(batch.column("messages")), 0).to_numpy(zero_copy_only=False)
+    n_bytes = text.filled(pc.binary_length(flat_content), 0).to_numpy(zero_copy_only=False)
+    lengths = text.filled(pc.list_value_length(batch.column("messages")), 0).to_numpy(zero_copy_only=False)
     row_bytes = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=n_bytes, minlength=len(lengths))
     bounds = split_points(row_bytes, max_bytes)
     return [batch.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def split_points(row_bytes: np.ndarray, max_bytes: int) -> list[int]:
-    """Chunk boundaries: consecutive rows while their total stays <= max_bytes (>= 1 row each).
+    """Chunk boundaries: a new chunk starts when a row starts past the next ``max_bytes``.
 
-    >>> split_points(np.array([5, 5, 5, 20, 1]), 10)
-    [0, 2, 3, 4, 5]
+    So a chunk holds at most ``max_bytes`` plus its last row.
+
+    >>> split_points(np.array([5, 5, 5, 20, 1]), 10), split_points(np.array([], int), 10)
+    ([0, 2, 4, 5], [0])
     """
-    bounds, total = [0], 0
-    for i, size in enumerate(row_bytes.tolist()):
-        if total + size > max_bytes and i > bounds[-1]:
-            bounds.append(i)
-            total = 0
-        total += size
-    bounds.append(len(row_bytes))
-    return bounds if len(row_bytes) else [0]
+    if len(row_bytes) == 0:
+        return [0]
+    starts = np.cumsum(row_bytes) - row_bytes
+    chunk = starts // max_bytes
+    return [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(row_bytes)]
 
 
 def score_chunk(batch: pa.RecordBatch, cfg: ScoreConfig, wanted: set[str]) -> ChunkResult:

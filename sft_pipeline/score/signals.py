@@ -20,7 +20,7 @@ from sft_pipeline import constants as C
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import ConfigError
 from sft_pipeline.score import text
-from sft_pipeline.score.turns import ASSISTANT, SYSTEM, UNKNOWN_ROLE, USER, Turns, instruction_index
+from sft_pipeline.score.turns import ASSISTANT, SYSTEM, UNKNOWN_ROLE, Turns, instruction_index
 
 
 def turn_signals(turns: Turns, words: np.ndarray, cfg: ScoreConfig, wanted: set[str]) -> dict[str, np.ndarray]:

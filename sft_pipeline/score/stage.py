@@ -7,6 +7,7 @@ boolean column per signal, the diagnostics, ``duplicate_of``, ``score`` and ``re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +27,50 @@ STAT_TYPES = {N_TURNS: pa.int32(), N_ASSISTANT: pa.int32(), C.TOKENS_EST_COLUMN:
               REPETITION_RATIO: pa.float32()}
 
 
+@dataclass
+class Scored:
+    """Every per-row result, in input order, before it is written."""
+
+    flags: dict[str, np.ndarray]  # signal -> fired, in C.SCORE_SIGNALS order
+    stats: dict[str, np.ndarray]
+    duplicate_of: pa.Array
+    score: np.ndarray
+    representative: np.ndarray | None  # row index of each row's cluster representative
+
+
 def score_conversations(conversations_path: Path, out_path: Path, cfg: ScoreConfig) -> dict:
     """Score every conversation; write ``out_path`` and return a summary for the manifest."""
     pf = open_conversations(conversations_path)
-    wanted = set(cfg.signals)
-    results, ids = [], []
+    scored = compute_scores(pf, cfg)
+    columns = {**scored.flags, **scored.stats, C.DUPLICATE_OF_COLUMN: scored.duplicate_of,
+               C.SCORE_COLUMN: scored.score}
+    _write(pf, Path(out_path), columns, scored.flags, cfg.batch_rows)
+    return _summary(scored)
+
+
+def compute_scores(pf: pq.ParquetFile, cfg: ScoreConfig) -> Scored:
+    """Pass 1 over the batches, then the global duplicate resolution and the weighted score."""
+    wanted, n = set(cfg.signals), pf.metadata.num_rows
+    # Signatures go straight into one preallocated matrix (concatenating would double it).
+    sigs = np.empty((n, cfg.minhash_permutations), np.uint32) if C.SIGNAL_NEAR_DUPLICATE in wanted else None
+    results, ids, row = [], [], 0
     for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=list(REQUIRED_COLUMNS)):
         ids.append(batch.column("id").cast(pa.string()))
-        results.extend(score_chunk(piece, cfg, wanted) for piece in chunks(batch, cfg.max_batch_bytes))
+        for piece in chunks(batch, cfg.max_batch_bytes):
+            result = score_chunk(piece, cfg, wanted)
+            if sigs is not None:
+                sigs[row: row + piece.num_rows], result.sigs = result.sigs, None
+            results.append(result)
+            row += piece.num_rows
     if not results:  # an empty file still gets every column
         empty = pa.RecordBatch.from_arrays([pa.array([], pf.schema_arrow.field(c).type) for c in REQUIRED_COLUMNS],
                                            names=list(REQUIRED_COLUMNS))
         results, ids = [score_chunk(empty, cfg, wanted)], [pa.array([], pa.string())]
-    n = pf.metadata.num_rows
     flags, stats = _concat_flags(results), _concat_stats(results)
-    rep = _resolve_duplicates(results, ids, cfg, wanted, flags)
+    rep = _resolve_duplicates(results, ids, sigs, cfg, flags)
     flags = {name: flags[name] for name in C.SCORE_SIGNALS if name in flags}
-    score = weighted_score(flags, cfg.weights, n)
-    duplicate_of = _duplicate_of(ids, rep)
-    columns = {**flags, **stats, C.DUPLICATE_OF_COLUMN: duplicate_of, C.SCORE_COLUMN: score}
-    _write(pf, Path(out_path), columns, flags, cfg.batch_rows)
-    return _summary(n, flags, score, stats, rep)
+    score = weighted_score(flags, cfg.weights, pf.metadata.num_rows)
+    return Scored(flags, stats, _duplicate_of(ids, rep), score, rep)
 
 
 def open_conversations(path: Path) -> pq.ParquetFile:
@@ -85,13 +109,12 @@ def _concat_stats(results: list[ChunkResult]) -> dict[str, np.ndarray]:
     return {k: _concat(results, lambda r: r.stats[k]).astype(STAT_TYPES[k].to_pandas_dtype()) for k in names}
 
 
-def _resolve_duplicates(results, ids, cfg: ScoreConfig, wanted: set[str], flags: dict) -> np.ndarray | None:
+def _resolve_duplicates(results, ids, sigs, cfg: ScoreConfig, flags: dict) -> np.ndarray | None:
     """Set the duplicate flags; return each row's representative (None: dedup disabled)."""
+    wanted = set(cfg.signals)
     if not wanted & {C.SIGNAL_EXACT_DUPLICATE, C.SIGNAL_NEAR_DUPLICATE}:
         return None
-    rank = id_rank(ids)
-    sigs = _concat(results, lambda r: r.sigs)
-    exact, near, rep = dedup.resolve(rank, _concat(results, lambda r: r.keys), sigs,
+    exact, near, rep = dedup.resolve(id_rank(ids), _concat(results, lambda r: r.keys), sigs,
                                      _concat(results, lambda r: r.has_sig), cfg.near_duplicate_threshold)
     if C.SIGNAL_EXACT_DUPLICATE in wanted:
         flags[C.SIGNAL_EXACT_DUPLICATE] = exact
@@ -169,13 +192,14 @@ def _arrow(values) -> pa.Array:
     return values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
 
 
-def _summary(n: int, flags: dict, score: np.ndarray, stats: dict, rep: np.ndarray | None) -> dict:
+def _summary(scored: Scored) -> dict:
+    n, score, rep = len(scored.score), scored.score, scored.representative
     dup = rep is not None and rep != np.arange(n)
     return {
         "rows": n,
         "mean_score": round(float(score.mean()), 4) if n else None,
         "rows_perfect": int((score == 1.0).sum()),
-        "signals": {name: int(fired.sum()) for name, fired in flags.items()},
+        "signals": {name: int(fired.sum()) for name, fired in scored.flags.items()},
         "duplicate_clusters": int(len(np.unique(rep[dup]))) if rep is not None else 0,
-        "n_tokens_est": int(stats[C.TOKENS_EST_COLUMN].sum()) if n else 0,
+        "n_tokens_est": int(scored.stats[C.TOKENS_EST_COLUMN].sum()) if n else 0,
     }

@@ -10,13 +10,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Bytes that Python's ``str.split()`` treats as whitespace in ASCII text. Other Unicode
-# spaces (U+00A0, U+3000, ...) count as word characters here, a documented approximation.
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
 # Odd 64-bit multiplier (golden ratio) for polynomial n-gram hashes; uint64 arithmetic wraps.
 _MULT = np.uint64(0x9E3779B97F4A7C15)
+_REGEX_SPECIAL = set("\\.^$|?*+()[]{}")
 _GROUP_SHIFT = np.uint64(40)  # repetition keys: group index in the high 24 bits
+
+
+def filled(arr: pa.Array, value) -> pa.Array:
+    """Nulls replaced by ``value``, as a typed scalar (``pc.fill_null(arr, 0)`` took ~40 ms here).
+
+    >>> filled(pa.array([1, None], pa.int32()), 0).to_pylist()
+    [1, 0]
+    """
+    return pc.coalesce(arr, pa.scalar(value, arr.type)) if arr.null_count else arr
 
 
 def clean(arr: pa.Array) -> pa.Array:
@@ -25,7 +31,7 @@ def clean(arr: pa.Array) -> pa.Array:
     >>> clean(pa.array(["a", None])).to_pylist()
     ['a', '']
     """
-    return pc.fill_null(arr, "") if arr.null_count else arr
+    return filled(arr, "")
 
 
 def utf8_buffer(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -44,23 +50,48 @@ def utf8_buffer(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data[offsets[0]: offsets[-1]], offsets - offsets[0]
 
 
+def is_space(data: np.ndarray) -> np.ndarray:
+    """Bytes that Python's ``str.split()`` treats as whitespace in ASCII text (9-13, 28-32).
+
+    Other Unicode spaces (U+00A0, U+3000, ...) count as word characters: a documented
+    approximation. Comparisons, not a lookup table: ~8x faster on large buffers.
+
+    >>> ascii = np.arange(128, dtype=np.uint8)
+    >>> np.flatnonzero(is_space(ascii)).tolist() == [b for b in range(128) if chr(b).isspace()]
+    True
+    """
+    return (data == 32) | ((data - np.uint8(9)) <= 4) | ((data - np.uint8(28)) <= 3)
+
+
 def word_counts(arr: pa.Array) -> np.ndarray:
     """Whitespace-separated words per string, like ``len(s.split())`` for ASCII whitespace.
 
-    >>> word_counts(pa.array(["  two words ", "", "one", "a\\tb\\nc", None])).tolist()
-    [2, 0, 1, 3, 0]
+    >>> word_counts(pa.array(["  two words ", "", "one", "a\\tb\\nc", None, "x"])).tolist()
+    [2, 0, 1, 3, 0, 1]
     """
     data, offsets = utf8_buffer(arr)
+    first = offsets[:-1]
     if len(data) == 0:
-        return np.zeros(len(offsets) - 1, dtype=np.int64)
-    space = _WHITESPACE[data]
-    prev_space = np.empty_like(space)
-    prev_space[0] = True
-    prev_space[1:] = space[:-1]
-    starts = offsets[:-1]
-    prev_space[starts[starts < len(data)]] = True  # each string starts after a "space"
-    word_starts = np.flatnonzero(prev_space & ~space)
-    return np.searchsorted(word_starts, offsets[1:]) - np.searchsorted(word_starts, starts)
+        return np.zeros(len(first), dtype=np.int64)
+    space = is_space(data)
+    starts = np.empty(len(data), dtype=bool)  # a word starts here: space before, none here
+    starts[0] = not space[0]
+    np.greater(space[:-1], space[1:], out=starts[1:])
+    inside = first[first < len(data)]
+    starts[inside] = ~space[inside]  # each string starts after a virtual space
+    counts = np.add.reduceat(starts.view(np.uint8), np.minimum(first, len(data) - 1), dtype=np.int32)
+    counts[offsets[1:] == first] = 0  # reduceat gives one element for empty ranges
+    return counts
+
+
+def literal_pattern(literals: list[str]) -> str:
+    """An RE2 alternation matching any of ``literals`` verbatim.
+
+    >>> print(literal_pattern(["[CITATION NEEDED]", "a.b"]))
+    (?:\\[CITATION NEEDED\\]|a\\.b)
+    """
+    escaped = ("".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in lit) for lit in literals)
+    return "(?:" + "|".join(escaped) + ")"
 
 
 def starts_with_any(arr: pa.Array, prefixes: list[str]) -> np.ndarray:
@@ -69,8 +100,7 @@ def starts_with_any(arr: pa.Array, prefixes: list[str]) -> np.ndarray:
     >>> starts_with_any(pa.array([" Sure! ok", "Sure", "No"]), ["Sure!", "No"]).tolist()
     [True, False, True]
     """
-    stripped = pc.utf8_ltrim_whitespace(clean(arr))
-    return _any(stripped, prefixes, pc.starts_with)
+    return _search(clean(arr), r"^\s*" + literal_pattern(prefixes), prefixes)
 
 
 def contains_any(arr: pa.Array, needles: list[str], head_chars: int | None = None) -> np.ndarray:
@@ -82,7 +112,7 @@ def contains_any(arr: pa.Array, needles: list[str], head_chars: int | None = Non
     arr = clean(arr)
     if head_chars is not None:
         arr = pc.utf8_slice_codeunits(arr, 0, head_chars)
-    return _any(arr, needles, pc.match_substring)
+    return _search(arr, literal_pattern(needles), needles)
 
 
 def matches(arr: pa.Array, pattern: str, head_chars: int | None = None) -> np.ndarray:
@@ -97,11 +127,11 @@ def matches(arr: pa.Array, pattern: str, head_chars: int | None = None) -> np.nd
     return pc.match_substring_regex(arr, pattern, ignore_case=True).to_numpy(zero_copy_only=False)
 
 
-def _any(arr: pa.Array, patterns: list[str], kernel) -> np.ndarray:
-    out = np.zeros(len(arr), dtype=bool)
-    for pattern in patterns:
-        out |= kernel(arr, pattern).to_numpy(zero_copy_only=False)
-    return out
+def _search(arr: pa.Array, pattern: str, literals: list[str]) -> np.ndarray:
+    """RE2 search (several times faster than ``match_substring`` for a literal here)."""
+    if not literals:
+        return np.zeros(len(arr), dtype=bool)
+    return pc.match_substring_regex(arr, pattern).to_numpy(zero_copy_only=False)
 
 
 def ngram_hashes(tokens: np.ndarray, groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sft_pipeline import constants as C
-from sft_pipeline.score.text import clean
+from sft_pipeline.score.text import clean, filled
 
 ROLE_CODES = {C.ROLE_SYSTEM: 0, C.ROLE_USER: 1, C.ROLE_ASSISTANT: 2}
 SYSTEM, USER, ASSISTANT = (ROLE_CODES[r] for r in (C.ROLE_SYSTEM, C.ROLE_USER, C.ROLE_ASSISTANT))
@@ -67,7 +67,7 @@ def flatten(messages: pa.Array) -> Turns:
     if isinstance(messages, pa.ChunkedArray):
         messages = messages.combine_chunks()
     n_convs = len(messages)
-    n_messages = pc.fill_null(pc.list_value_length(messages), 0).to_numpy(zero_copy_only=False)
+    n_messages = filled(pc.list_value_length(messages), 0).to_numpy(zero_copy_only=False)
     n_messages = n_messages.astype(np.int64)
     flat = messages.flatten()  # skips null lists, respects slicing
     conv = np.repeat(np.arange(n_convs, dtype=np.int64), n_messages)
