@@ -22,8 +22,9 @@ class Section(BaseModel):
 
 
 class RunConfig(Section):
-    output_dir: str = "runs"  # local path or fsspec URL root for stage outputs
+    output_dir: str = "runs"  # stage outputs; on several machines, a shared mount
     seed: int = 42
+    result_storage: str | None = None  # Prefect storage block slug; default: <output_dir>/.prefect-results
 
 
 class ModelConfig(Section):

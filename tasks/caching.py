@@ -8,7 +8,6 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
-from prefect.filesystems import LocalFileSystem
 
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.errors import DETERMINISTIC_ERRORS
@@ -40,21 +39,23 @@ def storage_root(cfg: PipelineConfig) -> str:
     return cfg.run.output_dir.rstrip("/")
 
 
-def result_storage(cfg: PipelineConfig):
-    """Where task results and cache records live: next to the outputs they describe.
 
-    A plain path gives a LocalFileSystem block; an fsspec URL (s3://, gs://, ...) is
-    handed to Prefect as is, so workers on different machines share results.
+def result_storage(cfg: PipelineConfig) -> str | Path:
+    """Where task results and cache records live.
+
+    Default: next to the outputs they describe (deleting the outputs forgets the cache).
+    ``run.result_storage`` names a saved Prefect storage block instead (for example a
+    ``remote-file-system/shared`` block on an fsspec URL), so that workers on different
+    machines reuse each other's stage results.
     """
-    root = storage_root(cfg)
-    if "://" in root:
-        return f"{root}/{RESULTS_SUBDIR}"
-    return LocalFileSystem(basepath=str(Path(root, RESULTS_SUBDIR).resolve()))
+    if cfg.run.result_storage:
+        return cfg.run.result_storage
+    return Path(storage_root(cfg), RESULTS_SUBDIR).resolve()
 
 
 def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:
     """A serializable policy: concurrent runs on one key wait for each other instead of racing."""
-    locks = Path(storage_root(cfg), LOCKS_SUBDIR) if "://" not in storage_root(cfg) else Path(LOCKS_SUBDIR)
+    locks = Path(storage_root(cfg), LOCKS_SUBDIR)
     return StageCachePolicy(stage=stage).configure(
         isolation_level="SERIALIZABLE",
         lock_manager=FileSystemLockManager(lock_files_directory=locks.resolve()),
