@@ -10,8 +10,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from sft_pipeline import constants as C
 
-MASK_PREVIEW_FILE = "mask_preview.md"
-
 
 def _read(path: Path) -> str | None:
     return path.read_text() if path.exists() else None
@@ -25,7 +23,7 @@ def publish_filter(result: dict) -> None:
 
 
 def publish_tokenize(result: dict) -> None:
-    preview = _read(Path(result["out_dir"]) / MASK_PREVIEW_FILE)
+    preview = _read(Path(result["out_dir"]) / C.MASK_PREVIEW_FILE)
     if preview:
         create_markdown_artifact(key="mask-preview", markdown=preview,
                                  description="Token/label tables: supervised spans marked")
