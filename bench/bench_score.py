@@ -6,15 +6,16 @@ short/sycophantic/hedged/refusal/disclaimer/repetitive rows, exact and near dupl
 * (a) ``seed``: the tutorial's ``score_sft_example`` (copied below, verbatim) applied row by row
   to the Parquet batches converted to Python dicts - what calling it on this data takes;
 * (b) ``ours-seed4``: ``score_conversations`` restricted to the same four signals;
-* (c) ``ours-all``: ``score_conversations`` with every signal (dedup included).
+* (c) ``ours-all``: ``score_conversations`` with every signal (dedup included);
+* for reference, decoding the Parquet columns alone: a floor that every method pays.
 
 (b) and (c) are the whole stage: both passes, and writing scores.parquet; (a) writes nothing.
 Each runs in a fresh process, best of ``--repeat`` runs: CPU seconds (all threads) give
 rows/s/core, ru_maxrss the peak RSS. (b)'s scores are checked equal to (a)'s. A second table times MinHash signatures on the
 same shingle hashes: ``datasketch`` (MinHash.update_batch per row) vs ``rensa`` (flat matrix).
 
-    python bench/bench_score.py                  # 100k rows (~1-2 min here)
-    python bench/bench_score.py --rows 1000000   # scale mode: peak RSS at a million rows
+    python bench/bench_score.py                  # 100k rows (~30 s here)
+    python bench/bench_score.py --rows 1000000   # scale mode: peak RSS at a million rows (~2 min)
     python bench/bench_score.py --input runs/ingest/<key>/conversations.parquet  # (c) on real data
 """
 
@@ -157,7 +158,11 @@ def run_method(method: str, stage: bool, path: str, out: str, repeat: int) -> di
 def run_once(method: str, stage: bool, path: str, out: str) -> dict:
     """Scores only (in memory), or the whole stage (writing ``out``)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    if method == "seed":
+    scores = None
+    if method == "read":
+        for _ in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["id", "messages"]):
+            pass
+    elif method == "seed":
         scores = seed_scores(Path(path), Path(out) if stage else None)
     else:
         cfg = ScoreConfig(signals=list(C.SEED_SIGNALS) if method == "ours-seed4" else list(C.SCORE_SIGNALS))
@@ -167,7 +172,7 @@ def run_once(method: str, stage: bool, path: str, out: str) -> dict:
             scores = compute_scores(open_conversations(Path(path)), cfg).score
     timing = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if stage and method != "seed":
+    if stage and method not in ("seed", "read"):
         scores = pq.read_table(out, columns=[C.SCORE_COLUMN]).column(0).to_numpy()
     return {**timing, "scores": scores}
 
@@ -206,15 +211,18 @@ def minhash_table(path: Path, rows: int, num_perm: int = 64) -> list[str]:
             f"\nrensa / datasketch: {t_ds / t_rensa:.0f}x"]
 
 
-LABELS = {"seed": "(a) seed `score_sft_example` per row", "ours-seed4": "(b) ours, the seed's 4 signals",
+LABELS = {"read": "Parquet decode of id + messages only (paid by all)",
+          "seed": "(a) seed `score_sft_example` per row", "ours-seed4": "(b) ours, the seed's 4 signals",
           "ours-all": "(c) ours, all signals"}
-N_SIGNALS = {"seed": 4, "ours-seed4": 4, "ours-all": len(C.SCORE_SIGNALS)}
+N_SIGNALS = {"read": 0, "seed": 4, "ours-seed4": 4, "ours-all": len(C.SCORE_SIGNALS)}
 
 
 def print_table(res: dict, methods: list[str], rows: int) -> None:
     print("\n| method | signals | rows | scoring CPU s | scoring rows/s/core | vs (a) "
           "| stage CPU s (+ write) | stage rows/s/core | vs (a) | stage peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    read = res[("read", False)]
+    print(f"| {LABELS['read']} | 0 | {rows:,} | {read['cpu']:.2f} | {rows / read['cpu']:,.0f} | | | | | |")
     for m in methods:
         core, stage = res[(m, False)], res[(m, True)]
         vs = [f"{res[('seed', st)]['cpu'] / r['cpu']:.1f}x" if "seed" in methods else "-"
@@ -244,6 +252,7 @@ def main() -> None:
         repeat = args.repeat or (1 if rows >= 500_000 else 2)
         res = {(m, stage): in_child(run_method, m, stage, str(path), str(Path(tmp) / f"{m}.parquet"), repeat)
                for m in methods for stage in (False, True)}
+        res[("read", False)] = in_child(run_method, "read", False, str(path), "", repeat)
         print(f"\nbest of {repeat} run(s) per method, each method in a fresh process")
         print_table(res, methods, rows)
         print()

@@ -153,6 +153,15 @@ def test_near_duplicates_keep_one_representative(tmp_path):
     assert summary["signals"] == {C.SIGNAL_NEAR_DUPLICATE: 1}
 
 
+def test_exact_copies_point_at_the_final_representative(tmp_path):
+    words = [f"token{i}" for i in range(200)]
+    text, edited = " ".join(words), " ".join(words[:50] + ["changed"] + words[51:])
+    rows, _ = score(tmp_path, [chat("Q?", text), chat("Q?", edited), chat("Q?", text)], ids=["b", "a", "c"])
+    assert [r[C.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
+    assert [r[C.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, False, True]
+    assert [r[C.DUPLICATE_OF_COLUMN] for r in rows] == ["a", None, "a"]  # "c" copies "b", whose cluster keeps "a"
+
+
 def test_streaming_in_small_chunks_gives_the_same_result(tmp_path):
     convs = [chat(f"Question {i}?", " ".join([GOOD] * 4) + f" Variant {i % 4}.") for i in range(12)]
     convs += [chat("Hi", "Yes."), chat("Q?", "Sure! " + GOOD)]
