@@ -158,7 +158,7 @@ class TokenizeConfig(Section):
     max_heldout_rows: int | None = Field(default=200, ge=1)  # extra candidates stay in train
     max_rows: int | None = Field(default=None, ge=1)  # deterministic subset of train rows (by id hash)
     decontaminate_ngram: int = Field(default=8, ge=3)  # drop held-out rows sharing a word n-gram with train
-    num_proc: int = Field(default=1, ge=1)  # encoding processes
+    num_proc: int = Field(default=1, ge=1)  # encoding processes (spawned, not forked, when threads run)
     batch_rows: int = Field(default=512, ge=1)  # rows per tokenizer call / worker task
     preview_rows: int = Field(default=3, ge=0)  # rows shown in mask_preview.md
 

@@ -166,6 +166,14 @@ def test_gate_rejects_masks_on_prompt_or_missing_end_of_turn(tiny_tokenizer):
                        tiny_tokenizer, ["<|im_end|>"])
 
 
+def test_gate_passes_multibyte_text(tiny_tokenizer):
+    conv = [{"role": "user", "content": "用中文回答"},
+            {"role": "assistant", "content": "北京是中国的首都。🇨🇳 東京は日本の首都です。" * 3}]
+    enc = encode_conversation(conv, tiny_tokenizer)
+    check_rows([("cjk", enc["input_ids"], enc["labels"], False, [conv[-1]["content"]])], tiny_tokenizer,
+               ["<|im_end|>"])
+
+
 def test_bad_input_is_one_clear_line(tmp_path, tiny_tokenizer):
     cfg = TokenizeConfig()
     with pytest.raises(InputError, match="no such file"):
@@ -176,3 +184,20 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_tokenizer):
     src = write_filtered(tmp_path / "bad.parquet", [conversation(0, 1), [{"role": "user", "content": "hi"}]])
     with pytest.raises(InputError, match=r"bad.parquet: row 1 \(id='row-001'\): no assistant turn"):
         tokenize_split(src, tmp_path, tiny_tokenizer, cfg, seed=SEED)
+
+
+def test_stage_runner_writes_manifest_and_caches(tmp_path, tiny_model_dir):
+    from sft_pipeline import stages
+    from sft_pipeline.artifacts import read_manifest
+    from sft_pipeline.config import validate_config
+
+    filtered_dir = tmp_path / "filter"
+    write_filtered(filtered_dir / C.FILTERED_FILE, [conversation(i) for i in range(20)])
+    upstream = stages.StageResult(stage=C.STAGE_FILTER, key="k", out_dir=str(filtered_dir))
+    cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": [{"path": "x"}]},
+                           "model": {"name_or_path": str(tiny_model_dir)}, "tokenize": {"packing": True}})
+    result = stages.run_tokenize(cfg, upstream)
+    counts = read_manifest(result.out_dir)["counts"]
+    assert counts["rows_in"] == 20 == counts["train_rows"] + counts["heldout_rows"] + counts["dropped_rows"]
+    assert counts["eot_marker_last"] == "<|im_end|>" and counts["packing_efficiency"] > 0
+    assert result.key == stages.expected_key(C.STAGE_TOKENIZE, cfg, {"filter": upstream})

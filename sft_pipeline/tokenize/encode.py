@@ -2,12 +2,13 @@
 
 Rows are rendered with the chat template, their assistant spans located, and each
 chunk is tokenized by one fast-tokenizer call. With ``num_proc > 1`` chunks go to
-forked worker processes (the tokenizer is inherited, not re-loaded).
+worker processes (forked where safe, so the tokenizer is inherited, not re-loaded).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,7 +16,7 @@ from typing import Sequence
 from sft_pipeline.tokenize.masks import Encoded, SpanError, encode_rendered, locate_spans, render_batch
 from sft_pipeline.tokenize.template import TemplateInfo
 
-FORK = "fork"
+FORK, SPAWN = "fork", "spawn"
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,20 @@ def chunks(items: Sequence, size: int) -> list[Sequence]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def mp_context():
+    """Fork (workers inherit the tokenizer) unless other threads run, e.g. under Prefect, where fork can
+    deadlock on a lock held by another thread; then spawn (the tokenizer is pickled to each worker)."""
+    if FORK in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context(FORK)
+    return multiprocessing.get_context(SPAWN)
+
+
 def encode_all(conversations: Sequence[Sequence[dict]], tokenizer, info: TemplateInfo, settings: EncodeSettings,
                *, batch_rows: int, num_proc: int) -> list[Encoded | str]:
     """Encode every row, in chunks of ``batch_rows``, over ``num_proc`` processes."""
     parts = chunks(list(conversations), batch_rows)
-    if num_proc <= 1 or len(parts) <= 1 or FORK not in multiprocessing.get_all_start_methods():
+    if num_proc <= 1 or len(parts) <= 1:
         return [r for part in parts for r in encode_many(part, tokenizer, info, settings)]
-    context = multiprocessing.get_context(FORK)
-    with ProcessPoolExecutor(max_workers=min(num_proc, len(parts)), mp_context=context,
+    with ProcessPoolExecutor(max_workers=min(num_proc, len(parts)), mp_context=mp_context(),
                              initializer=_init_worker, initargs=(tokenizer, info, settings)) as pool:
         return [r for part in pool.map(_encode_chunk, parts) for r in part]

@@ -41,7 +41,7 @@ class Encoded:
 
     @property
     def supervised(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 def content_candidates(content: str) -> list[tuple[str, bool]]:

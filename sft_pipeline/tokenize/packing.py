@@ -21,16 +21,12 @@ ROW_COLUMN = "_row"  # per-token source row index, carried through packing to re
 
 
 def list_array(rows: Sequence[Sequence[int]]) -> pa.ListArray:
-    """A list<int32> array from Python lists, built from one flat buffer.
+    """A list<int32> array from Python lists (pyarrow converts them in C++).
 
     >>> list_array([[1, 2], [3]]).to_pylist()
     [[1, 2], [3]]
     """
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for r in rows for t in r), dtype=np.int32, count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+    return pa.array(rows, type=TOKEN_LIST)
 
 
 def position_ids(seq_lengths: pa.ListArray) -> pa.ListArray:

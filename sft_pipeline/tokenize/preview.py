@@ -49,15 +49,16 @@ def supervised_text(input_ids: Sequence[int], labels: Sequence[int], tokenizer) 
     return "".join(out)
 
 
-def mask_preview(rows: Sequence[tuple[str, Sequence[int], Sequence[int]]], tokenizer, stats: dict) -> str:
-    """Markdown: a summary line, then each row's supervised text and its token table."""
+def mask_preview(rows: Sequence[tuple[str, Sequence[int], Sequence[int]]], tokenizer,
+                 markers: tuple[str, str]) -> str:
+    """Markdown: a summary line, then each row's text with supervised spans and its token table."""
     parts = ["# Label-mask preview", "",
-             f"End-of-turn markers: `{stats.get('eot_marker_mid')!r}` (mid), `{stats.get('eot_marker_last')!r}` "
-             f"(last). Supervised spans are shown as ⟦…⟧; in the tables, supervised tokens say {SUPERVISED_MARK}.",
-             ""]
+             f"End-of-turn markers: `{markers[0]!r}` (mid-conversation), `{markers[1]!r}` (final turn). "
+             f"Supervised spans are shown as ⟦…⟧; in the tables, supervised tokens say {SUPERVISED_MARK}.", ""]
     for row_id, ids, labels in rows:
-        supervised = sum(1 for lab in labels if lab != IGNORE_INDEX)
+        supervised = len(labels) - list(labels).count(IGNORE_INDEX)
         parts += [f"## `{row_id}`", "",
                   f"{len(ids)} tokens, {supervised} supervised (label = token id), the rest {IGNORE_INDEX}.", "",
-                  "````text", supervised_text(ids, labels, tokenizer), "````", "", row_table(ids, labels, tokenizer), ""]
+                  "````text", supervised_text(ids, labels, tokenizer), "````", "",
+                  row_table(ids, labels, tokenizer), ""]
     return "\n".join(parts)

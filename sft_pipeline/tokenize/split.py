@@ -49,7 +49,8 @@ class Split:
 
 def split_rows(ids: Sequence[str], *, seed: int, heldout_fraction: float, max_heldout: int | None,
                max_rows: int | None) -> Split:
-    """Held-out rows: hash < fraction, capped at ``max_heldout`` (the rest stay in train);
+    """Held-out rows: hash < fraction, capped at ``max_heldout`` (the rest stay in train; rows sharing
+    an id, i.e. exact duplicates, always fall on the same side);
     then at most ``max_rows`` train rows, chosen by a second hash.
 
     >>> s = split_rows([str(i) for i in range(100)], seed=1, heldout_fraction=0.2, max_heldout=5, max_rows=50)
@@ -84,14 +85,14 @@ def ngrams(words: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:
     >>> list(ngrams(["a", "b", "c"], 2))
     [('a', 'b'), ('b', 'c')]
     """
-    return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return zip(*(words[k:] for k in range(n)))
 
 
 def contaminated(heldout: Sequence[Sequence[dict]], train: Iterable[Sequence[dict]], n: int) -> set[int]:
     """Positions in ``heldout`` that share a word n-gram with any ``train`` conversation.
 
-    Held-out n-grams are few, so they go in a dict; train words are scanned once, and
-    an n-gram is only built where its first word starts some held-out n-gram.
+    Held-out n-grams are few, so they go in a dict; each train message's n-grams are
+    built by ``zip`` and intersected with it, both in C.
 
     >>> h = [[{"role": "user", "content": "the quick brown fox"}], [{"role": "user", "content": "other words"}]]
     >>> contaminated(h, [[{"role": "assistant", "content": "A quick brown fox!"}]], 3)
@@ -102,13 +103,11 @@ def contaminated(heldout: Sequence[Sequence[dict]], train: Iterable[Sequence[dic
         for words in message_words(messages):
             for gram in ngrams(words, n):
                 owners.setdefault(gram, set()).add(pos)
-    firsts = {gram[0] for gram in owners}
     hit: set[int] = set()
     for messages in train:
         for words in message_words(messages):
-            for i in range(len(words) - n + 1):
-                if words[i] in firsts:
-                    hit |= owners.get(tuple(words[i : i + n]), set())
+            for gram in owners.keys() & ngrams(words, n):  # built and looked up in C
+                hit |= owners[gram]
         if len(hit) == len(heldout):
             break
     return hit

@@ -21,7 +21,7 @@ from sft_pipeline.tokenize.encode import EncodeSettings, encode_all
 from sft_pipeline.tokenize.masks import Encoded
 from sft_pipeline.tokenize.packing import list_array, pack_rows, packing_efficiency
 from sft_pipeline.tokenize.preview import mask_preview
-from sft_pipeline.tokenize.split import decontaminate, split_rows
+from sft_pipeline.tokenize.split import Split, decontaminate, split_rows
 from sft_pipeline.tokenize.template import learn_template
 from sft_pipeline.tokenize.verify import MAX_LISTED, check_rows, target_turns
 
@@ -59,12 +59,10 @@ def read_filtered(path: Path) -> tuple[pa.Table, list[str], list[list[dict]]]:
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}")
     ids, conversations = table.column("id").to_pylist(), table.column("messages").to_pylist()
-    seen: set[str] = set()
     for row, (row_id, messages) in enumerate(zip(ids, conversations)):
-        problem = "id is empty" if not row_id else ("duplicate id" if row_id in seen else _problem(messages))
+        problem = "id is empty" if not row_id else _problem(messages)
         if problem:
             raise InputError(f"{path}: row {row} (id={row_id!r}): {problem}")
-        seen.add(row_id)
     return table, ids, conversations
 
 
@@ -86,17 +84,20 @@ def _apply_policy(indices: Sequence[int], encoded: Sequence[Encoded], cfg: Token
     return kept, drops
 
 
-def _encode_split(indices, conversations, tokenizer, info, cfg) -> list[Encoded | str]:
+def _encode_parts(split: Split, ids, conversations, tokenizer, info, cfg) -> dict[str, tuple[list, list]]:
+    """Encode the train and held-out rows; VerificationError naming every row that cannot be encoded."""
     settings = EncodeSettings(max_length=cfg.max_length, train_on=cfg.train_on)
-    return encode_all([conversations[i] for i in indices], tokenizer, info, settings,
-                      batch_rows=cfg.batch_rows, num_proc=cfg.num_proc)
-
-
-def _raise_failures(failures: list[str]) -> None:
+    parts, failures = {}, []
+    for name, indices in ((SPLIT_TRAIN, split.train), (SPLIT_HELDOUT, split.heldout)):
+        results = encode_all([conversations[i] for i in indices], tokenizer, info, settings,
+                             batch_rows=cfg.batch_rows, num_proc=cfg.num_proc)
+        failures += [f"{ids[i]} ({r})" for i, r in zip(indices, results) if isinstance(r, str)]
+        parts[name] = (indices, results)
     if failures:
         more = f" and {len(failures) - MAX_LISTED} more" if len(failures) > MAX_LISTED else ""
         raise VerificationError(f"tokenize: cannot build label masks for {len(failures)} row(s): "
                                 f"{'; '.join(failures[:MAX_LISTED])}{more}")
+    return parts
 
 
 def _length_stats(encoded: Sequence[Encoded], max_length: int) -> dict:
@@ -119,20 +120,13 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
     out_dir = Path(out_dir)
     table, ids, conversations = read_filtered(filtered_path)
     info = learn_template(tokenizer)
-    split = split_rows(ids, seed=seed, heldout_fraction=cfg.heldout_fraction,
-                       max_heldout=cfg.max_heldout_rows, max_rows=cfg.max_rows)
-    split = decontaminate(split, conversations, cfg.decontaminate_ngram)
+    split = decontaminate(split_rows(ids, seed=seed, heldout_fraction=cfg.heldout_fraction,
+                                     max_heldout=cfg.max_heldout_rows, max_rows=cfg.max_rows),
+                          conversations, cfg.decontaminate_ngram)
     drops = _drops(ids, split.decontaminated, SPLIT_HELDOUT, DROP_DECONTAMINATED)
     drops += _drops(ids, split.not_selected, SPLIT_TRAIN, DROP_NOT_SELECTED)
 
-    parts: dict[str, tuple[list[int], list[Encoded]]] = {}
-    failures: list[str] = []
-    for name, indices in ((SPLIT_TRAIN, split.train), (SPLIT_HELDOUT, split.heldout)):
-        results = _encode_split(indices, conversations, tokenizer, info, cfg)
-        failures += [f"{ids[i]} ({r})" for i, r in zip(indices, results) if isinstance(r, str)]
-        parts[name] = (indices, results)
-    _raise_failures(failures)
-
+    parts = _encode_parts(split, ids, conversations, tokenizer, info, cfg)
     kept: dict[str, tuple[list[int], list[Encoded]]] = {}
     for name, (indices, encoded) in parts.items():
         positions, split_drops = _apply_policy(indices, encoded, cfg, ids, name)
@@ -184,6 +178,5 @@ def _write_outputs(out_dir, table, ids, conversations, kept, drops, tokenizer, i
     )
     preview = _preview_positions([conversations[i] for i in train_idx], cfg.preview_rows)
     rows = [(train_ids[p], train_enc[p].input_ids, train_enc[p].labels) for p in preview]
-    (out_dir / C.MASK_PREVIEW_FILE).write_text(
-        mask_preview(rows, tokenizer, {"eot_marker_mid": info.mid_marker, "eot_marker_last": info.last_marker}))
+    (out_dir / C.MASK_PREVIEW_FILE).write_text(mask_preview(rows, tokenizer, (info.mid_marker, info.last_marker)))
     return stats

@@ -115,7 +115,8 @@ def _render_probe(tokenizer, name: str) -> str:
     try:
         return render(tokenizer, probe_messages(with_system=False))
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"chat template of {name}: cannot render a user/assistant conversation: {exc}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"chat template of {name}: cannot render a user/assistant conversation: {reason}") from None
 
 
 def _find(text: str, needle: str, start: int, name: str) -> int:
@@ -174,8 +175,11 @@ def _probe(tokenizer, adds_bos: bool) -> TemplateInfo:
             "learn to stop; use a template that closes turns (e.g. its TRL '*_training' variant)"
         )
     user_only = [{"role": ROLE_USER, "content": PROBE_USERS[0]}]
-    plain = render(tokenizer, user_only + [{"role": ROLE_ASSISTANT, "content": PROBE_ANSWERS[0]}])
-    user_prefix = plain[: _find(plain, PROBE_USERS[0], 0, name)]
+    try:
+        plain = render(tokenizer, user_only + [{"role": ROLE_ASSISTANT, "content": PROBE_ANSWERS[0]}])
+        user_prefix = plain[: plain.index(PROBE_USERS[0])]
+    except Exception:  # noqa: BLE001 - the header is then found by likeness to the assistant header
+        user_prefix = ""
     mid_marker = turn_end(text[a1:u2], last_marker, user_prefix, _gen_prompt(tokenizer, user_only))
     if not mid_marker:
         raise ConfigError(f"chat template of {name}: no end-of-turn marker after non-final assistant turns")

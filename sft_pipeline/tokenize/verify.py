@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
+
 from sft_pipeline.constants import IGNORE_INDEX, ROLE_ASSISTANT
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.tokenize.masks import TRAIN_LAST, THINK_OPEN, content_candidates
@@ -17,6 +19,7 @@ from sft_pipeline.tokenize.masks import TRAIN_LAST, THINK_OPEN, content_candidat
 SLACK_CHARS = 8  # text a token straddling a span edge may add beyond it
 HEAD_CHARS = 16  # leading characters of a turn's content checked at the start of its run
 MAX_LISTED = 10  # offending rows named in the error
+REPLACEMENT_CHAR = "\ufffd"
 
 
 def supervised_runs(labels: Sequence[int]) -> list[tuple[int, int]]:
@@ -25,16 +28,9 @@ def supervised_runs(labels: Sequence[int]) -> list[tuple[int, int]]:
     >>> supervised_runs([-100, 5, 6, -100, 7])
     [(1, 3), (4, 5)]
     """
-    runs, start = [], None
-    for i, label in enumerate(labels):
-        if label != IGNORE_INDEX and start is None:
-            start = i
-        elif label == IGNORE_INDEX and start is not None:
-            runs.append((start, i))
-            start = None
-    if start is not None:
-        runs.append((start, len(labels)))
-    return runs
+    on = np.concatenate([[False], np.asarray(labels) != IGNORE_INDEX, [False]])
+    edges = np.flatnonzero(on[1:] != on[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def target_turns(messages: Sequence[dict], train_on: str) -> list[str]:
@@ -56,7 +52,7 @@ def _starts_with_content(text: str, content: str) -> bool:
     >>> _starts_with_content("user\\nWhat is 2+2? 4", "4")
     False
     """
-    text = text.lstrip()
+    text = text.lstrip().rstrip(REPLACEMENT_CHAR)  # a head cut inside a multi-byte character
     head = text[: HEAD_CHARS + SLACK_CHARS]
     if head.startswith(THINK_OPEN):
         return True
@@ -70,21 +66,22 @@ def _ends_with_marker(text: str, markers: Sequence[str]) -> bool:
 
 def row_problem(input_ids: Sequence[int], labels: Sequence[int], *, truncated: bool, turns: Sequence[str],
                 markers: Sequence[str], decode: Callable[[Sequence[int]], str]) -> str | None:
-    """What is wrong with one row's mask, or None."""
+    """What is wrong with one row's mask, or None (only a run's head and tail are decoded)."""
     if len(labels) != len(input_ids):
         return "labels and input_ids differ in length"
-    if any(lab != IGNORE_INDEX and lab != tok for lab, tok in zip(labels, input_ids)):
+    ids, labs = np.asarray(input_ids), np.asarray(labels)
+    if np.any((labs != IGNORE_INDEX) & (labs != ids)):
         return "a label differs from its input token"
     runs = supervised_runs(labels)
     if not runs:
         return "no supervised token"
     if len(runs) > len(turns) or (not truncated and len(runs) != len(turns)):
         return f"{len(runs)} supervised spans for {len(turns)} assistant turns"
+    tail = max(map(len, markers)) + SLACK_CHARS  # a token holds at least one character
     for k, ((a, b), content) in enumerate(zip(runs, turns), start=1):
-        text = decode(input_ids[a:b])
-        if not _starts_with_content(text, content):
+        if not _starts_with_content(decode(input_ids[a : min(b, a + HEAD_CHARS + SLACK_CHARS)]), content):
             return f"assistant turn {k}: supervised span does not start at its content"
-        if not truncated and not _ends_with_marker(text, markers):
+        if not truncated and not _ends_with_marker(decode(input_ids[max(a, b - tail) : b]), markers):
             return f"assistant turn {k}: end-of-turn marker not supervised"
     return None
 
@@ -93,7 +90,11 @@ def check_rows(rows: Sequence[tuple[str, Sequence[int], Sequence[int], bool, Seq
                markers: Sequence[str]) -> None:
     """Raise VerificationError naming every row (id, problem) that fails; rows: (id, ids, labels, truncated, turns)."""
 
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
     def decode(ids: Sequence[int]) -> str:
+        if backend is not None:  # the fast tokenizer's own decoder, without per-id Python conversion
+            return backend.decode(list(ids), skip_special_tokens=False)
         return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     bad = []
