@@ -13,7 +13,10 @@ SmolLM2 tokenizer) and the same chat template for all three: TRL's
   ``datasets.Dataset`` of the same messages (tokenize with ``return_assistant_tokens_mask``,
   build labels, truncate), single process (``dataset_num_proc=None``).
 * (c) ``ours``: ``encode_all`` (render, locate spans, one batched fast-tokenizer call per
-  512 rows) plus building the Arrow columns written to train.parquet; ``num_proc=1`` and 2.
+  512 rows) plus building the Arrow columns written to train.parquet; ``num_proc=1`` and 2
+  (workers are spawned, with seconds of start-up, when the process already runs threads, as
+  it does here once TRL's trainer exists; forked otherwise).
+* floor: the fast tokenizer alone on the pre-rendered texts - what any exact method must pay.
 
 Reported: rows/s and tokens/s (tokens = input ids produced), supervised tokens, and speed-up
 over the seed and over TRL. Also checked: every token we supervise is inside TRL's
@@ -46,7 +49,7 @@ from sft_pipeline.config import IngestConfig, ModelConfig, SourceConfig
 from sft_pipeline.ingest import ingest_sources
 from sft_pipeline.models import load_tokenizer
 from sft_pipeline.testing import make_tiny_model
-from sft_pipeline.tokenize.encode import EncodeSettings, encode_all
+from sft_pipeline.tokenize.encode import EncodeSettings, encode_all, mp_context
 from sft_pipeline.tokenize.packing import list_array
 from sft_pipeline.tokenize.template import learn_template
 
@@ -182,7 +185,8 @@ def bench_table(title: str, convs, tokenizer, trainer, args) -> None:
         "(a) seed tokenize_with_masking": (run_seed, (convs, tokenizer, args.max_length)),
         "(b) TRL SFTTrainer._prepare_dataset": (run_trl, (trainer, dataset, tokenizer)),
         "(c) ours, num_proc=1": (run_ours, (convs, tokenizer, args.max_length, 1)),
-        "(c) ours, num_proc=2": (run_ours, (convs, tokenizer, args.max_length, 2)),
+        f"(c) ours, num_proc=2 ({mp_context().get_start_method()}ed workers)":
+            (run_ours, (convs, tokenizer, args.max_length, 2)),
         "floor: fast tokenizer alone on pre-rendered text": (run_tokenizer_only, (texts, tokenizer)),
     })
     seed_s = results["(a) seed tokenize_with_masking"][0]
