@@ -185,7 +185,7 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=1, ge=1)
     save_steps: int = Field(default=50, ge=1)
-    save_total_limit: int | None = Field(default=2, ge=1)  # complete checkpoints kept in out_dir/checkpoints
+    save_total_limit: int | None = Field(default=2, ge=2)  # checkpoints kept (>= 2: a kill mid-save leaves one complete)
     merge_export: bool = False  # lora/qlora: also save the adapter merged into a 16-bit base under out_dir/merged
     work_pool: str | None = None  # run on this Prefect work pool via `sft-train/gpu`
 

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 from sft_pipeline import constants as C
 from sft_pipeline.config import ModelConfig, TrainConfig
-from sft_pipeline.errors import InputError, PipelineError
+from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.train import is_transient, train_model
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
 
@@ -116,3 +116,18 @@ def test_missing_hub_model_is_deterministic(setup, tmp_path):
         train_model(ModelConfig(name_or_path="org/does-not-exist-xyz"), tokenized, tmp_path / "out", _cfg(), seed=0)
     assert "\n" not in str(err.value)
     assert not is_transient(err.value)
+
+
+def test_bad_scheduler_is_a_one_line_config_error(setup, tmp_path):
+    model_cfg, tokenized = setup
+    with pytest.raises(ConfigError, match="^train: .*not-a-schedule") as err:
+        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(lr_scheduler="not-a-schedule"), seed=0)
+    assert "\n" not in str(err.value)
+
+
+def test_process_entry_point_reports_errors_in_one_line(tmp_path, capsys):
+    from sft_pipeline.train.launch import main
+
+    code = main(["--config", str(tmp_path / "missing.yaml"), "--tokenized", str(tmp_path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "config file not found" in err
