@@ -29,10 +29,16 @@ LOGS=$PREFECT_HOME/logs
 mkdir -p "$LOGS"
 PIDS=()
 
-down() {
+down() {  # workers first (they need the server to shut down cleanly), then the server
   [ "${SFT_STACK_KEEP:-0}" = 1 ] && { echo "stack left running at $PREFECT_API_URL"; return; }
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  local i pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
 }
 trap down EXIT
 
