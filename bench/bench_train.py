@@ -17,7 +17,7 @@ setup - model loading, TRL's dataset preparation - is reported apart). The held-
 is then computed for both adapters by the same code: token-weighted mean NLL on the
 assistant tokens of held-out conversations.
 
-    python bench/bench_train.py                 # SmolLM2-135M-Instruct, 4 steps, ~3 min on 2 busy CPU cores
+    python bench/bench_train.py                 # SmolLM2-135M-Instruct, 4 steps: 3-9 min on 2 shared CPU cores
     python bench/bench_train.py --repeat 2      # best of 2 runs per side (steadier on a shared machine), ~5 min
     python bench/bench_train.py --model tiny --rows 64 --steps 8 --batch 4   # tiny random Llama (plumbing only)
     python bench/bench_train.py --method qlora --rows 512 --steps 50 --batch 8 --max-length 1024  # on a GPU
