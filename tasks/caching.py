@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect.cache_policies import CachePolicy
 from prefect.locking.filesystem import FileSystemLockManager
@@ -62,12 +62,22 @@ def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:
     )
 
 
-def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only errors a retry can fix; bad config, bad input or a missing model fail at once."""
-    try:
-        state.result(raise_on_failure=True)
-    except DETERMINISTIC_ERRORS:
+def retry_when(predicate: Callable[[BaseException], bool]):
+    """A Prefect ``retry_condition_fn`` that retries a failed run when ``predicate(error)`` holds."""
+
+    def condition(task: Any, task_run: Any, state: Any) -> bool:
+        try:
+            state.result(raise_on_failure=True)
+        except BaseException as exc:  # noqa: BLE001 - the predicate decides
+            return predicate(exc)
         return False
-    except BaseException:  # noqa: BLE001 - anything else may be transient (I/O, network, preemption)
-        return True
-    return False
+
+    return condition
+
+
+def not_deterministic(exc: BaseException) -> bool:
+    """Bad config, bad input or a missing file fail at once; anything else may be transient (I/O, preemption)."""
+    return not isinstance(exc, DETERMINISTIC_ERRORS)
+
+
+retry_transient = retry_when(not_deterministic)

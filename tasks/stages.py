@@ -7,7 +7,8 @@ from prefect.tasks import exponential_backoff
 
 from sft_pipeline import stages
 from sft_pipeline.config import PipelineConfig
-from tasks.caching import retry_transient
+from sft_pipeline.train import is_transient
+from tasks.caching import retry_transient, retry_when
 
 RETRIES = 2
 BACKOFF_S = 10
@@ -45,7 +46,9 @@ def tokenize(cfg: PipelineConfig, filter: dict) -> dict:
     return _done(stages.run_tokenize(cfg, stages.StageResult(**filter)))
 
 
-@task(name="train", **TASK_OPTIONS)
+# Training retries only errors known to be transient (network, interconnect); out-of-memory
+# is handled inside the stage (smaller micro-batch), everything else fails at once.
+@task(name="train", **{**TASK_OPTIONS, "retry_condition_fn": retry_when(is_transient)})
 def train(cfg: PipelineConfig, tokenize: dict) -> dict:
     return _done(stages.run_train(cfg, stages.StageResult(**tokenize)))
 
