@@ -28,7 +28,7 @@ def configured(task, stage: str, cfg):
     return task.with_options(cache_policy=stage_policy(stage, cfg), result_storage=result_storage(cfg))
 
 
-@flow(name="sft", log_prints=True)
+@flow(name="sft")
 def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until: Stage = "evaluate"):
     """Run the pipeline on ``config`` (a YAML path) with ``key.sub=value`` overrides."""
     cfg = load_config(config, overrides)

@@ -20,7 +20,7 @@ def _train_task(cfg: PipelineConfig):
     return T.train.with_options(cache_policy=stage_policy("train", cfg), result_storage=result_storage(cfg))
 
 
-@flow(name=TRAIN_FLOW, log_prints=True)
+@flow(name=TRAIN_FLOW)
 def sft_train(config: str, tokenize: dict, overrides: list[str] | None = None) -> dict:
     """Train on the tokenized stage output found at ``tokenize['out_dir']`` (a shared path)."""
     cfg = load_config(config, overrides)

@@ -53,7 +53,9 @@ def _convert_gguf(gguf: Path) -> Path:
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the one-off conversion logs one line, not a tqdm bar
     log.info("converting %s to a transformers checkpoint in %s (once)", gguf.name, target)
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
