@@ -50,7 +50,7 @@ class ModelEval:
     ifeval_verdicts: list[dict] = field(default_factory=list)
     ifeval_generations: list[Generation] = field(default_factory=list)
     question_generations: list[Generation] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: dict = field(default_factory=dict)  # per phase
 
 
 def load_inputs(stage_dirs: dict[str, Path], cfg: EvalConfig) -> Inputs:
@@ -63,17 +63,24 @@ def load_inputs(stage_dirs: dict[str, Path], cfg: EvalConfig) -> Inputs:
 
 def evaluate_model(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int) -> ModelEval:
     """Every metric for one model on the shared inputs."""
-    started = time.time()
-    pad_id = tokenizer.pad_token_id
-    metrics = heldout_loss(model, inputs.heldout, batch_size=cfg.batch_size, pad_id=pad_id)
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return round(clock[-1] - clock[-2], 1)
+
+    metrics = heldout_loss(model, inputs.heldout, batch_size=cfg.batch_size, pad_id=tokenizer.pad_token_id)
+    seconds = {"heldout_loss": lap()}
     prompts = [row["prompt"] for row in inputs.ifeval] + [q["prompt"] for q in inputs.questions]
     gens = generate(model, tokenizer, prompts, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                     do_sample=cfg.do_sample, temperature=cfg.temperature, seed=seed)
+    seconds["generation"] = lap()
     if_gens, q_gens = gens[:len(inputs.ifeval)], gens[len(inputs.ifeval):]
     scores, verdicts = evaluate_ifeval(inputs.ifeval, [g.text for g in if_gens])
+    seconds["ifeval_checks"] = lap()
     metrics.update({IFEVAL_PREFIX + k: v for k, v in scores.items()})
     metrics.update(behaviour_metrics(gens, ngram=cfg.repetition_ngram, min_words=cfg.min_response_words))
-    return ModelEval(metrics, verdicts, if_gens, q_gens, seconds=time.time() - started)
+    return ModelEval(metrics, verdicts, if_gens, q_gens, seconds=seconds)
 
 
 def attach_adapter(model, adapter_dir: Path):
@@ -120,7 +127,7 @@ def build_results(inputs: Inputs, base: ModelEval, tuned: ModelEval, gate: dict,
                                 TUNED: per_instruction(inputs.ifeval, tuned.ifeval_verdicts)},
         },
         "generations": _side_by_side(inputs.questions, base.question_generations, tuned.question_generations),
-        "seconds": {BASE: round(base.seconds, 1), TUNED: round(tuned.seconds, 1)},
+        "seconds": {BASE: base.seconds, TUNED: tuned.seconds},
         **extra,
     }
 

@@ -163,9 +163,9 @@ def data_section(run: dict, images: set[str]) -> str:
 def training_section(run: dict, images: set[str]) -> str:
     parts = ["## Training"]
     train = (run.get("stages") or {}).get(C.STAGE_TRAIN) or {}
-    scalars = flatten(train.get("counts") or {}) + list((run.get("train_metrics") or {}).items())
+    scalars = {**dict(flatten(train.get("counts") or {})), **(run.get("train_metrics") or {})}
     if scalars:
-        parts.append(table(["quantity", "value"], [[k, fmt(v)] for k, v in scalars]))
+        parts.append(table(["quantity", "value"], [[k, fmt(v)] for k, v in scalars.items()]))
     losses = run.get("train_loss") or []
     if losses:
         parts.append(f"Training loss {fmt(losses[0][1])} at step {losses[0][0]} -> "
