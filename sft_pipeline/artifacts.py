@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from sft_pipeline.constants import MANIFEST_FILE
+from sft_pipeline.errors import InputError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _CHUNK = 1 << 20
@@ -168,6 +169,24 @@ def write_manifest(
     }
     write_json(Path(out_dir) / MANIFEST_FILE, manifest)
     return manifest
+
+
+def open_parquet(path: str | Path, required: tuple[str, ...] = (), hint: str = ""):
+    """Open a stage's Parquet input; a missing file, bad file or missing column is one InputError line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in required if c not in pf.schema_arrow.names]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
+    return pf
 
 
 def read_manifest(out_dir: str | Path) -> dict:

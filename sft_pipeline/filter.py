@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sft_pipeline import constants as C
-from sft_pipeline.artifacts import write_json
+from sft_pipeline.artifacts import open_parquet, write_json
 from sft_pipeline.config import FilterConfig
-from sft_pipeline.errors import InputError, VerificationError
+from sft_pipeline.errors import VerificationError
 
 SWEEP_STEPS = 10  # thresholds 0.0, 0.1, ..., 1.0
 DECIDING_COLUMNS = ("id", C.SCORE_COLUMN, C.TOKENS_EST_COLUMN)
@@ -64,16 +64,7 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
 
 
 def open_scores(path: Path) -> pq.ParquetFile:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in DECIDING_COLUMNS if c not in pf.schema_arrow.names]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (run the score stage first)")
-    return pf
+    return open_parquet(path, tuple(DECIDING_COLUMNS), " (run the score stage first)")
 
 
 def top_fraction_mask(score: np.ndarray, ids: pa.ChunkedArray, fraction: float) -> np.ndarray:

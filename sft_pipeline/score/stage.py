@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sft_pipeline import constants as C
+from sft_pipeline.artifacts import open_parquet
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import InputError
 from sft_pipeline.score import dedup
@@ -75,17 +76,8 @@ def compute_scores(pf: pq.ParquetFile, cfg: ScoreConfig) -> Scored:
 
 def open_conversations(path: Path) -> pq.ParquetFile:
     """Open and check the input; any problem is one InputError line naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    pf = open_parquet(path, tuple(REQUIRED_COLUMNS))
     schema = pf.schema_arrow
-    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     mtype = schema.field("messages").type
     is_list = pa.types.is_list(mtype) or pa.types.is_large_list(mtype)
     if not is_list or not pa.types.is_struct(mtype.value_type) \
