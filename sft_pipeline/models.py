@@ -7,6 +7,8 @@ in a cache folder keyed by the GGUF's content digest; later loads are plain
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -53,13 +55,13 @@ def _convert_gguf(gguf: Path) -> Path:
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # the one-off conversion logs one line, not a tqdm bar
     log.info("converting %s to a transformers checkpoint in %s (once)", gguf.name, target)
     kwargs = {"gguf_file": gguf.name}
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    # transformers' GGUF loader draws raw tqdm bars on stderr; the conversion logs one line instead.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
     config = loaded.config
     del config.quantization_config  # the dequantised weights are plain tensors
     model = AutoModelForCausalLM.from_config(config, dtype=CONVERTED_DTYPE)
