@@ -59,9 +59,9 @@ def bench_generation(model, tokenizer, prompts: list[str], batch_size: int, max_
                   f"{same}/{len(gens)}"))
 
 
-def synthetic_heldout(tokenizer, rows: int, length: int) -> pd.DataFrame:
+def synthetic_heldout(tokenizer, prompts_path: str, rows: int, length: int) -> pd.DataFrame:
     """Chat rows cut to ``length`` tokens; labels keep the assistant part (as the tokenize stage does)."""
-    texts = [r["prompt"] for r in load_ifeval_prompts(resolve_path(load_config().eval.ifeval_prompts))]
+    texts = [r["prompt"] for r in load_ifeval_prompts(resolve_path(prompts_path))]
     out = []
     for i in range(rows):
         reply = " ".join(texts[(i + k) % len(texts)] for k in range(1, 40))
@@ -87,7 +87,8 @@ def bench_stage(cfg, overrides: list[str], seq_len: int) -> None:
         for d in dirs.values():
             d.mkdir()
         rows = cfg.eval.max_heldout_rows or 64
-        synthetic_heldout(tokenizer, rows, seq_len).to_parquet(dirs[C.STAGE_TOKENIZE] / C.HELDOUT_TOKENS_FILE)
+        heldout = synthetic_heldout(tokenizer, cfg.eval.ifeval_prompts, rows, seq_len)
+        heldout.to_parquet(dirs[C.STAGE_TOKENIZE] / C.HELDOUT_TOKENS_FILE)
         base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
         lora = LoraConfig(r=cfg.train.lora.r, lora_alpha=cfg.train.lora.alpha,
                           target_modules=cfg.train.lora.target_modules)
