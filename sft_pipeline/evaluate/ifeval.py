@@ -9,11 +9,11 @@ instruction level); nothing here re-implements a checker.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
 from sft_pipeline.errors import InputError
+from sft_pipeline.evaluate.prompts import iter_jsonl
 
 PROMPT_KEYS = ("key", "prompt", "instruction_id_list", "kwargs")
 # lm-eval's result names -> ours.
@@ -66,20 +66,8 @@ def _check_row(row: Any, where: str) -> dict:
 
 def load_ifeval_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
     """Read and validate an IFEval-format JSONL file; keep the first ``limit`` prompts."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read IFEval prompts ({exc.strerror})") from None
     rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+    for where, row in iter_jsonl(path, "IFEval prompts"):
         rows.append(_check_row(row, where))
         if limit is not None and len(rows) >= limit:
             break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from itertools import chain, zip_longest
 from pathlib import Path
 
@@ -24,24 +25,34 @@ def round_robin(rows: list[dict], key: str = "category") -> list[dict]:
     return [r for r in chain.from_iterable(zip_longest(*groups.values())) if r is not None]
 
 
+def iter_jsonl(path: str | Path, what: str) -> Iterator[tuple[str, object]]:
+    """Yield ``(where, row)`` for each non-blank JSONL line; ``where`` names file and line.
+
+    Unreadable files and invalid JSON raise one-line ``InputError``s that name ``what`` was read.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8"
+        raise InputError(f"{path}: cannot read {what} ({reason})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+
+
 def load_questions(path: str | Path, count: int) -> list[dict]:
     """``count`` MT-Bench questions as ``{"id", "category", "prompt"}`` (first turn only)."""
     if count <= 0:
         return []
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read generation prompts ({exc.strerror})") from None
     rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+    for where, row in iter_jsonl(path, "generation prompts"):
         if not isinstance(row, dict) or any(k not in row for k in QUESTION_KEYS) or not row["turns"]:
-            raise InputError(f"{path}: line {number}: expected {', '.join(QUESTION_KEYS)} with a first turn")
+            raise InputError(f"{where}: expected {', '.join(QUESTION_KEYS)} with a first turn")
         rows.append({"id": row["question_id"], "category": row["category"], "prompt": row["turns"][0]})
     return round_robin(rows)[:count]
