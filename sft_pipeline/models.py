@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "SFT_PIPELINE_CACHE"
 GGUF_SUFFIX = ".gguf"
 CONVERTED_DTYPE = torch.bfloat16
+# transformers 5 deprecated `is_gradient_checkpointing`, which PEFT and TRL still read when they
+# wrap a model: a FutureWarning on every run that says nothing about the user's job.
+GRADIENT_CHECKPOINTING_DEPRECATION = (FutureWarning, r".*is_gradient_checkpointing.*")
 
 
 def cache_root() -> Path:
@@ -143,3 +146,14 @@ def load_causal_lm(cfg: ModelConfig, *, quantize_4bit: bool = False, source: str
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def ignoring(*warning_specs: tuple[type[Warning], str]):
+    """Silence warnings matching ``(category, message regex)`` pairs, and only those."""
+    import warnings
+
+    with warnings.catch_warnings():
+        for category, pattern in warning_specs:
+            warnings.filterwarnings("ignore", message=pattern, category=category)
+        yield

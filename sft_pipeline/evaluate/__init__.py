@@ -87,9 +87,12 @@ def attach_adapter(model, adapter_dir: Path):
     """Base model + the LoRA adapter, merged for plain-speed inference."""
     from peft import PeftModel
 
+    from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, ignoring
+
     if not (adapter_dir / "adapter_config.json").exists():
         raise InputError(f"{adapter_dir}: no LoRA adapter (adapter_config.json missing)")
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+    with ignoring(GRADIENT_CHECKPOINTING_DEPRECATION):
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
 
 
 def delta(base: dict, tuned: dict) -> dict:

@@ -18,7 +18,6 @@ import contextlib
 import gc
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +26,7 @@ import torch
 from sft_pipeline import constants as C
 from sft_pipeline.config import LoraSection, ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
+from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, compute_dtype, ignoring, load_causal_lm, load_tokenizer
 from sft_pipeline.train import metrics as M
 from sft_pipeline.train.data import TrainData, load_train_data
 from sft_pipeline.train.failures import batch_schedule, is_oom, is_transient
@@ -39,10 +39,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the hub on t
 PEFT_TASK_TYPE = "CAUSAL_LM"
 NO_REPORTING = "none"
 STEPS = "steps"
-NOISY_WARNINGS = (
-    (FutureWarning, r".*is_gradient_checkpointing.*"),
-    (UserWarning, r".*pin_memory.*"),
-)
+NOISY_WARNINGS = (GRADIENT_CHECKPOINTING_DEPRECATION, (UserWarning, r".*pin_memory.*"))
 
 
 @contextlib.contextmanager
@@ -55,9 +52,7 @@ def quiet_training():
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     try:
-        with warnings.catch_warnings():
-            for category, pattern in NOISY_WARNINGS:
-                warnings.filterwarnings("ignore", message=pattern, category=category)
+        with ignoring(*NOISY_WARNINGS):
             yield
     finally:
         if bars:
@@ -97,8 +92,6 @@ def load_model(model_cfg: ModelConfig, cfg: TrainConfig):
     """The base model prepared for ``cfg.method`` (adapters are added by the trainer)."""
     from peft import prepare_model_for_kbit_training
 
-    from sft_pipeline.models import load_causal_lm
-
     model = load_causal_lm(model_cfg, quantize_4bit=cfg.method == "qlora")
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
@@ -109,8 +102,6 @@ def load_model(model_cfg: ModelConfig, cfg: TrainConfig):
 
 def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int, micro: int, accumulation: int):
     from trl import SFTConfig
-
-    from sft_pipeline.models import compute_dtype
 
     return SFTConfig(
         output_dir=str(out_dir / C.CHECKPOINTS_DIR),
@@ -253,7 +244,6 @@ def train_model(
     ``transformers.TrainerCallback`` objects (progress reporting, tests).
     Returns the counts recorded in the stage manifest.
     """
-    from sft_pipeline.models import load_tokenizer
     from sft_pipeline.train import export
 
     out_dir = Path(out_dir)
