@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 
 from flows.publish import publish_filter, publish_report, publish_summary, publish_tokenize
+from flows.score import sharded_inputs
 from flows.train import train_stage
 from sft_pipeline.config import load_config
 from tasks.caching import result_storage, stage_policy
@@ -35,7 +36,8 @@ def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until:
     results: dict[str, dict] = {}
     results["ingest"] = configured(T.ingest, "ingest", cfg)(cfg)
     if until != "ingest":
-        results["score"] = configured(T.score, "score", cfg)(cfg, results["ingest"])
+        shards = sharded_inputs(cfg, results["ingest"])
+        results["score"] = configured(T.score, "score", cfg)(cfg, results["ingest"], shards)
     if until not in ("ingest", "score"):
         results["filter"] = configured(T.filter_, "filter", cfg)(cfg, results["score"])
         publish_filter(results["filter"])

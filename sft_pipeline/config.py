@@ -25,6 +25,9 @@ class RunConfig(Section):
     output_dir: str = "runs"  # stage outputs; on several machines, a shared mount
     seed: int = 42
     result_storage: str | None = None  # Prefect storage block slug; default: <output_dir>/.prefect-results
+    # Score pass 1 split over row groups on a Dask cluster (prefect-dask); output is identical to 1 shard.
+    score_shards: int = Field(default=1, ge=1, le=1024)
+    dask_address: str | None = None  # scheduler address, e.g. tcp://host:8786; None: a local cluster
 
 
 class ModelConfig(Section):

@@ -9,7 +9,10 @@ them directly without an orchestrator.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -144,13 +147,49 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     return _run(C.STAGE_INGEST, cfg, inputs, section, lambda out: ingest_sources(cfg.ingest, out))
 
 
-def run_score(cfg: PipelineConfig, ingest: StageResult) -> StageResult:
+def run_score(cfg: PipelineConfig, ingest: StageResult, shards: list[str] | None = None) -> StageResult:
+    """Score the conversations; with ``shards`` (from :func:`run_score_shard`), merge those instead."""
     from sft_pipeline.score import score_conversations
+    from sft_pipeline.score.shards import merge_shards
 
     inputs, section = _inputs_and_section(C.STAGE_SCORE, cfg, {"ingest": ingest})
     src = ingest.path(C.CONVERSATIONS_FILE)
-    return _run(C.STAGE_SCORE, cfg, inputs, section,
-                lambda out: score_conversations(src, out / C.SCORES_FILE, cfg.score))
+
+    def body(out: Path) -> dict:
+        if shards:
+            return merge_shards(src, shards, out / C.SCORES_FILE, cfg.score)
+        return score_conversations(src, out / C.SCORES_FILE, cfg.score)
+
+    result = _run(C.STAGE_SCORE, cfg, inputs, section, body)
+    if shards:
+        shutil.rmtree(Path(shards[0]).parent, ignore_errors=True)
+    return result
+
+
+def is_done(cfg: PipelineConfig, stage: str, upstream: Mapping[str, Any]) -> bool:
+    """Whether the stage's output at its current key is complete (its manifest is written last)."""
+    return (stage_dir(cfg, stage, expected_key(stage, cfg, upstream)) / C.MANIFEST_FILE).exists()
+
+
+def plan_score_shards(cfg: PipelineConfig, ingest: StageResult) -> list[list[int]]:
+    """Row-group runs of the conversations for ``run.score_shards`` workers."""
+    from sft_pipeline.score.shards import shard_plan
+
+    return shard_plan(ingest.path(C.CONVERSATIONS_FILE), cfg.run.score_shards)
+
+
+def run_score_shard(cfg: PipelineConfig, ingest: StageResult, index: int, row_groups: list[int]) -> str:
+    """Pass 1 of scoring over ``row_groups``, into a scratch folder beside the stage's output."""
+    from sft_pipeline.score.shards import score_shard
+
+    key = expected_key(C.STAGE_SCORE, cfg, {"ingest": ingest})
+    scratch = stage_dir(cfg, C.STAGE_SCORE, key).with_name(f".{key[:KEY_CHARS]}.shards")
+    scratch.mkdir(parents=True, exist_ok=True)
+    final = scratch / f"shard-{index:05d}.npz"
+    tmp = final.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+    score_shard(ingest.path(C.CONVERSATIONS_FILE), row_groups, tmp, cfg.score)
+    os.replace(tmp, final)
+    return str(final)
 
 
 def run_filter(cfg: PipelineConfig, score: StageResult) -> StageResult:

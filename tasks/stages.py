@@ -32,8 +32,13 @@ def ingest(cfg: PipelineConfig) -> dict:
 
 
 @task(name="score", **TASK_OPTIONS)
-def score(cfg: PipelineConfig, ingest: dict) -> dict:
-    return _done(stages.run_score(cfg, stages.StageResult(**ingest)))
+def score(cfg: PipelineConfig, ingest: dict, shards: list[str] | None = None) -> dict:
+    return _done(stages.run_score(cfg, stages.StageResult(**ingest), shards))
+
+
+@task(name="score-shard", **TASK_OPTIONS)
+def score_shard(cfg: PipelineConfig, ingest: dict, index: int, row_groups: list[int]) -> str:
+    return stages.run_score_shard(cfg, stages.StageResult(**ingest), index, row_groups)
 
 
 @task(name="filter", **TASK_OPTIONS)

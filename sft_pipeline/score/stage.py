@@ -42,36 +42,61 @@ class Scored:
 def score_conversations(conversations_path: Path, out_path: Path, cfg: ScoreConfig) -> dict:
     """Score every conversation; write ``out_path`` and return a summary for the manifest."""
     pf = open_conversations(conversations_path)
-    scored = compute_scores(pf, cfg)
+    return write_scores(pf, compute_scores(pf, cfg), Path(out_path), cfg)
+
+
+def write_scores(pf: pq.ParquetFile, scored: Scored, out_path: Path, cfg: ScoreConfig) -> dict:
+    """Pass 2: write the input rows with their scores; return the manifest summary."""
     columns = {**scored.flags, **scored.stats, C.DUPLICATE_OF_COLUMN: scored.duplicate_of,
                C.SCORE_COLUMN: scored.score}
-    _write(pf, Path(out_path), columns, scored.flags, cfg.batch_rows)
+    _write(pf, out_path, columns, scored.flags, cfg.batch_rows)
     return _summary(scored)
 
 
 def compute_scores(pf: pq.ParquetFile, cfg: ScoreConfig) -> Scored:
     """Pass 1 over the batches, then the global duplicate resolution and the weighted score."""
-    wanted, n = set(cfg.signals), pf.metadata.num_rows
+    return finish(pf, pass_one(pf, cfg), cfg)
+
+
+def pass_one(pf: pq.ParquetFile, cfg: ScoreConfig, row_groups: list[int] | None = None) -> ChunkResult:
+    """Every per-row signal of the file (or of ``row_groups`` only), concatenated in row order."""
+    wanted = set(cfg.signals)
+    groups = range(pf.num_row_groups) if row_groups is None else row_groups
+    n = sum(pf.metadata.row_group(g).num_rows for g in groups)
     # Signatures go straight into one preallocated matrix (concatenating would double it).
     sigs = np.empty((n, cfg.minhash_permutations), np.uint32) if C.SIGNAL_NEAR_DUPLICATE in wanted else None
-    results, ids, row = [], [], 0
-    for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=list(REQUIRED_COLUMNS)):
-        ids.append(batch.column("id").cast(pa.string()))
+    results, row = [], 0
+    for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=["messages"], row_groups=list(groups)):
         for piece in chunks(batch, cfg.max_batch_bytes):
             result = score_chunk(piece, cfg, wanted)
             if sigs is not None:
                 sigs[row: row + piece.num_rows], result.sigs = result.sigs, None
             results.append(result)
             row += piece.num_rows
-    if not results:  # an empty file still gets every column
-        empty = pa.RecordBatch.from_arrays([pa.array([], pf.schema_arrow.field(c).type) for c in REQUIRED_COLUMNS],
-                                           names=list(REQUIRED_COLUMNS))
-        results, ids = [score_chunk(empty, cfg, wanted)], [pa.array([], pa.string())]
-    flags, stats = _concat_flags(results), _concat_stats(results)
-    rep = _resolve_duplicates(results, ids, sigs, cfg, flags)
+    if not results:  # no rows: still every column, with the file's types
+        field = pf.schema_arrow.field("messages")
+        results = [score_chunk(pa.RecordBatch.from_arrays([pa.array([], field.type)], names=["messages"]),
+                               cfg, wanted)]
+    merged = concat_results(results)
+    merged.sigs = sigs
+    return merged
+
+
+def concat_results(results: list[ChunkResult]) -> ChunkResult:
+    """One ChunkResult holding the rows of ``results`` in order."""
+    return ChunkResult(flags=_concat_flags(results), stats=_concat_stats(results),
+                       keys=_concat(results, lambda r: r.keys), sigs=_concat(results, lambda r: r.sigs),
+                       has_sig=_concat(results, lambda r: r.has_sig))
+
+
+def finish(pf: pq.ParquetFile, first: ChunkResult, cfg: ScoreConfig) -> Scored:
+    """Resolve duplicates over all rows of ``pf`` and weigh the signals into the score."""
+    ids = pf.read(columns=["id"]).column("id").cast(pa.string()).chunks or [pa.array([], pa.string())]
+    flags = dict(first.flags)
+    rep = _resolve_duplicates(first, ids, cfg, flags)
     flags = {name: flags[name] for name in C.SCORE_SIGNALS if name in flags}
     score = weighted_score(flags, cfg.weights, pf.metadata.num_rows)
-    return Scored(flags, stats, _duplicate_of(ids, rep), score, rep)
+    return Scored(flags, first.stats, _duplicate_of(ids, rep), score, rep)
 
 
 def open_conversations(path: Path) -> pq.ParquetFile:
@@ -101,13 +126,13 @@ def _concat_stats(results: list[ChunkResult]) -> dict[str, np.ndarray]:
     return {k: _concat(results, lambda r: r.stats[k]).astype(STAT_TYPES[k].to_pandas_dtype()) for k in names}
 
 
-def _resolve_duplicates(results, ids, sigs, cfg: ScoreConfig, flags: dict) -> np.ndarray | None:
+def _resolve_duplicates(first: ChunkResult, ids: list[pa.Array], cfg: ScoreConfig, flags: dict) -> np.ndarray | None:
     """Set the duplicate flags; return each row's representative (None: dedup disabled)."""
     wanted = set(cfg.signals)
     if not wanted & {C.SIGNAL_EXACT_DUPLICATE, C.SIGNAL_NEAR_DUPLICATE}:
         return None
-    exact, near, rep = dedup.resolve(id_rank(ids), _concat(results, lambda r: r.keys), sigs,
-                                     _concat(results, lambda r: r.has_sig), cfg.near_duplicate_threshold)
+    exact, near, rep = dedup.resolve(id_rank(ids), first.keys, first.sigs, first.has_sig,
+                                     cfg.near_duplicate_threshold)
     if C.SIGNAL_EXACT_DUPLICATE in wanted:
         flags[C.SIGNAL_EXACT_DUPLICATE] = exact
     if C.SIGNAL_NEAR_DUPLICATE in wanted:
