@@ -7,6 +7,7 @@ travels as a flow parameter.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +74,7 @@ DEFAULT_SCORE_WEIGHTS = {
     C.SIGNAL_AI_DISCLAIMER: 0.2,
     C.SIGNAL_REPETITION: 0.3,
     C.SIGNAL_BAD_STRUCTURE: 0.5,
+    C.SIGNAL_WRONG_LANGUAGE: 0.5,
     C.SIGNAL_TOO_LONG: 0.2,
     C.SIGNAL_EXACT_DUPLICATE: 1.0,
     C.SIGNAL_NEAR_DUPLICATE: 1.0,
@@ -124,6 +126,11 @@ class ScoreConfig(Section):
     near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)  # estimated Jaccard
     minhash_permutations: int = Field(default=64, ge=16, le=1024)
     minhash_ngram: int = Field(default=5, ge=1)  # word n-gram shingles over all messages
+    # Optional language identification (fastText lid.176): ISO 639 codes to keep, e.g. [en];
+    # empty turns it off. Rows confidently in another language fire wrong_language.
+    languages: list[str] = Field(default_factory=list)
+    language_min_confidence: float = Field(default=0.5, ge=0, le=1)
+    language_chars: int = Field(default=1000, ge=16)  # head of the user + assistant text looked at
     batch_rows: int = Field(default=4096, ge=1, le=1_000_000)
     max_batch_bytes: int = Field(default=8 * 2**20, ge=1024)  # text per scoring chunk (bounds memory)
 
@@ -142,7 +149,15 @@ class ScoreConfig(Section):
                 raise ValueError(f"{field}: unknown signal(s) {unknown}; known: {list(allowed)}")
         if any(w < 0 for w in self.weights.values()) or any(not 0 < f <= 1 for f in self.min_turn_fraction.values()):
             raise ValueError("weights must be >= 0 and min_turn_fraction values in (0, 1]")
+        bad = [code for code in self.languages if not re.fullmatch(r"[a-z]{2,3}", code)]
+        if bad:
+            raise ValueError(f"languages: {bad} are not ISO 639 codes such as 'en' or 'zh'")
         return self
+
+    @property
+    def active_signals(self) -> set[str]:
+        """The signals computed: ``signals``, less language id when no language is set."""
+        return set(self.signals) - (set() if self.languages else {C.SIGNAL_WRONG_LANGUAGE})
 
 
 class FilterConfig(Section):

@@ -65,11 +65,14 @@ SIGNAL_BAD_STRUCTURE = "bad_structure"
 SIGNAL_TOO_LONG = "too_long"
 SIGNAL_EXACT_DUPLICATE = "exact_duplicate"
 SIGNAL_NEAR_DUPLICATE = "near_duplicate"
+SIGNAL_WRONG_LANGUAGE = "wrong_language"  # computed only when score.languages is set
 SCORE_SIGNALS = TURN_SIGNALS + (SIGNAL_REPETITION, SIGNAL_BAD_STRUCTURE, SIGNAL_TOO_LONG,
-                                SIGNAL_EXACT_DUPLICATE, SIGNAL_NEAR_DUPLICATE)
+                                SIGNAL_EXACT_DUPLICATE, SIGNAL_NEAR_DUPLICATE, SIGNAL_WRONG_LANGUAGE)
 # Columns the score stage adds besides one per signal.
 SCORE_COLUMN = "score"
 REASONS_COLUMN = "reasons"
 TOKENS_EST_COLUMN = "n_tokens_est"
 DUPLICATE_OF_COLUMN = "duplicate_of"
+LANGUAGE_COLUMN = "language"  # ISO 639 code detected by the optional language identification
+LANGUAGE_SCORE_COLUMN = "language_score"  # the model's confidence in it
 DROPPED_BY_COLUMN = "dropped_by"  # dropped.parquet: "threshold" or "top_fraction"

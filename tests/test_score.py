@@ -176,11 +176,12 @@ def test_output_keeps_every_row_and_column(tmp_path):
     rows, _ = score(tmp_path, convs)
     table = pq.read_table(tmp_path / C.SCORES_FILE)
     assert table.column_names[:6] == SCHEMA.names
-    assert set(C.SCORE_SIGNALS) <= set(table.column_names)
+    assert ScoreConfig().active_signals <= set(table.column_names)
+    assert C.SIGNAL_WRONG_LANGUAGE not in table.column_names  # language id is off by default
     assert [r["source_row"] for r in rows] == [0, 1, 2]
     for r in rows:
         assert 0.0 <= r[C.SCORE_COLUMN] <= 1.0
-        assert r[C.REASONS_COLUMN] == [s for s in C.SCORE_SIGNALS if r[s]]
+        assert r[C.REASONS_COLUMN] == [s for s in C.SCORE_SIGNALS if r.get(s)]
 
 
 def test_malformed_rows_are_scored_not_crashed(tmp_path):
@@ -221,3 +222,33 @@ def test_config_checks_signal_names_and_patterns(tmp_path):
     src = write(tmp_path / "c.parquet", [chat("Q?", GOOD)])
     with pytest.raises(ConfigError, match="refusal_pattern: invalid RE2"):
         score_conversations(src, tmp_path / "o.parquet", ScoreConfig(refusal_pattern="(unclosed"))
+
+
+FRENCH = ("La photosynthèse transforme la lumière, l'eau et le dioxyde de carbone en sucre et en "
+          "oxygène dans les chloroplastes des cellules végétales.")
+GERMAN = ("Die Photosynthese wandelt Licht, Wasser und Kohlendioxid in den Chloroplasten der "
+          "Pflanzenzellen in Zucker und Sauerstoff um.")
+
+
+def test_language_identification_flags_other_languages(tmp_path):
+    convs = [chat("What does photosynthesis do?", GOOD), chat("Que fait la photosynthèse ?", FRENCH),
+             chat("Was macht die Photosynthese?", GERMAN), chat("?", "..."),
+             chat("Translate into French: plants make sugar.", FRENCH)]
+    rows, summary = score(tmp_path, convs, languages=["en", "de"])
+    assert [r[C.LANGUAGE_COLUMN] for r in rows][:3] == ["en", "fr", "de"]
+    assert rows[3][C.LANGUAGE_SCORE_COLUMN] < 0.5 or rows[3][C.LANGUAGE_COLUMN] == "und"
+    assert [r[C.SIGNAL_WRONG_LANGUAGE] for r in rows][:4] == [False, True, False, False]
+    assert C.SIGNAL_WRONG_LANGUAGE in rows[1][C.REASONS_COLUMN]
+    assert rows[1][C.SCORE_COLUMN] == pytest.approx(1 - ScoreConfig().weights[C.SIGNAL_WRONG_LANGUAGE])
+    assert summary["signals"][C.SIGNAL_WRONG_LANGUAGE] == sum(r[C.SIGNAL_WRONG_LANGUAGE] for r in rows)
+    strict, _ = score(tmp_path, convs, languages=["en"], language_min_confidence=1.0)
+    assert not any(r[C.SIGNAL_WRONG_LANGUAGE] for r in strict)  # nothing is that sure
+
+
+def test_language_codes_are_checked(tmp_path):
+    base = {"ingest": {"sources": [{"path": "x.jsonl"}]}}
+    with pytest.raises(ConfigError, match="not ISO 639 codes"):
+        validate_config({**base, "score": {"languages": ["English"]}})
+    src = write(tmp_path / "c.parquet", [chat("Q?", GOOD)])
+    with pytest.raises(ConfigError, match=r"score.languages: unknown language code\(s\) \['qq'\]"):
+        score_conversations(src, tmp_path / "o.parquet", ScoreConfig(languages=["en", "qq"]))

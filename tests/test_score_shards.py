@@ -40,7 +40,7 @@ def conversations(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sequential(conversations, tmp_path_factory):
     out = tmp_path_factory.mktemp("sequential") / C.SCORES_FILE
-    cfg = ScoreConfig(near_duplicate_threshold=0.5)
+    cfg = ScoreConfig(near_duplicate_threshold=0.5, languages=["en"])  # language columns travel too
     return out, score_conversations(conversations, out, cfg), cfg
 
 
@@ -56,6 +56,7 @@ def test_any_number_of_shards_gives_the_sequential_output(conversations, sequent
     assert summary == seq_summary
     assert summary["signals"][C.SIGNAL_EXACT_DUPLICATE] >= 15 and summary["signals"][C.SIGNAL_NEAR_DUPLICATE] >= 1
     assert pq.read_table(tmp_path / C.SCORES_FILE).equals(pq.read_table(seq_out))
+    assert C.LANGUAGE_COLUMN in pq.read_schema(seq_out).names
 
 
 def test_merge_refuses_shards_that_miss_rows(conversations, sequential, tmp_path):

@@ -11,7 +11,9 @@ Signals (names in ``sft_pipeline.constants``; weights and thresholds in ``ScoreC
 * ``repetition`` (share of repeated word n-grams in the assistant's text), ``bad_structure``,
   ``too_long`` (estimated tokens, column ``n_tokens_est``);
 * ``exact_duplicate`` and ``near_duplicate`` (MinHash LSH): one representative per cluster,
-  the row with the smallest id, is kept unflagged; the others name it in ``duplicate_of``.
+  the row with the smallest id, is kept unflagged; the others name it in ``duplicate_of``;
+* optionally ``wrong_language`` (fastText lid.176, columns ``language``/``language_score``),
+  on when ``score.languages`` lists the codes to keep (sft_pipeline.score.language).
 
 How turn-level signals aggregate over a multi-turn conversation is described in
 ``sft_pipeline.score.signals``. ``score = max(0, 1 - sum of weights of fired signals)``.

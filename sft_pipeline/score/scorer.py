@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from sft_pipeline import constants as C
 from sft_pipeline.config import ScoreConfig
-from sft_pipeline.score import dedup, signals, text
+from sft_pipeline.score import dedup, language, signals, text
 from sft_pipeline.score.turns import Turns, flatten
 
 N_TURNS, N_ASSISTANT, REPETITION_RATIO = "n_turns", "n_assistant_turns", "repetition_ratio"
@@ -69,6 +69,10 @@ def score_chunk(batch: pa.RecordBatch, cfg: ScoreConfig, wanted: set[str]) -> Ch
         N_ASSISTANT: np.bincount(turns.conv[turns.assistant], minlength=turns.n_convs).astype(np.int32),
         C.TOKENS_EST_COLUMN: tokens,
     }
+    if C.SIGNAL_WRONG_LANGUAGE in wanted:
+        stats |= language.language_stats(turns, cfg)
+        flags[C.SIGNAL_WRONG_LANGUAGE] = language.wrong_language(
+            stats[C.LANGUAGE_COLUMN], stats[C.LANGUAGE_SCORE_COLUMN], cfg.languages, cfg.language_min_confidence)
     result = ChunkResult(flags=flags, stats=stats)
     if wanted & {C.SIGNAL_REPETITION, C.SIGNAL_NEAR_DUPLICATE}:
         _hash_signals(turns, cfg, wanted, result)

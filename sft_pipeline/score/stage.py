@@ -19,13 +19,14 @@ from sft_pipeline import constants as C
 from sft_pipeline.artifacts import open_parquet
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import InputError
-from sft_pipeline.score import dedup
+from sft_pipeline.score import dedup, language
 from sft_pipeline.score.scorer import N_ASSISTANT, N_TURNS, REPETITION_RATIO, ChunkResult, chunks, score_chunk
 
 REQUIRED_COLUMNS = ("id", "messages")
 DIGITS = 6  # scores are rounded so that 1 - 0.2 - 0.1 compares equal to 0.7
-STAT_TYPES = {N_TURNS: pa.int32(), N_ASSISTANT: pa.int32(), C.TOKENS_EST_COLUMN: pa.int64(),
-              REPETITION_RATIO: pa.float32()}
+STAT_TYPES = {N_TURNS: np.int32, N_ASSISTANT: np.int32, C.TOKENS_EST_COLUMN: np.int64,
+              REPETITION_RATIO: np.float32, C.LANGUAGE_COLUMN: language.CODE_DTYPE,
+              C.LANGUAGE_SCORE_COLUMN: np.float32}
 
 
 @dataclass
@@ -60,7 +61,9 @@ def compute_scores(pf: pq.ParquetFile, cfg: ScoreConfig) -> Scored:
 
 def pass_one(pf: pq.ParquetFile, cfg: ScoreConfig, row_groups: list[int] | None = None) -> ChunkResult:
     """Every per-row signal of the file (or of ``row_groups`` only), concatenated in row order."""
-    wanted = set(cfg.signals)
+    wanted = cfg.active_signals
+    if C.SIGNAL_WRONG_LANGUAGE in wanted:
+        language.check_languages(cfg)
     groups = range(pf.num_row_groups) if row_groups is None else row_groups
     n = sum(pf.metadata.row_group(g).num_rows for g in groups)
     # Signatures go straight into one preallocated matrix (concatenating would double it).
@@ -123,12 +126,12 @@ def _concat_flags(results: list[ChunkResult]) -> dict[str, np.ndarray]:
 
 def _concat_stats(results: list[ChunkResult]) -> dict[str, np.ndarray]:
     names = [k for k in STAT_TYPES if results and k in results[0].stats]
-    return {k: _concat(results, lambda r: r.stats[k]).astype(STAT_TYPES[k].to_pandas_dtype()) for k in names}
+    return {k: _concat(results, lambda r: r.stats[k]).astype(STAT_TYPES[k]) for k in names}
 
 
 def _resolve_duplicates(first: ChunkResult, ids: list[pa.Array], cfg: ScoreConfig, flags: dict) -> np.ndarray | None:
     """Set the duplicate flags; return each row's representative (None: dedup disabled)."""
-    wanted = set(cfg.signals)
+    wanted = cfg.active_signals
     if not wanted & {C.SIGNAL_EXACT_DUPLICATE, C.SIGNAL_NEAR_DUPLICATE}:
         return None
     exact, near, rep = dedup.resolve(id_rank(ids), first.keys, first.sigs, first.has_sig,
