@@ -22,13 +22,40 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def is_url(value: str) -> bool:
+    """An fsspec URL such as ``s3://bucket/prefix`` (not a local path or a block slug).
+
+    >>> is_url("s3://bucket/x"), is_url("memory://x"), is_url("runs"), is_url("remote-file-system/shared")
+    (True, True, False, False)
+    """
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", value))
+
+
 class RunConfig(Section):
     output_dir: str = "runs"  # stage outputs; on several machines, a shared mount
     seed: int = 42
-    result_storage: str | None = None  # Prefect storage block slug; default: <output_dir>/.prefect-results
+    # Prefect results and cache records: an fsspec URL (s3://bucket/prefix) or a saved storage
+    # block's slug (remote-file-system/shared); default: <output_dir>/.prefect-results.
+    result_storage: str | None = None
     # Score pass 1 split over row groups on a Dask cluster (prefect-dask); output is identical to 1 shard.
     score_shards: int = Field(default=1, ge=1, le=1024)
     dask_address: str | None = None  # scheduler address, e.g. tcp://host:8786; None: a local cluster
+
+    @field_validator("result_storage")
+    @classmethod
+    def _check_storage(cls, value: str | None) -> str | None:
+        if value is None or not is_url(value):
+            if value is not None and not re.fullmatch(r"[\w-]+/[\w.-]+", value):
+                raise ValueError(f"{value!r} is neither an fsspec URL (s3://bucket/prefix) nor a block slug (type/name)")
+            return value
+        import fsspec
+
+        protocol = value.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as exc:
+            raise ValueError(f"{value!r}: fsspec cannot open {protocol}:// ({str(exc).splitlines()[0]})") from None
+        return value
 
 
 class ModelConfig(Section):

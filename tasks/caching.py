@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from prefect.cache_policies import CachePolicy
+from prefect.filesystems import RemoteFileSystem
 from prefect.locking.filesystem import FileSystemLockManager
 
-from sft_pipeline.config import PipelineConfig
+from sft_pipeline.config import PipelineConfig, is_url
 from sft_pipeline.errors import DETERMINISTIC_ERRORS
 from sft_pipeline.stages import expected_key
 
@@ -44,13 +46,27 @@ def result_storage(cfg: PipelineConfig) -> str | Path:
     """Where task results and cache records live.
 
     Default: next to the outputs they describe (deleting the outputs forgets the cache).
-    ``run.result_storage`` names a saved Prefect storage block instead (for example a
-    ``remote-file-system/shared`` block on an fsspec URL), so that workers on different
-    machines reuse each other's stage results.
+    ``run.result_storage`` is an fsspec URL (``s3://bucket/sft-results``, ``gs://...``) or
+    the slug of a saved Prefect storage block (``remote-file-system/shared``), so that
+    workers on different machines reuse each other's stage results.
     """
-    if cfg.run.result_storage:
-        return cfg.run.result_storage
+    value = cfg.run.result_storage
+    if value and is_url(value):
+        return url_block(value)
+    if value:
+        return value
     return Path(storage_root(cfg), RESULTS_SUBDIR).resolve()
+
+
+def url_block(url: str) -> str:
+    """Save (idempotently) a ``remote-file-system`` block on ``url``; return its slug.
+
+    Prefect requires result storage to be persisted server-side; the block's name is a
+    digest of the URL, so every worker resolving the same URL uses the same block.
+    """
+    name = f"sft-results-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    RemoteFileSystem(basepath=url).save(name, overwrite=True)
+    return f"remote-file-system/{name}"
 
 
 def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:

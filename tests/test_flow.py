@@ -89,3 +89,16 @@ def test_threshold_change_recomputes_only_what_changed(first_run, overrides):
     assert states["filter"] == "Completed"
     assert results["filter"]["out_dir"] != first_run[1]["filter"]["out_dir"]
     assert states["tokenize"] == states["train"] == states["evaluate"] == "Cached", states
+
+
+def test_results_and_cache_records_on_an_fsspec_url(first_run, overrides):
+    # run.result_storage as a URL: Prefect's results and cache records go through fsspec
+    # (memory:// here, s3:// or gs:// on several machines); a second run hits them.
+    import fsspec
+
+    url = ["run.result_storage=memory://sft-test-results"]
+    state, _ = run_flow(overrides, url, until="filter")
+    assert set(task_states(state).values()) == {"Completed"}  # nothing stored at that URL yet
+    assert fsspec.filesystem("memory").ls("/sft-test-results")  # the records landed there
+    state, _ = run_flow(overrides, url, until="filter")
+    assert set(task_states(state).values()) == {"Cached"}
