@@ -37,8 +37,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_outputs(results: dict) -> None:
-    from pathlib import Path
-
     from sft_pipeline import constants as C
 
     wanted = {
@@ -49,7 +47,8 @@ def print_outputs(results: dict) -> None:
     for stage, items in wanted.items():
         for label, name in items:
             if stage in results:
-                print(f"{label + ':':15} {Path(results[stage]['out_dir']) / name}")
+                where = results[stage].get("url") or results[stage]["out_dir"]
+                print(f"{label + ':':15} {where.rstrip('/')}/{name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,15 +40,15 @@ def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until:
         results["score"] = configured(T.score, "score", cfg)(cfg, results["ingest"], shards)
     if until not in ("ingest", "score"):
         results["filter"] = configured(T.filter_, "filter", cfg)(cfg, results["score"])
-        publish_filter(results["filter"])
+        publish_filter(cfg, results["filter"])
     if until in ("tokenize", "train", "evaluate"):
         results["tokenize"] = configured(T.tokenize, "tokenize", cfg)(cfg, results["filter"])
-        publish_tokenize(results["tokenize"])
+        publish_tokenize(cfg, results["tokenize"])
     if until in ("train", "evaluate"):
         results["train"] = train_stage(cfg, results["tokenize"], config, overrides)
     if until == "evaluate":
         results["evaluate"] = configured(T.evaluate, "evaluate", cfg)(cfg, **results)
-        publish_report(results["evaluate"])
+        publish_report(cfg, results["evaluate"])
     publish_summary(results)
     return _final_state(results)
 

@@ -22,7 +22,7 @@ def _train_task(cfg: PipelineConfig):
 
 @flow(name=TRAIN_FLOW)
 def sft_train(config: str, tokenize: dict, overrides: list[str] | None = None) -> dict:
-    """Train on the tokenized stage output found at ``tokenize['out_dir']`` (a shared path)."""
+    """Train on the tokenized stage output (a shared path, or fetched from run.output_dir's URL)."""
     cfg = load_config(config, overrides)
     with concurrency(GPU_SLOTS, occupy=1):
         return _train_task(cfg)(cfg, tokenize)

@@ -31,8 +31,23 @@ def is_url(value: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", value))
 
 
+def check_url(value: str) -> str:
+    """``value`` if fsspec can open its protocol here, else a ValueError saying what is missing."""
+    import fsspec
+
+    protocol = value.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        raise ValueError(f"{value!r}: fsspec cannot open {protocol}:// ({str(exc).splitlines()[0]})") from None
+    return value
+
+
 class RunConfig(Section):
-    output_dir: str = "runs"  # stage outputs; on several machines, a shared mount
+    # Stage outputs: a path (on several machines, a shared mount) or an fsspec URL (s3://bucket/runs),
+    # then written to a local working copy (local_dir; default under ~/.cache/sft-pipeline) and published.
+    output_dir: str = "runs"
+    local_dir: str | None = None
     seed: int = 42
     # Prefect results and cache records: an fsspec URL (s3://bucket/prefix) or a saved storage
     # block's slug (remote-file-system/shared); default: <output_dir>/.prefect-results.
@@ -41,21 +56,17 @@ class RunConfig(Section):
     score_shards: int = Field(default=1, ge=1, le=1024)
     dask_address: str | None = None  # scheduler address, e.g. tcp://host:8786; None: a local cluster
 
+    @field_validator("output_dir")
+    @classmethod
+    def _check_output_dir(cls, value: str) -> str:
+        return check_url(value) if is_url(value) else value
+
     @field_validator("result_storage")
     @classmethod
     def _check_storage(cls, value: str | None) -> str | None:
-        if value is None or not is_url(value):
-            if value is not None and not re.fullmatch(r"[\w-]+/[\w.-]+", value):
-                raise ValueError(f"{value!r} is neither an fsspec URL (s3://bucket/prefix) nor a block slug (type/name)")
-            return value
-        import fsspec
-
-        protocol = value.split("://", 1)[0]
-        try:
-            fsspec.get_filesystem_class(protocol)
-        except (ValueError, ImportError) as exc:
-            raise ValueError(f"{value!r}: fsspec cannot open {protocol}:// ({str(exc).splitlines()[0]})") from None
-        return value
+        if value is not None and not is_url(value) and not re.fullmatch(r"[\w-]+/[\w.-]+", value):
+            raise ValueError(f"{value!r} is neither an fsspec URL (s3://bucket/prefix) nor a block slug (type/name)")
+        return check_url(value) if value is not None and is_url(value) else value
 
 
 class ModelConfig(Section):

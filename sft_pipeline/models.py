@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -18,20 +17,15 @@ import torch
 from sft_pipeline.artifacts import atomic_dir, json_digest, path_digest
 from sft_pipeline.config import ModelConfig
 from sft_pipeline.errors import InputError
-from sft_pipeline.resources import resolve_path
+from sft_pipeline.resources import cache_root, resolve_path
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "SFT_PIPELINE_CACHE"
 GGUF_SUFFIX = ".gguf"
 CONVERTED_DTYPE = torch.bfloat16
 # transformers 5 deprecated `is_gradient_checkpointing`, which PEFT and TRL still read when they
 # wrap a model: a FutureWarning on every run that says nothing about the user's job.
 GRADIENT_CHECKPOINTING_DEPRECATION = (FutureWarning, r".*is_gradient_checkpointing.*")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "sft-pipeline"))
 
 
 def _local_source(cfg: ModelConfig) -> Path | None:

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from sft_pipeline.constants import PACKAGE_SCHEME
 from sft_pipeline.errors import InputError
+
+
+CACHE_ENV = "SFT_PIPELINE_CACHE"
+
+
+def cache_root() -> Path:
+    """The per-user cache: converted models, punkt data, working copies of remote outputs."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "sft-pipeline"))
 
 
 def is_package_path(spec: str) -> bool:

@@ -3,14 +3,15 @@
 A runner resolves its inputs, computes ``stage_key`` (input digests + config
 section + code version), writes into ``<output_dir>/<stage>/<key16>/`` through an
 atomic temporary directory, writes ``manifest.json`` and returns a small
-:class:`StageResult`. Prefect tasks call exactly one runner each; the CLI calls
+:class:`StageResult`. When ``output_dir`` is an fsspec URL, that folder is a local working
+copy, published to the URL afterwards; upstream outputs are fetched by stage and key
+(sft_pipeline.storage). Prefect tasks call exactly one runner each; the CLI calls
 them directly without an orchestrator.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from sft_pipeline import constants as C
+from sft_pipeline import storage
 from sft_pipeline.artifacts import atomic_dir, json_digest, path_digest, stage_key, write_manifest
 from sft_pipeline.config import PipelineConfig, SourceConfig
+from sft_pipeline.errors import InputError
 from sft_pipeline.resources import resolve_path
 
 KEY_CHARS = 16
@@ -32,8 +35,9 @@ class StageResult:
 
     stage: str
     key: str
-    out_dir: str
+    out_dir: str  # on the machine that ran it; elsewhere use local_dir(cfg, result)
     counts: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None  # where it was published, when run.output_dir is a URL
 
     def path(self, name: str) -> Path:
         return Path(self.out_dir) / name
@@ -55,11 +59,29 @@ def load_result(cfg: PipelineConfig, stage: str, key: str) -> StageResult:
     from sft_pipeline.artifacts import read_manifest
 
     out = stage_dir(cfg, stage, key)
-    return StageResult(stage=stage, key=key, out_dir=str(out), counts=read_manifest(out)["counts"])
+    storage.fetch(cfg.run, _rel(stage, key))
+    url = storage.url_of(cfg.run, _rel(stage, key)) if storage.is_remote(cfg.run) else None
+    return StageResult(stage=stage, key=key, out_dir=str(out), counts=read_manifest(out)["counts"], url=url)
 
 
 def stage_dir(cfg: PipelineConfig, stage: str, key: str) -> Path:
-    return Path(cfg.run.output_dir) / stage / key[:KEY_CHARS]
+    return storage.local_root(cfg.run) / _rel(stage, key)
+
+
+def _rel(stage: str, key: str) -> str:
+    return f"{stage}/{key[:KEY_CHARS]}"
+
+
+def local_dir(cfg: PipelineConfig, res: StageResult | Mapping[str, Any]) -> Path:
+    """The folder of a finished stage's output on this machine (fetched from the URL if need be)."""
+    res = res if isinstance(res, StageResult) else StageResult(**res)
+    if not storage.is_remote(cfg.run):
+        return Path(res.out_dir)
+    rel = _rel(res.stage, res.key)
+    if not storage.fetch(cfg.run, rel):
+        raise InputError(f"{res.stage} output {res.key[:KEY_CHARS]} found neither in "
+                         f"{stage_dir(cfg, res.stage, res.key)} nor at {storage.url_of(cfg.run, rel)}")
+    return stage_dir(cfg, res.stage, res.key)
 
 
 def source_digest(source: SourceConfig) -> str:
@@ -81,6 +103,11 @@ def _run(
     config = section.model_dump(mode="json") if hasattr(section, "model_dump") else section
     key = stage_key(stage, inputs, config)
     final = stage_dir(cfg, stage, key)
+    rel = _rel(stage, key)
+    if storage.is_remote(cfg.run) and storage.fetch(cfg.run, rel):  # done here or on another machine
+        if not storage.is_published(cfg.run, rel):
+            storage.publish(cfg.run, rel)
+        return load_result(cfg, stage, key)
     started = time.time()
     if atomic:
         with atomic_dir(final) as tmp:
@@ -90,7 +117,8 @@ def _run(
         final.mkdir(parents=True, exist_ok=True)
         counts = body(final)
         write_manifest(final, stage, key=key, inputs=inputs, config=config, counts=counts, started=started)
-    return StageResult(stage=stage, key=key, out_dir=str(final), counts=counts)
+    url = storage.publish(cfg.run, rel)
+    return StageResult(stage=stage, key=key, out_dir=str(final), counts=counts, url=url)
 
 
 def expected_key(stage: str, cfg: PipelineConfig, upstream: Mapping[str, Any] | None = None) -> str:
@@ -104,7 +132,7 @@ def _inputs_and_section(stage: str, cfg: PipelineConfig, up: Mapping[str, Any]) 
     from sft_pipeline.models import model_digest
 
     def file_of(res: Any, name: str) -> str:
-        return path_digest(Path(_out_dir(res)) / name)
+        return path_digest(local_dir(cfg, res) / name)
 
     if stage == C.STAGE_INGEST:
         return {f"source{i}": source_digest(s) for i, s in enumerate(cfg.ingest.sources)}, cfg.ingest
@@ -127,17 +155,13 @@ def _inputs_and_section(stage: str, cfg: PipelineConfig, up: Mapping[str, Any]) 
     if stage == C.STAGE_EVALUATE:
         return (
             {
-                "adapter": path_digest(Path(_out_dir(up["train"])) / C.ADAPTER_DIR),
+                "adapter": path_digest(local_dir(cfg, up["train"]) / C.ADAPTER_DIR),
                 "heldout": file_of(up["tokenize"], C.HELDOUT_TOKENS_FILE),
                 "model": model_digest(cfg.model),
             },
             {"eval": cfg.eval.model_dump(mode="json"), "seed": cfg.run.seed},
         )
     raise ValueError(f"unknown stage {stage!r}")
-
-
-def _out_dir(res: Any) -> str:
-    return res.out_dir if isinstance(res, StageResult) else res["out_dir"]
 
 
 def run_ingest(cfg: PipelineConfig) -> StageResult:
@@ -153,50 +177,60 @@ def run_score(cfg: PipelineConfig, ingest: StageResult, shards: list[str] | None
     from sft_pipeline.score.shards import merge_shards
 
     inputs, section = _inputs_and_section(C.STAGE_SCORE, cfg, {"ingest": ingest})
-    src = ingest.path(C.CONVERSATIONS_FILE)
+    src = local_dir(cfg, ingest) / C.CONVERSATIONS_FILE
 
     def body(out: Path) -> dict:
         if shards:
-            return merge_shards(src, shards, out / C.SCORES_FILE, cfg.score)
+            local = [storage.fetch_file(cfg.run, s) for s in shards]
+            return merge_shards(src, local, out / C.SCORES_FILE, cfg.score)
         return score_conversations(src, out / C.SCORES_FILE, cfg.score)
 
     result = _run(C.STAGE_SCORE, cfg, inputs, section, body)
     if shards:
-        shutil.rmtree(Path(shards[0]).parent, ignore_errors=True)
+        storage.remove(cfg.run, _shards_rel(result.key))
     return result
+
+
+def _shards_rel(score_key: str) -> str:
+    """Scratch folder of the score shards, beside the stage's output."""
+    return f"{C.STAGE_SCORE}/.{score_key[:KEY_CHARS]}.shards"
 
 
 def is_done(cfg: PipelineConfig, stage: str, upstream: Mapping[str, Any]) -> bool:
     """Whether the stage's output at its current key is complete (its manifest is written last)."""
-    return (stage_dir(cfg, stage, expected_key(stage, cfg, upstream)) / C.MANIFEST_FILE).exists()
+    key = expected_key(stage, cfg, upstream)
+    return (stage_dir(cfg, stage, key) / C.MANIFEST_FILE).exists() or storage.is_published(cfg.run, _rel(stage, key))
 
 
 def plan_score_shards(cfg: PipelineConfig, ingest: StageResult) -> list[list[int]]:
     """Row-group runs of the conversations for ``run.score_shards`` workers."""
     from sft_pipeline.score.shards import shard_plan
 
-    return shard_plan(ingest.path(C.CONVERSATIONS_FILE), cfg.run.score_shards)
+    return shard_plan(local_dir(cfg, ingest) / C.CONVERSATIONS_FILE, cfg.run.score_shards)
 
 
 def run_score_shard(cfg: PipelineConfig, ingest: StageResult, index: int, row_groups: list[int]) -> str:
-    """Pass 1 of scoring over ``row_groups``, into a scratch folder beside the stage's output."""
+    """Pass 1 of scoring over ``row_groups``, into a scratch folder beside the stage's output.
+
+    Returns the shard's local path, or its URL when ``run.output_dir`` is one.
+    """
     from sft_pipeline.score.shards import score_shard
 
     key = expected_key(C.STAGE_SCORE, cfg, {"ingest": ingest})
-    scratch = stage_dir(cfg, C.STAGE_SCORE, key).with_name(f".{key[:KEY_CHARS]}.shards")
-    scratch.mkdir(parents=True, exist_ok=True)
-    final = scratch / f"shard-{index:05d}.npz"
+    rel = f"{_shards_rel(key)}/shard-{index:05d}.npz"
+    final = storage.local_root(cfg.run) / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
-    score_shard(ingest.path(C.CONVERSATIONS_FILE), row_groups, tmp, cfg.score)
+    score_shard(local_dir(cfg, ingest) / C.CONVERSATIONS_FILE, row_groups, tmp, cfg.score)
     os.replace(tmp, final)
-    return str(final)
+    return storage.publish_file(cfg.run, rel)
 
 
 def run_filter(cfg: PipelineConfig, score: StageResult) -> StageResult:
     from sft_pipeline.filter import filter_scored
 
     inputs, section = _inputs_and_section(C.STAGE_FILTER, cfg, {"score": score})
-    src = score.path(C.SCORES_FILE)
+    src = local_dir(cfg, score) / C.SCORES_FILE
     return _run(C.STAGE_FILTER, cfg, inputs, section, lambda out: filter_scored(src, out, cfg.filter))
 
 
@@ -205,7 +239,7 @@ def run_tokenize(cfg: PipelineConfig, filtered: StageResult) -> StageResult:
     from sft_pipeline.tokenize import tokenize_split
 
     inputs, section = _inputs_and_section(C.STAGE_TOKENIZE, cfg, {"filter": filtered})
-    src = filtered.path(C.FILTERED_FILE)
+    src = local_dir(cfg, filtered) / C.FILTERED_FILE
 
     def body(out: Path) -> dict:
         return tokenize_split(src, out, load_tokenizer(cfg.model), cfg.tokenize, seed=cfg.run.seed)
@@ -220,7 +254,7 @@ def run_train(cfg: PipelineConfig, tokenized: StageResult) -> StageResult:
     inputs, section = _inputs_and_section(C.STAGE_TRAIN, cfg, {"tokenize": tokenized})
 
     def body(out: Path) -> dict:
-        return train_model(cfg.model, Path(tokenized.out_dir), out, cfg.train, seed=cfg.run.seed)
+        return train_model(cfg.model, local_dir(cfg, tokenized), out, cfg.train, seed=cfg.run.seed)
 
     return _run(C.STAGE_TRAIN, cfg, inputs, section, body, atomic=False)
 
@@ -229,6 +263,6 @@ def run_evaluate(cfg: PipelineConfig, upstream: Mapping[str, StageResult]) -> St
     from sft_pipeline.evaluate import evaluate_run
 
     inputs, section = _inputs_and_section(C.STAGE_EVALUATE, cfg, upstream)
-    dirs = {name: Path(res.out_dir) for name, res in upstream.items()}
+    dirs = {name: local_dir(cfg, res) for name, res in upstream.items()}
     return _run(C.STAGE_EVALUATE, cfg, inputs, section,
                 lambda out: evaluate_run(cfg.model, dirs, out, cfg.eval, seed=cfg.run.seed))

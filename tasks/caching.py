@@ -11,6 +11,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.filesystems import RemoteFileSystem
 from prefect.locking.filesystem import FileSystemLockManager
 
+from sft_pipeline import storage
 from sft_pipeline.config import PipelineConfig, is_url
 from sft_pipeline.errors import DETERMINISTIC_ERRORS
 from sft_pipeline.stages import expected_key
@@ -18,6 +19,7 @@ from sft_pipeline.stages import expected_key
 RESULTS_SUBDIR = ".prefect-results"
 LOCKS_SUBDIR = ".prefect-locks"
 CONFIG_PARAM = "cfg"
+FILE_SCHEME = "file://"
 
 
 @dataclass
@@ -37,8 +39,6 @@ class StageCachePolicy(CachePolicy):
         return f"{self.stage}-{expected_key(self.stage, cfg, upstream)}"
 
 
-def storage_root(cfg: PipelineConfig) -> str:
-    return cfg.run.output_dir.rstrip("/")
 
 
 
@@ -55,15 +55,20 @@ def result_storage(cfg: PipelineConfig) -> str | Path:
         return url_block(value)
     if value:
         return value
-    return Path(storage_root(cfg), RESULTS_SUBDIR).resolve()
+    if storage.is_remote(cfg.run):  # beside the outputs, at their URL
+        return url_block(storage.url_of(cfg.run, RESULTS_SUBDIR))
+    return Path(cfg.run.output_dir, RESULTS_SUBDIR).resolve()
 
 
-def url_block(url: str) -> str:
+def url_block(url: str) -> str | Path:
     """Save (idempotently) a ``remote-file-system`` block on ``url``; return its slug.
 
     Prefect requires result storage to be persisted server-side; the block's name is a
-    digest of the URL, so every worker resolving the same URL uses the same block.
+    digest of the URL, so every worker resolving the same URL uses the same block. A
+    ``file://`` URL is a local folder (Prefect's RemoteFileSystem refuses it).
     """
+    if url.startswith(FILE_SCHEME):
+        return Path(url[len(FILE_SCHEME):])
     name = f"sft-results-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
     RemoteFileSystem(basepath=url).save(name, overwrite=True)
     return f"remote-file-system/{name}"
@@ -71,7 +76,7 @@ def url_block(url: str) -> str:
 
 def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:
     """A serializable policy: concurrent runs on one key wait for each other instead of racing."""
-    locks = Path(storage_root(cfg), LOCKS_SUBDIR)
+    locks = storage.local_root(cfg.run) / LOCKS_SUBDIR  # per machine (see README for several)
     return StageCachePolicy(stage=stage).configure(
         isolation_level="SERIALIZABLE",
         lock_manager=FileSystemLockManager(lock_files_directory=locks.resolve()),

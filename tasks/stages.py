@@ -22,7 +22,7 @@ TASK_OPTIONS = dict(
 
 
 def _done(result: stages.StageResult) -> dict:
-    get_run_logger().info("%s -> %s %s", result.stage, result.out_dir, result.counts_line())
+    get_run_logger().info("%s -> %s %s", result.stage, result.url or result.out_dir, result.counts_line())
     return result.to_dict()
 
 

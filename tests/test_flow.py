@@ -102,3 +102,20 @@ def test_results_and_cache_records_on_an_fsspec_url(first_run, overrides):
     assert fsspec.filesystem("memory").ls("/sft-test-results")  # the records landed there
     state, _ = run_flow(overrides, url, until="filter")
     assert set(task_states(state).values()) == {"Cached"}
+
+
+def test_outputs_on_an_fsspec_url_are_reused_by_another_machine(prefect_server, tiny_model_dir, tmp_path):
+    # run.output_dir as a URL: each "machine" has its own working copy (run.local_dir); stage
+    # outputs and Prefect's records live at the URL, so machine B reuses what A computed.
+    base = [f"run.output_dir={(tmp_path / 'bucket').as_uri()}", f"model.name_or_path={tiny_model_dir}",
+            f"ingest.sources=[{{path: '{TINY_DATA}'}}]"]
+    state, results = run_flow(base + [f"run.local_dir={tmp_path / 'a'}"], until="filter")
+    assert set(task_states(state).values()) == {"Completed"}
+    assert results["filter"]["url"].startswith("file://")
+    assert (tmp_path / "bucket" / "filter" / results["filter"]["key"][:16] / C.FILTERED_FILE).exists()
+    state, _ = run_flow(base + [f"run.local_dir={tmp_path / 'b'}"], until="filter")
+    assert set(task_states(state).values()) == {"Cached"}
+    state, _ = run_flow(base + [f"run.local_dir={tmp_path / 'b'}", "filter.threshold=0.9"], until="filter")
+    states = task_states(state)
+    assert states["ingest"] == states["score"] == "Cached" and states["filter"] == "Completed"
+    assert (tmp_path / "b" / "score" / results["score"]["key"][:16] / C.SCORES_FILE).exists()  # fetched

@@ -49,7 +49,7 @@ def write_punkt_tab(root: Path, language: str = PUNKT_LANGUAGE) -> Path:
 
 
 def _data_root() -> Path:
-    from sft_pipeline.models import cache_root
+    from sft_pipeline.resources import cache_root
 
     version = importlib.metadata.version(PUNKT_PACKAGE)
     return cache_root() / NLTK_DATA_DIR / f"punkt-{version}"

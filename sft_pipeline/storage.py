@@ -1,0 +1,122 @@
+"""Stage outputs on an fsspec URL (``run.output_dir: s3://bucket/runs``): work locally, publish, fetch.
+
+A stage writes into a local working copy (``run.local_dir``) as it always does; once it has
+finished, its folder is uploaded to the same relative path under the URL, ``manifest.json``
+last, so a manifest at the URL means a complete output. A stage running on another machine
+fetches the outputs it reads (by stage and key) before using them. With a plain path for
+``run.output_dir`` every function here is a no-op and outputs stay where they are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from pathlib import Path
+
+from sft_pipeline import constants as C
+from sft_pipeline.config import RunConfig, is_url
+from sft_pipeline.resources import cache_root
+
+
+def is_remote(run: RunConfig) -> bool:
+    return is_url(run.output_dir)
+
+
+def local_root(run: RunConfig) -> Path:
+    """Where stage outputs are written: ``output_dir`` itself, or the working copy of the URL."""
+    if not is_remote(run):
+        return Path(run.output_dir)
+    if run.local_dir:
+        return Path(run.local_dir)
+    return cache_root() / "outputs" / hashlib.sha256(run.output_dir.encode()).hexdigest()[:12]
+
+
+def url_of(run: RunConfig, rel: str) -> str:
+    """The URL of ``rel`` (a path relative to the output root).
+
+    >>> url_of(RunConfig(output_dir="memory://bucket/runs/"), "score/abc")
+    'memory://bucket/runs/score/abc'
+    """
+    return f"{run.output_dir.rstrip('/')}/{rel}"
+
+
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def publish(run: RunConfig, rel: str) -> str | None:
+    """Upload the local folder ``rel`` to the URL, manifest last; return its URL (None: local run)."""
+    if not is_remote(run):
+        return None
+    src, url = local_root(run) / rel, url_of(run, rel)
+    fs, root = _fs(url)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    for path in sorted(files, key=lambda p: p.name == C.MANIFEST_FILE):  # manifest.json last
+        target = f"{root}/{path.relative_to(src).as_posix()}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(path), target)
+    return url
+
+
+def publish_file(run: RunConfig, rel: str) -> str:
+    """Upload one local file (``rel`` under the local root); return its URL, or its local path."""
+    local = local_root(run) / rel
+    if not is_remote(run):
+        return str(local)
+    fs, target = _fs(url_of(run, rel))
+    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    fs.put_file(str(local), target)
+    return url_of(run, rel)
+
+
+def fetch_file(run: RunConfig, location: str) -> Path:
+    """A local path for ``location`` (a local path, or a URL under the output root)."""
+    if not is_url(location):
+        return Path(location)
+    rel = location[len(run.output_dir.rstrip("/")) + 1:]
+    local = local_root(run) / rel
+    if not local.exists():
+        fs, path = _fs(location)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
+        fs.get_file(path, str(tmp))
+        tmp.replace(local)
+    return local
+
+
+def is_published(run: RunConfig, rel: str) -> bool:
+    if not is_remote(run):
+        return False
+    fs, root = _fs(url_of(run, rel))
+    return fs.exists(f"{root}/{C.MANIFEST_FILE}")
+
+
+def fetch(run: RunConfig, rel: str) -> bool:
+    """Make the complete output ``rel`` present locally; False when it exists nowhere."""
+    local = local_root(run) / rel
+    if (local / C.MANIFEST_FILE).exists():
+        return True
+    if not is_published(run, rel):
+        return False
+    fs, root = _fs(url_of(run, rel))
+    tmp = local.with_name(f".{local.name}.fetch-{uuid.uuid4().hex[:8]}")
+    for remote in sorted(fs.find(root), key=lambda p: p.endswith("/" + C.MANIFEST_FILE)):
+        target = tmp / remote[len(root.rstrip("/")) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(target))
+    if local.exists():  # an incomplete local copy (a killed run): the published one wins
+        shutil.rmtree(local)
+    tmp.replace(local)
+    return True
+
+
+def remove(run: RunConfig, rel: str) -> None:
+    """Delete ``rel`` locally and at the URL (scratch folders)."""
+    shutil.rmtree(local_root(run) / rel, ignore_errors=True)
+    if is_remote(run):
+        fs, root = _fs(url_of(run, rel))
+        if fs.exists(root):
+            fs.rm(root, recursive=True)

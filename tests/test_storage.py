@@ -1,0 +1,87 @@
+"""Stage outputs on an fsspec URL: each "machine" (its own local working copy) publishes what it
+computes and fetches what it reads, so work done on one is reused on another."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sft_pipeline import constants as C
+from sft_pipeline import stages, storage
+from sft_pipeline.config import load_config
+from sft_pipeline.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")
+TINY_DATA = str(ROOT / "tests" / "data" / "tiny_chat.jsonl")
+
+
+def machine(url: str, local: Path, *extra: str):
+    """The tiny config as one machine sees it: shared URL, its own working copy."""
+    return load_config(TINY, [f"run.output_dir={url}", f"run.local_dir={local}",
+                              f"ingest.sources=[{{path: '{TINY_DATA}'}}]", *extra])
+
+
+@pytest.fixture
+def remote(tmp_path) -> str:
+    return (tmp_path / "bucket").as_uri()  # file:// URL: fsspec's local backend, same code path as s3://
+
+
+def test_outputs_are_published_and_fetched_by_another_machine(tmp_path, remote, monkeypatch):
+    a = machine(remote, tmp_path / "a")
+    ingest = stages.run_ingest(a)
+    score = stages.run_score(a, ingest)
+    rel = f"score/{score.key[:stages.KEY_CHARS]}"
+    assert Path(score.out_dir) == tmp_path / "a" / rel
+    assert (tmp_path / "bucket" / rel / C.SCORES_FILE).exists()
+    assert (tmp_path / "bucket" / rel / C.MANIFEST_FILE).exists()
+
+    b = machine(remote, tmp_path / "b", "filter.threshold=0.9")
+    filtered = stages.run_filter(b, score)  # B has never seen the scores: fetched from the URL
+    assert (tmp_path / "b" / rel / C.SCORES_FILE).exists()
+    assert pq.read_table(tmp_path / "b" / rel / C.SCORES_FILE).equals(pq.read_table(Path(score.out_dir) / C.SCORES_FILE))
+    assert (tmp_path / "bucket" / f"filter/{filtered.key[:stages.KEY_CHARS]}" / C.FILTERED_FILE).exists()
+
+    # A stage already published is fetched, not recomputed, on a third machine.
+    monkeypatch.setattr("sft_pipeline.score.score_conversations", _must_not_run)
+    c = machine(remote, tmp_path / "c")
+    again = stages.run_score(c, stages.run_ingest(c))
+    assert again.key == score.key and again.counts == score.counts
+    assert stages.is_done(c, C.STAGE_SCORE, {"ingest": ingest})
+
+
+def test_missing_upstream_output_is_one_clear_error(tmp_path, remote):
+    a = machine(remote, tmp_path / "a")
+    ingest = stages.run_ingest(a)
+    storage.remove(a.run, f"ingest/{ingest.key[:stages.KEY_CHARS]}")
+    with pytest.raises(InputError, match="ingest output .* found neither in .* nor at file://"):
+        stages.run_score(machine(remote, tmp_path / "b"), ingest)
+
+
+def test_a_plain_path_keeps_outputs_where_they_are_written(tmp_path):
+    cfg = load_config(TINY, [f"run.output_dir={tmp_path / 'runs'}", f"ingest.sources=[{{path: '{TINY_DATA}'}}]"])
+    ingest = stages.run_ingest(cfg)
+    assert Path(ingest.out_dir).parent.parent == tmp_path / "runs"
+    assert storage.publish(cfg.run, "ingest/x") is None and not storage.is_remote(cfg.run)
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("a published stage output was recomputed")
+
+
+def test_score_shards_travel_through_the_url(tmp_path, remote):
+    opts = ("ingest.batch_rows=4", "run.score_shards=3")  # several row groups, three shards
+    ingest = stages.run_ingest(machine(remote, tmp_path / "a", *opts))
+    plan = stages.plan_score_shards(machine(remote, tmp_path / "a", *opts), ingest)
+    assert len(plan) == 3
+    # Shards computed on two "workers" (B and C), merged on a third machine (D).
+    shards = [stages.run_score_shard(machine(remote, tmp_path / w, *opts), ingest, i, groups)
+              for i, (w, groups) in enumerate(zip("bcb", plan))]
+    assert all(s.startswith("file://") for s in shards)
+    merged = stages.run_score(machine(remote, tmp_path / "d", *opts), ingest, shards)
+    assert not (tmp_path / "bucket" / "score" / f".{merged.key[:stages.KEY_CHARS]}.shards").exists()  # scratch gone
+    plain = machine(str(tmp_path / "runs"), tmp_path / "unused", *opts)
+    sequential = stages.run_score(plain, stages.run_ingest(plain))
+    assert merged.key == sequential.key
+    assert pq.read_table(Path(merged.out_dir) / C.SCORES_FILE).equals(
+        pq.read_table(Path(sequential.out_dir) / C.SCORES_FILE))
