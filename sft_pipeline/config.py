@@ -16,31 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sft_pipeline import constants as C
 from sft_pipeline.errors import ConfigError
+from sft_pipeline.urls import check_url, is_url
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def is_url(value: str) -> bool:
-    """An fsspec URL such as ``s3://bucket/prefix`` (not a local path or a block slug).
-
-    >>> is_url("s3://bucket/x"), is_url("memory://x"), is_url("runs"), is_url("remote-file-system/shared")
-    (True, True, False, False)
-    """
-    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", value))
-
-
-def check_url(value: str) -> str:
-    """``value`` if fsspec can open its protocol here, else a ValueError saying what is missing."""
-    import fsspec
-
-    protocol = value.split("://", 1)[0]
-    try:
-        fsspec.get_filesystem_class(protocol)
-    except (ValueError, ImportError) as exc:
-        raise ValueError(f"{value!r}: fsspec cannot open {protocol}:// ({str(exc).splitlines()[0]})") from None
-    return value
 
 
 class RunConfig(Section):
@@ -103,34 +83,6 @@ class IngestConfig(Section):
     drop_leading_assistant: bool = False
 
 
-DEFAULT_SCORE_WEIGHTS = {
-    C.SIGNAL_TOO_SHORT: 0.5,
-    C.SIGNAL_TOO_VERBOSE: 0.2,
-    C.SIGNAL_SYCOPHANTIC: 0.3,
-    C.SIGNAL_HALLUCINATION: 0.1,
-    C.SIGNAL_REFUSAL: 0.3,
-    C.SIGNAL_AI_DISCLAIMER: 0.2,
-    C.SIGNAL_REPETITION: 0.3,
-    C.SIGNAL_BAD_STRUCTURE: 0.5,
-    C.SIGNAL_WRONG_LANGUAGE: 0.5,
-    C.SIGNAL_TOO_LONG: 0.2,
-    C.SIGNAL_EXACT_DUPLICATE: 1.0,
-    C.SIGNAL_NEAR_DUPLICATE: 1.0,
-}
-_APOS = "['\u2019]"
-DEFAULT_REFUSAL_PATTERN = (
-    rf"\bI{_APOS}?m sorry,? but I\b|\bI (?:cannot|can{_APOS}?t|won{_APOS}?t|am unable to|am not able to) "
-    r"(?:help|assist|provide|comply|fulfill|do that|create|generate|write|answer)\b"
-    rf"|\bI{_APOS}?m (?:unable|not able) to (?:help|assist|provide|comply|fulfill|answer)\b"
-    r"|\bI must (?:decline|refuse)\b"
-)
-DEFAULT_DISCLAIMER_PATTERN = (
-    r"\bas an? (?:AI|artificial intelligence)(?: language)? (?:model|assistant)\b"
-    r"|\bas a (?:large )?language model\b"
-    rf"|\bI(?: am|{_APOS}m) (?:just |only )?an AI\b"
-)
-
-
 class ScoreConfig(Section):
     """Quality signals and their weights; score = max(0, 1 - sum of weights of fired signals).
 
@@ -140,7 +92,7 @@ class ScoreConfig(Section):
     """
 
     signals: list[str] = Field(default_factory=lambda: list(C.SCORE_SIGNALS))  # signals to compute
-    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SCORE_WEIGHTS))
+    weights: dict[str, float] = Field(default_factory=lambda: dict(C.DEFAULT_SCORE_WEIGHTS))
     min_turn_fraction: dict[str, float] = Field(
         default_factory=lambda: {C.SIGNAL_TOO_SHORT: 0.5, C.SIGNAL_TOO_VERBOSE: 0.5})
     # The seed's four heuristics (its defaults).
@@ -152,9 +104,9 @@ class ScoreConfig(Section):
     hedge_phrases: list[str] = Field(default_factory=lambda: ["I believe"])  # in the first hedge_chars
     hedge_chars: int = Field(default=50, ge=1)
     # Refusals are looked for at the start of a turn, disclaimers anywhere (RE2, case-insensitive).
-    refusal_pattern: str = DEFAULT_REFUSAL_PATTERN
+    refusal_pattern: str = C.DEFAULT_REFUSAL_PATTERN
     refusal_chars: int = Field(default=200, ge=1)
-    disclaimer_pattern: str = DEFAULT_DISCLAIMER_PATTERN
+    disclaimer_pattern: str = C.DEFAULT_DISCLAIMER_PATTERN
     repetition_ngram: int = Field(default=4, ge=1)
     repetition_threshold: float = Field(default=0.3, ge=0, le=1)  # share of repeated assistant n-grams
     # n_tokens_est = ceil(UTF-8 bytes / bytes_per_token) + template_tokens_per_message, per message.
@@ -175,7 +127,7 @@ class ScoreConfig(Section):
     @field_validator("weights", mode="before")
     @classmethod
     def _merge_weights(cls, value: Any) -> Any:
-        return {**DEFAULT_SCORE_WEIGHTS, **value} if isinstance(value, dict) else value
+        return {**C.DEFAULT_SCORE_WEIGHTS, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check_names(self) -> "ScoreConfig":

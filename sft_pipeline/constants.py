@@ -76,3 +76,31 @@ DUPLICATE_OF_COLUMN = "duplicate_of"
 LANGUAGE_COLUMN = "language"  # ISO 639 code detected by the optional language identification
 LANGUAGE_SCORE_COLUMN = "language_score"  # the model's confidence in it
 DROPPED_BY_COLUMN = "dropped_by"  # dropped.parquet: "threshold" or "top_fraction"
+
+# Score defaults (ScoreConfig): the weight of each signal, and the refusal/disclaimer RE2 patterns.
+DEFAULT_SCORE_WEIGHTS = {
+    SIGNAL_TOO_SHORT: 0.5,
+    SIGNAL_TOO_VERBOSE: 0.2,
+    SIGNAL_SYCOPHANTIC: 0.3,
+    SIGNAL_HALLUCINATION: 0.1,
+    SIGNAL_REFUSAL: 0.3,
+    SIGNAL_AI_DISCLAIMER: 0.2,
+    SIGNAL_REPETITION: 0.3,
+    SIGNAL_BAD_STRUCTURE: 0.5,
+    SIGNAL_WRONG_LANGUAGE: 0.5,
+    SIGNAL_TOO_LONG: 0.2,
+    SIGNAL_EXACT_DUPLICATE: 1.0,
+    SIGNAL_NEAR_DUPLICATE: 1.0,
+}
+_APOS = "['\u2019]"
+DEFAULT_REFUSAL_PATTERN = (
+    rf"\bI{_APOS}?m sorry,? but I\b|\bI (?:cannot|can{_APOS}?t|won{_APOS}?t|am unable to|am not able to) "
+    r"(?:help|assist|provide|comply|fulfill|do that|create|generate|write|answer)\b"
+    rf"|\bI{_APOS}?m (?:unable|not able) to (?:help|assist|provide|comply|fulfill|answer)\b"
+    r"|\bI must (?:decline|refuse)\b"
+)
+DEFAULT_DISCLAIMER_PATTERN = (
+    r"\bas an? (?:AI|artificial intelligence)(?: language)? (?:model|assistant)\b"
+    r"|\bas a (?:large )?language model\b"
+    rf"|\bI(?: am|{_APOS}m) (?:just |only )?an AI\b"
+)

@@ -15,7 +15,8 @@ import uuid
 from pathlib import Path
 
 from sft_pipeline import constants as C
-from sft_pipeline.config import RunConfig, is_url
+from sft_pipeline.config import RunConfig
+from sft_pipeline.urls import is_url
 from sft_pipeline.resources import cache_root
 
 

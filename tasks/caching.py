@@ -12,7 +12,8 @@ from prefect.filesystems import RemoteFileSystem
 from prefect.locking.filesystem import FileSystemLockManager
 
 from sft_pipeline import storage
-from sft_pipeline.config import PipelineConfig, is_url
+from sft_pipeline.config import PipelineConfig
+from sft_pipeline.urls import is_url
 from sft_pipeline.errors import DETERMINISTIC_ERRORS
 from sft_pipeline.stages import expected_key
 
