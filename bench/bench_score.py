@@ -3,7 +3,7 @@
 On the same generated conversations.parquet (single-turn, Alpaca-like lengths, with planted
 short/sycophantic/hedged/refusal/disclaimer/repetitive rows, exact and near duplicates):
 
-* (a) ``seed``: the tutorial's ``score_sft_example`` (copied below, verbatim) applied row by row
+* (a) ``seed``: the tutorial's ``score_sft_example`` (sft_pipeline.score.reference, verbatim) applied row by row
   to the Parquet batches converted to Python dicts - what calling it on this data takes;
 * (b) ``ours-seed4``: ``score_conversations`` restricted to the same four signals;
 * (c) ``ours-all``: ``score_conversations`` with every signal (dedup included);
@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from sft_pipeline import constants as C
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.score import score_conversations
+from sft_pipeline.score.reference import score_sft_example
 from sft_pipeline.score.stage import compute_scores, open_conversations
 
 VOCAB = np.array([f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze")
@@ -47,27 +48,6 @@ PLANTS = {  # share of rows: how a planted row's response is made
     "repetition": 0.02, "exact_dup": 0.03, "near_dup": 0.03,
 }
 GEN_BATCH = 50_000
-
-
-def score_sft_example(example: dict) -> float:
-    """Heuristic quality score for an SFT example (the seed tutorial's, verbatim)."""
-    score = 1.0
-    response = example["response"]
-    instruction = example["instruction"]
-    # Response length should be proportional to instruction complexity
-    instruction_words = len(instruction.split())
-    response_words = len(response.split())
-    if response_words < 5:
-        score -= 0.5  # Too short — likely not useful
-    if response_words > instruction_words * 50:
-        score -= 0.2  # Suspiciously verbose
-    # Responses starting with "Sure!" or "Certainly!" indicate sycophantic training data
-    if response.startswith(("Sure!", "Certainly!", "Of course!", "Great question!")):
-        score -= 0.3
-    # Check for hallucination markers
-    if "[CITATION NEEDED]" in response or "I believe" in response[:50]:
-        score -= 0.1
-    return max(0.0, score)
 
 
 def _text(rng: np.random.Generator, n: int) -> str:
@@ -214,7 +194,7 @@ def minhash_table(path: Path, rows: int, num_perm: int = 64) -> list[str]:
 LABELS = {"read": "Parquet decode of id + messages only (paid by all)",
           "seed": "(a) seed `score_sft_example` per row", "ours-seed4": "(b) ours, the seed's 4 signals",
           "ours-all": "(c) ours, all signals"}
-N_SIGNALS = {"read": 0, "seed": 4, "ours-seed4": 4, "ours-all": len(C.SCORE_SIGNALS)}
+N_SIGNALS = {"read": 0, "seed": 4, "ours-seed4": 4, "ours-all": len(ScoreConfig().active_signals)}  # language id off
 
 
 def print_table(res: dict, methods: list[str], rows: int) -> None:

@@ -11,6 +11,7 @@ from sft_pipeline import constants as C
 from sft_pipeline.config import ScoreConfig, validate_config
 from sft_pipeline.errors import ConfigError, InputError
 from sft_pipeline.score import score_conversations
+from sft_pipeline.score.reference import score_sft_example
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("source_row", pa.int64()),
@@ -40,24 +41,6 @@ def score(tmp_path, conversations, ids=None, **cfg):
     src = write(tmp_path / C.CONVERSATIONS_FILE, conversations, ids)
     summary = score_conversations(src, tmp_path / C.SCORES_FILE, ScoreConfig(**cfg))
     return pq.read_table(tmp_path / C.SCORES_FILE).to_pylist(), summary
-
-
-def seed_score(example: dict) -> float:
-    """The seed tutorial's score_sft_example, verbatim."""
-    score = 1.0
-    response = example["response"]
-    instruction = example["instruction"]
-    instruction_words = len(instruction.split())
-    response_words = len(response.split())
-    if response_words < 5:
-        score -= 0.5
-    if response_words > instruction_words * 50:
-        score -= 0.2
-    if response.startswith(("Sure!", "Certainly!", "Of course!", "Great question!")):
-        score -= 0.3
-    if "[CITATION NEEDED]" in response or "I believe" in response[:50]:
-        score -= 0.1
-    return max(0.0, score)
 
 
 CASES = [  # (signal, conversation that fires it, similar conversation that does not)
@@ -110,7 +93,7 @@ def test_single_turn_matches_the_seed_heuristics(tmp_path):
              ("Tell me", "I believe so, " + GOOD + " [CITATION NEEDED]"), ("X", " ".join(["w"] * 60)),
              ("Great?", "Great question! Of course!"), ("Describe it", "Of course! I believe it.")]
     rows, _ = score(tmp_path, [chat(q, a) for q, a in pairs], signals=list(C.SEED_SIGNALS))
-    assert [r[C.SCORE_COLUMN] for r in rows] == [round(seed_score({"instruction": q, "response": a}), 6)
+    assert [r[C.SCORE_COLUMN] for r in rows] == [round(score_sft_example({"instruction": q, "response": a}), 6)
                                                  for q, a in pairs]
 
 
