@@ -139,9 +139,10 @@ class ScoreConfig(Section):
                 raise ValueError(f"{field}: unknown signal(s) {unknown}; known: {list(allowed)}")
         if any(w < 0 for w in self.weights.values()) or any(not 0 < f <= 1 for f in self.min_turn_fraction.values()):
             raise ValueError("weights must be >= 0 and min_turn_fraction values in (0, 1]")
-        bad = [code for code in self.languages if not re.fullmatch(r"[a-z]{2,3}", code)]
-        if bad:
-            raise ValueError(f"languages: {bad} are not ISO 639 codes such as 'en' or 'zh'")
+        unknown = sorted(set(self.languages) - C.LID176_LABELS)
+        if unknown:
+            raise ValueError(f"languages: unknown code(s) {unknown}; lid.176 knows {len(C.LID176_LABELS)} "
+                             "ISO 639 codes such as en, de, fr, zh, ja")
         return self
 
     @property

@@ -9,6 +9,7 @@ fetches the outputs it reads (by stage and key) before using them. With a plain 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import uuid
@@ -49,17 +50,31 @@ def _fs(url: str):
 
 
 def publish(run: RunConfig, rel: str) -> str | None:
-    """Upload the local folder ``rel`` to the URL, manifest last; return its URL (None: local run)."""
+    """Upload the local folder ``rel`` to the URL, manifest last; return its URL (None: local run).
+
+    Training checkpoints stay local (they are for resuming on this machine, and large).
+    """
     if not is_remote(run):
         return None
     src, url = local_root(run) / rel, url_of(run, rel)
     fs, root = _fs(url)
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    for path in sorted(files, key=lambda p: p.name == C.MANIFEST_FILE):  # manifest.json last
-        target = f"{root}/{path.relative_to(src).as_posix()}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(path), target)
+    if fs.exists(root) and not fs.exists(f"{root}/{C.MANIFEST_FILE}"):
+        fs.rm(root, recursive=True)  # leftovers of an upload that died before its manifest
+    files = [p for p in src.rglob("*") if p.is_file() and C.CHECKPOINTS_DIR not in p.relative_to(src).parts]
+    _put(fs, [(str(p), f"{root}/{p.relative_to(src).as_posix()}")
+              for p in sorted(files, key=lambda p: p.name == C.MANIFEST_FILE)])  # manifest.json last
     return url
+
+
+def _put(fs, pairs: list[tuple[str, str]]) -> None:
+    """Upload (local, remote) pairs in order; folders are made once each, where folders exist."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        for folder in dict.fromkeys(target.rsplit("/", 1)[0] for _, target in pairs):
+            fs.makedirs(folder, exist_ok=True)
+    for local, target in pairs:
+        fs.put_file(local, target)
 
 
 def publish_file(run: RunConfig, rel: str) -> str:
@@ -68,8 +83,7 @@ def publish_file(run: RunConfig, rel: str) -> str:
     if not is_remote(run):
         return str(local)
     fs, target = _fs(url_of(run, rel))
-    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-    fs.put_file(str(local), target)
+    _put(fs, [(str(local), target)])
     return url_of(run, rel)
 
 
@@ -77,14 +91,16 @@ def fetch_file(run: RunConfig, location: str) -> Path:
     """A local path for ``location`` (a local path, or a URL under the output root)."""
     if not is_url(location):
         return Path(location)
-    rel = location[len(run.output_dir.rstrip("/")) + 1:]
-    local = local_root(run) / rel
+    local = local_root(run) / location[len(run.output_dir.rstrip("/")) + 1:]
     if not local.exists():
         fs, path = _fs(location)
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
-        fs.get_file(path, str(tmp))
-        tmp.replace(local)
+        try:
+            fs.get_file(path, str(tmp))
+            tmp.replace(local)  # atomic; a concurrent fetch of the same file writes the same bytes
+        finally:
+            tmp.unlink(missing_ok=True)
     return local
 
 
@@ -96,7 +112,11 @@ def is_published(run: RunConfig, rel: str) -> bool:
 
 
 def fetch(run: RunConfig, rel: str) -> bool:
-    """Make the complete output ``rel`` present locally; False when it exists nowhere."""
+    """Make the complete output ``rel`` present locally; False when it exists nowhere.
+
+    Safe when several processes on one machine fetch the same output at once: each
+    downloads into its own folder, and the first complete copy moved into place wins.
+    """
     local = local_root(run) / rel
     if (local / C.MANIFEST_FILE).exists():
         return True
@@ -104,14 +124,31 @@ def fetch(run: RunConfig, rel: str) -> bool:
         return False
     fs, root = _fs(url_of(run, rel))
     tmp = local.with_name(f".{local.name}.fetch-{uuid.uuid4().hex[:8]}")
-    for remote in sorted(fs.find(root), key=lambda p: p.endswith("/" + C.MANIFEST_FILE)):
-        target = tmp / remote[len(root.rstrip("/")) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(remote, str(target))
-    if local.exists():  # an incomplete local copy (a killed run): the published one wins
-        shutil.rmtree(local)
-    tmp.replace(local)
+    try:
+        for remote in sorted(fs.find(root), key=lambda p: p.endswith("/" + C.MANIFEST_FILE)):
+            target = tmp / remote[len(root.rstrip("/")) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(target))
+        _move_into_place(tmp, local)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+def _move_into_place(tmp: Path, local: Path) -> None:
+    """Rename ``tmp`` to ``local`` unless a complete copy got there first; an incomplete one is set aside."""
+    if (local / C.MANIFEST_FILE).exists():
+        return
+    if local.exists():  # a killed local run's leftovers: the published copy wins
+        aside = local.with_name(f".{local.name}.stale-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(OSError):
+            local.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        tmp.rename(local)
+    except OSError:
+        if not (local / C.MANIFEST_FILE).exists():  # lost the race to an incomplete copy: a real error
+            raise
 
 
 def remove(run: RunConfig, rel: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import fsspec
 from prefect.cache_policies import CachePolicy
 from prefect.filesystems import RemoteFileSystem
 from prefect.locking.filesystem import FileSystemLockManager
@@ -69,7 +70,7 @@ def url_block(url: str) -> str | Path:
     ``file://`` URL is a local folder (Prefect's RemoteFileSystem refuses it).
     """
     if url.startswith(FILE_SCHEME):
-        return Path(url[len(FILE_SCHEME):])
+        return Path(fsspec.core.url_to_fs(url)[1]).resolve()
     name = f"sft-results-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
     RemoteFileSystem(basepath=url).save(name, overwrite=True)
     return f"remote-file-system/{name}"

@@ -228,10 +228,8 @@ def test_language_identification_flags_other_languages(tmp_path):
     assert not any(r[C.SIGNAL_WRONG_LANGUAGE] for r in strict)  # nothing is that sure
 
 
-def test_language_codes_are_checked(tmp_path):
+def test_language_codes_are_checked_at_load():
     base = {"ingest": {"sources": [{"path": "x.jsonl"}]}}
-    with pytest.raises(ConfigError, match="not ISO 639 codes"):
-        validate_config({**base, "score": {"languages": ["English"]}})
-    src = write(tmp_path / "c.parquet", [chat("Q?", GOOD)])
-    with pytest.raises(ConfigError, match=r"score.languages: unknown language code\(s\) \['qq'\]"):
-        score_conversations(src, tmp_path / "o.parquet", ScoreConfig(languages=["en", "qq"]))
+    for bad, shown in ((["English"], "'English'"), (["en", "qq"], "'qq'")):
+        with pytest.raises(ConfigError, match=rf"score: .*languages: unknown code\(s\) \[{shown}\]"):
+            validate_config({**base, "score": {"languages": bad}})

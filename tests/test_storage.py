@@ -85,3 +85,41 @@ def test_score_shards_travel_through_the_url(tmp_path, remote):
     assert merged.key == sequential.key
     assert pq.read_table(Path(merged.out_dir) / C.SCORES_FILE).equals(
         pq.read_table(Path(sequential.out_dir) / C.SCORES_FILE))
+
+
+def test_publish_and_fetch_on_an_object_store_like_url(tmp_path):
+    # memory:// has no real folders, like s3://: publish makes none, and fetch gets every file back.
+    import uuid
+
+    import fsspec
+
+    url = f"memory://bucket-{uuid.uuid4().hex[:8]}/runs"
+    src = machine(url, tmp_path / "a").run
+    out = storage.local_root(src) / "train" / "k1"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "weights.bin").write_bytes(b"w" * 1000)
+    (out / C.CHECKPOINTS_DIR / "checkpoint-2").mkdir(parents=True)
+    (out / C.CHECKPOINTS_DIR / "checkpoint-2" / "optimizer.pt").write_bytes(b"o")
+    (out / C.MANIFEST_FILE).write_text("{}")
+    assert storage.publish(src, "train/k1") == f"{url}/train/k1"
+    remote = sorted(p.rsplit("/k1/", 1)[1] for p in fsspec.filesystem("memory").find(url.split("://")[1]))
+    assert remote == ["adapter/weights.bin", C.MANIFEST_FILE]  # checkpoints stay local
+
+    dst = machine(url, tmp_path / "b").run
+    assert storage.fetch(dst, "train/k1")
+    assert (storage.local_root(dst) / "train" / "k1" / "adapter" / "weights.bin").read_bytes() == b"w" * 1000
+
+
+def test_concurrent_fetches_of_one_output_all_succeed(tmp_path, remote):
+    # Several workers of one machine (Dask shards) fetching the same upstream output at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = machine(remote, tmp_path / "a")
+    ingest = stages.run_ingest(a)
+    rel = f"ingest/{ingest.key[:stages.KEY_CHARS]}"
+    b = machine(remote, tmp_path / "b")
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(lambda _: storage.fetch(b.run, rel), range(8)))
+    fetched = tmp_path / "b" / rel / C.CONVERSATIONS_FILE
+    assert pq.read_table(fetched).equals(pq.read_table(Path(ingest.out_dir) / C.CONVERSATIONS_FILE))
+    assert [p.name for p in (tmp_path / "b" / "ingest").iterdir()] == [ingest.key[:stages.KEY_CHARS]]  # no temp folders

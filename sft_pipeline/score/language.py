@@ -18,20 +18,10 @@ import pyarrow.compute as pc
 
 from sft_pipeline import constants as C
 from sft_pipeline.config import ScoreConfig
-from sft_pipeline.errors import ConfigError
 from sft_pipeline.score.turns import SYSTEM, Turns
 
 UNDETERMINED = "und"  # no text to identify (ISO 639-2 code for "undetermined")
 CODE_DTYPE = "<U8"  # fixed-width codes keep shard files free of pickled objects
-# The 176 labels of lid.176 (fasttext.cc/docs/en/language-identification.html); the model
-# object exposes no label list, and a typo such as "eng" would otherwise flag every row.
-LID176_LABELS = frozenset("""
-af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb co cs cv cy
-da de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he hi hif hr hsb ht hu hy ia
-id ie ilo io is it ja jbo jv ka kk km kn ko krc ku kv kw ky la lb lez li lmo lo lrc lt lv mai mg mhr min mk ml
-mn mr mrj ms mt mwl my myv mzn nah nap nds ne new nl nn no oc or os pa pam pfl pl pms pnb ps pt qu rm ro ru rue
-sa sah sc scn sco sd sh si sk sl so sq sr su sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec vep vi vls vo wa
-war wuu xal xmf yi yo yue zh""".split())
 
 
 @functools.cache
@@ -82,20 +72,6 @@ def wrong_language(codes: np.ndarray, conf: np.ndarray, allowed: list[str], min_
     [False, True, False, False]
     """
     return ~np.isin(codes, allowed) & (codes != UNDETERMINED) & (conf >= min_confidence)
-
-
-def check_languages(cfg: ScoreConfig) -> None:
-    """Fail early, naming the setting, on a code the model does not know.
-
-    >>> check_languages(ScoreConfig(languages=["en", "zh"]))
-    >>> check_languages(ScoreConfig(languages=["eng"]))
-    Traceback (most recent call last):
-    sft_pipeline.errors.ConfigError: score.languages: unknown language code(s) ['eng']; lid.176 knows 176 ISO 639 codes, e.g. en, de, fr, zh, ja
-    """
-    unknown = sorted(set(cfg.languages) - LID176_LABELS)
-    if unknown:
-        raise ConfigError(f"score.languages: unknown language code(s) {unknown}; "
-                          f"lid.176 knows {len(LID176_LABELS)} ISO 639 codes, e.g. en, de, fr, zh, ja")
 
 
 def language_stats(turns: Turns, cfg: ScoreConfig) -> dict[str, np.ndarray]:

@@ -62,8 +62,6 @@ def compute_scores(pf: pq.ParquetFile, cfg: ScoreConfig) -> Scored:
 def pass_one(pf: pq.ParquetFile, cfg: ScoreConfig, row_groups: list[int] | None = None) -> ChunkResult:
     """Every per-row signal of the file (or of ``row_groups`` only), concatenated in row order."""
     wanted = cfg.active_signals
-    if C.SIGNAL_WRONG_LANGUAGE in wanted:
-        language.check_languages(cfg)
     groups = range(pf.num_row_groups) if row_groups is None else row_groups
     n = sum(pf.metadata.row_group(g).num_rows for g in groups)
     # Signatures go straight into one preallocated matrix (concatenating would double it).
