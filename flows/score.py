@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
+from sft_pipeline import constants as C
 from sft_pipeline import stages
 from sft_pipeline.config import PipelineConfig
 from tasks import stages as T
@@ -21,9 +22,11 @@ SHARD_FLOW = "score-shards"
 @flow(name=SHARD_FLOW)
 def score_shards(cfg: PipelineConfig, ingest: dict) -> list[str]:
     """Pass 1 of scoring, one task per shard on this flow's task runner; the shard files in order."""
-    plan = stages.plan_score_shards(cfg, stages.StageResult(**ingest))
+    upstream = stages.StageResult(**ingest)
+    plan = stages.plan_score_shards(cfg, upstream)
+    key = stages.expected_key(C.STAGE_SCORE, cfg, {"ingest": upstream})  # once, not per shard
     get_run_logger().info("scoring %d shards of row groups", len(plan))
-    futures = T.score_shard.map(unmapped(cfg), unmapped(ingest), range(len(plan)), plan)
+    futures = T.score_shard.map(unmapped(cfg), unmapped(ingest), range(len(plan)), plan, unmapped(key))
     return [future.result() for future in futures]
 
 

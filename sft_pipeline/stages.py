@@ -209,15 +209,17 @@ def plan_score_shards(cfg: PipelineConfig, ingest: StageResult) -> list[list[int
     return shard_plan(local_dir(cfg, ingest) / C.CONVERSATIONS_FILE, cfg.run.score_shards)
 
 
-def run_score_shard(cfg: PipelineConfig, ingest: StageResult, index: int, row_groups: list[int]) -> str:
+def run_score_shard(cfg: PipelineConfig, ingest: StageResult, index: int, row_groups: list[int],
+                    score_key: str) -> str:
     """Pass 1 of scoring over ``row_groups``, into a scratch folder beside the stage's output.
 
-    Returns the shard's local path, or its URL when ``run.output_dir`` is one.
+    ``score_key`` is the score stage's key (``expected_key``), computed once by the caller so
+    that no shard worker hashes the whole conversations file again. Returns the shard's local
+    path, or its URL when ``run.output_dir`` is one.
     """
     from sft_pipeline.score.shards import score_shard
 
-    key = expected_key(C.STAGE_SCORE, cfg, {"ingest": ingest})
-    rel = f"{_shards_rel(key)}/shard-{index:05d}.npz"
+    rel = f"{_shards_rel(score_key)}/shard-{index:05d}.npz"
     final = storage.local_root(cfg.run) / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")

@@ -37,8 +37,8 @@ def score(cfg: PipelineConfig, ingest: dict, shards: list[str] | None = None) ->
 
 
 @task(name="score-shard", **TASK_OPTIONS)
-def score_shard(cfg: PipelineConfig, ingest: dict, index: int, row_groups: list[int]) -> str:
-    return stages.run_score_shard(cfg, stages.StageResult(**ingest), index, row_groups)
+def score_shard(cfg: PipelineConfig, ingest: dict, index: int, row_groups: list[int], score_key: str) -> str:
+    return stages.run_score_shard(cfg, stages.StageResult(**ingest), index, row_groups, score_key)
 
 
 @task(name="filter", **TASK_OPTIONS)

@@ -75,7 +75,8 @@ def test_score_shards_travel_through_the_url(tmp_path, remote):
     plan = stages.plan_score_shards(machine(remote, tmp_path / "a", *opts), ingest)
     assert len(plan) == 3
     # Shards computed on two "workers" (B and C), merged on a third machine (D).
-    shards = [stages.run_score_shard(machine(remote, tmp_path / w, *opts), ingest, i, groups)
+    key = stages.expected_key(C.STAGE_SCORE, machine(remote, tmp_path / "a", *opts), {"ingest": ingest})
+    shards = [stages.run_score_shard(machine(remote, tmp_path / w, *opts), ingest, i, groups, key)
               for i, (w, groups) in enumerate(zip("bcb", plan))]
     assert all(s.startswith("file://") for s in shards)
     merged = stages.run_score(machine(remote, tmp_path / "d", *opts), ingest, shards)
