@@ -44,9 +44,13 @@ class RunConfig(Section):
     @field_validator("result_storage")
     @classmethod
     def _check_storage(cls, value: str | None) -> str | None:
-        if value is not None and not is_url(value) and not re.fullmatch(r"[\w-]+/[\w.-]+", value):
+        if value is None:
+            return None
+        if is_url(value):
+            return check_url(value)
+        if not re.fullmatch(r"[\w-]+/[\w.-]+", value):
             raise ValueError(f"{value!r} is neither an fsspec URL (s3://bucket/prefix) nor a block slug (type/name)")
-        return check_url(value) if value is not None and is_url(value) else value
+        return value
 
 
 class ModelConfig(Section):

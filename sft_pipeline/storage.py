@@ -17,8 +17,8 @@ from pathlib import Path
 
 from sft_pipeline import constants as C
 from sft_pipeline.config import RunConfig
-from sft_pipeline.urls import is_url
 from sft_pipeline.resources import cache_root
+from sft_pipeline.urls import is_url
 
 
 def is_remote(run: RunConfig) -> bool:

@@ -14,9 +14,9 @@ from prefect.locking.filesystem import FileSystemLockManager
 
 from sft_pipeline import storage
 from sft_pipeline.config import PipelineConfig
-from sft_pipeline.urls import is_url
 from sft_pipeline.errors import DETERMINISTIC_ERRORS
 from sft_pipeline.stages import expected_key
+from sft_pipeline.urls import is_url
 
 RESULTS_SUBDIR = ".prefect-results"
 LOCKS_SUBDIR = ".prefect-locks"
@@ -41,9 +41,6 @@ class StageCachePolicy(CachePolicy):
         return f"{self.stage}-{expected_key(self.stage, cfg, upstream)}"
 
 
-
-
-
 def result_storage(cfg: PipelineConfig) -> str | Path:
     """Where task results and cache records live.
 
@@ -53,10 +50,8 @@ def result_storage(cfg: PipelineConfig) -> str | Path:
     workers on different machines reuse each other's stage results.
     """
     value = cfg.run.result_storage
-    if value and is_url(value):
-        return url_block(value)
     if value:
-        return value
+        return url_block(value) if is_url(value) else value
     if storage.is_remote(cfg.run):  # beside the outputs, at their URL
         return url_block(storage.url_of(cfg.run, RESULTS_SUBDIR))
     return Path(cfg.run.output_dir, RESULTS_SUBDIR).resolve()
