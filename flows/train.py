@@ -24,7 +24,7 @@ def _train_task(cfg: PipelineConfig):
 def sft_train(config: str, tokenize: dict, overrides: list[str] | None = None) -> dict:
     """Train on the tokenized stage output (a shared path, or fetched from run.output_dir's URL)."""
     cfg = load_config(config, overrides)
-    with concurrency(GPU_SLOTS, occupy=1):
+    with concurrency(GPU_SLOTS, occupy=cfg.train.num_processes):  # one slot per rank (one GPU each)
         return _train_task(cfg)(cfg, tokenize)
 
 

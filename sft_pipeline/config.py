@@ -201,6 +201,9 @@ class TrainConfig(Section):
     save_total_limit: int | None = Field(default=2, ge=2)  # checkpoints kept (>= 2: a kill mid-save leaves one complete)
     merge_export: bool = False  # lora/qlora: also save the adapter merged into a 16-bit base under out_dir/merged
     work_pool: str | None = None  # run on this Prefect work pool via `sft-train/gpu`
+    # > 1: `accelerate launch` that many ranks (one per GPU; CPU ranks where none); effective batch x num_processes
+    num_processes: int = Field(default=1, ge=1)
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # strategy when num_processes > 1
 
     @model_validator(mode="after")
     def _check_merge(self) -> "TrainConfig":

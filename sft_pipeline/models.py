@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from sft_pipeline.resources import cache_root, resolve_path
 log = logging.getLogger(__name__)
 
 GGUF_SUFFIX = ".gguf"
+LOCAL_RANK_ENV = "LOCAL_RANK"  # set by torchrun / accelerate launch
 CONVERTED_DTYPE = torch.bfloat16
 # transformers 5 deprecated `is_gradient_checkpointing`, which PEFT and TRL still read when they
 # wrap a model: a FutureWarning on every run that says nothing about the user's job.
@@ -139,7 +141,10 @@ def load_causal_lm(cfg: ModelConfig, *, quantize_4bit: bool = False, source: str
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """This process's device: under ``accelerate launch`` each rank owns the GPU of its ``LOCAL_RANK``."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get(LOCAL_RANK_ENV, 0))}"
 
 
 @contextlib.contextmanager

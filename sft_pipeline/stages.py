@@ -251,12 +251,12 @@ def run_tokenize(cfg: PipelineConfig, filtered: StageResult) -> StageResult:
 
 def run_train(cfg: PipelineConfig, tokenized: StageResult) -> StageResult:
     """Training writes in place (not atomically) so that checkpoints survive a retry."""
-    from sft_pipeline.train import train_model
+    from sft_pipeline.train.launch import train_stage
 
     inputs, section = _inputs_and_section(C.STAGE_TRAIN, cfg, {"tokenize": tokenized})
 
     def body(out: Path) -> dict:
-        return train_model(cfg.model, local_dir(cfg, tokenized), out, cfg.train, seed=cfg.run.seed)
+        return train_stage(cfg, local_dir(cfg, tokenized), out)
 
     return _run(C.STAGE_TRAIN, cfg, inputs, section, body, atomic=False)
 

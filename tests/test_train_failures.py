@@ -66,6 +66,17 @@ def test_oom_at_micro_batch_one_is_a_clear_pipeline_error(setup, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_one_rank_of_several_leaves_the_back_off_to_the_launcher(setup, tmp_path, monkeypatch):
+    from sft_pipeline.train import ranks
+
+    monkeypatch.setattr(ranks, "world_size", lambda: 2)  # its peers could not follow a smaller micro-batch
+    model_cfg, tokenized = setup
+    fail = FailFirstSteps(1, torch.OutOfMemoryError(OOM_MESSAGE))
+    with pytest.raises(torch.OutOfMemoryError):
+        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=4), seed=0, callbacks=[fail])
+    assert fail.seen == [(4, 4)]
+
+
 def test_other_errors_are_not_retried(setup, tmp_path):
     model_cfg, tokenized = setup
     fail = FailFirstSteps(1, RuntimeError("shape mismatch in layer 3"))

@@ -20,6 +20,7 @@ from sft_pipeline import constants as C
 from sft_pipeline.artifacts import atomic_dir, write_json
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.train import metrics as M
+from sft_pipeline.train.ranks import sum_and_max
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,15 @@ MERGE_MAX_RELATIVE_ERROR = 0.02
 def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> dict:
     """Everything measured in this run, as written to ``METRICS_FILE``.
 
-    Token counts, throughput and peak memory cover this process only (after a resume:
-    the steps it ran); ``loss`` covers every step since the start (restored from the
-    checkpoint's trainer state).
+    Token counts and throughput cover the steps this run made (after a resume: not the
+    ones before it), summed over all ranks; peak memory is the largest of any one rank's;
+    ``loss`` covers every step since the start (restored from the checkpoint's trainer state).
+    Every rank must call this (the totals are a collective operation).
     """
-    non_pad, supervised = trainer.token_counter.totals()
-    runtime = float(output.metrics.get("train_runtime", 0.0))
     memory, memory_kind = M.peak_memory()
+    (non_pad, supervised), (memory,) = sum_and_max(trainer.accelerator, list(trainer.token_counter.totals()), [memory])
+    world = trainer.accelerator.num_processes
+    runtime = float(output.metrics.get("train_runtime", 0.0))
     device = M.device_name()
     n_params = M.count_parameters(trainer.model)
     peak = M.peak_flops(device)
@@ -48,11 +51,12 @@ def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> di
     return {
         "method": cfg.method,
         "device": device,
+        "num_processes": world,
         "steps": int(trainer.state.global_step),
         "resumed_from_step": resumed_from,
         "micro_batch": final["micro_batch"],
         "gradient_accumulation": final["gradient_accumulation"],
-        "effective_batch": final["micro_batch"] * final["gradient_accumulation"],
+        "effective_batch": final["micro_batch"] * final["gradient_accumulation"] * world,
         "attempts": attempts,
         "final_loss": history[-1]["loss"] if history else None,
         "loss": history,
@@ -64,7 +68,7 @@ def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> di
         "peak_memory_kind": memory_kind,
         "num_parameters": n_params,
         "peak_flops": peak,
-        "mfu": M.model_flops_utilisation(n_params, non_pad, runtime, peak),
+        "mfu": M.model_flops_utilisation(n_params, non_pad, runtime, peak * world if peak else None),
         "data": data.stats(),
     }
 
@@ -148,7 +152,7 @@ def write_reports(metrics: dict, out_dir: Path) -> None:
 
 SUMMARY_KEYS = (
     "method", "steps", "final_loss", "tokens_per_s", "peak_memory_bytes", "supervised_tokens", "resumed_from_step",
-    "micro_batch", "gradient_accumulation", "non_pad_tokens", "mfu",
+    "micro_batch", "gradient_accumulation", "non_pad_tokens", "mfu", "num_processes",
 )
 
 

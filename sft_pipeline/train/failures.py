@@ -16,6 +16,8 @@ from typing import Iterator
 import torch
 from accelerate.utils.memory import should_reduce_batch_size
 
+from sft_pipeline.errors import PipelineError
+
 # Substrings of RuntimeError messages from flaky hardware or interconnects.
 TRANSIENT_MESSAGES = ("NCCL", "ECC error", "unspecified launch failure", "Connection reset", "timed out")
 RETRYABLE_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -59,6 +61,15 @@ def batch_schedule(micro: int, accumulation: int) -> Iterator[tuple[int, int]]:
     while current is not None:
         yield current, effective // current
         current = smaller_micro_batch(current, effective)
+
+
+def oom_exhausted(cfg) -> PipelineError:
+    """The error once even a micro-batch of 1 ran out of memory (``cfg``: the train section)."""
+    effective = cfg.batch_size * cfg.gradient_accumulation
+    return PipelineError(
+        f"train: out of memory even at micro-batch 1 (effective batch {effective}); "
+        "use a smaller model, train.method=qlora, train.gradient_checkpointing=true or a shorter tokenize.max_length"
+    )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

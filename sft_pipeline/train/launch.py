@@ -1,24 +1,44 @@
-"""Command lines for multi-GPU training with ``accelerate launch`` (DDP or FSDP).
+"""Training on several processes: ``accelerate launch`` (torchrun) with DDP or FSDP.
 
-One GPU needs none of this: the Prefect task calls :func:`train_model` in-process.
-For several GPUs on one machine the task runs, instead of ``run_train``::
+``train.num_processes: 1`` (the default) trains in the calling process. With N > 1,
+:func:`train_stage` runs ``accelerate launch --num_processes N -m sft_pipeline.train``
+and waits: one rank per GPU, or N CPU ranks (gloo) on a machine without one. Every
+rank trains on its share of each batch, so the effective batch is
+``batch_size * gradient_accumulation * num_processes``. Rank 0 writes metrics (token
+counts summed over ranks), loss curve and adapter; checkpoints are written by all
+ranks together and resumed the same way as in one process.
 
-    argv = accelerate_command("pipeline.yaml", tokenized_dir, out_dir, num_processes=4, strategy="fsdp")
-    subprocess.run(argv, check=True)   # each rank runs ``python -m sft_pipeline.train``
-
-Every rank trains on its shard of the batches (HF Trainer + accelerate); the
-effective batch becomes ``batch_size * gradient_accumulation * num_processes``.
-Rank 0 alone writes metrics, loss curve and the merged model; checkpoints are
-written collectively, so resume works the same way. QLoRA under FSDP relies on
-``bnb_4bit_quant_storage`` matching the compute dtype, which ``load_causal_lm`` sets.
-Not exercised here (no multi-GPU machine was available); DDP is the simpler first choice.
+Out of memory on any rank stops all of them (torchrun tears the group down); the
+launcher then starts them again with half the micro-batch and twice the gradient
+accumulation, down to 1, as the in-process trainer does. Each attempt's output is
+kept in ``LAUNCH_DIR/attempt-<n>.log`` of the stage output and forwarded to the log.
+QLoRA under FSDP relies on ``bnb_4bit_quant_storage`` matching the compute dtype,
+which ``load_causal_lm`` sets.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Literal, Sequence
+
+import torch
+
+import sft_pipeline
+from sft_pipeline import constants as C
+from sft_pipeline.artifacts import write_json
+from sft_pipeline.errors import ConfigError, PipelineError
+from sft_pipeline.models import compute_dtype
+from sft_pipeline.train.failures import batch_schedule, is_oom, oom_exhausted
+from sft_pipeline.train.resume import remove_incomplete
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
 FSDP_ARGS = (
@@ -29,6 +49,13 @@ FSDP_ARGS = (
     "--fsdp_cpu_ram_efficient_loading", "true",
     "--fsdp_reshard_after_forward", "true",
 )
+LAUNCH_DIR = "launch"  # in the train output: the config every rank loads, one log per attempt
+RANK_CONFIG = "config.json"
+USE_CPU_ENV = "ACCELERATE_USE_CPU"  # makes transformers/accelerate run CPU ranks as DDP over gloo
+OOM_EXIT_CODE = 75  # a rank's exit status after an out-of-memory error (EX_TEMPFAIL)
+OOM_MARKER = "sft-pipeline: rank out of memory"
+ERROR_PREFIX = "error: "  # a rank's one-line pipeline error
+EXCEPTION_LINE = re.compile(r"\b(?!ChildFailedError)(\w+(?:Error|Exception)): .+")
 
 
 def accelerate_command(
@@ -40,19 +67,24 @@ def accelerate_command(
     strategy: Literal["ddp", "fsdp"] = "ddp",
     overrides: Sequence[str] = (),
     mixed_precision: str = "bf16",
+    port: int | None = None,
 ) -> list[str]:
-    """The ``accelerate launch`` argv running the train stage on ``num_processes`` GPUs.
+    """The ``accelerate launch`` argv running the train stage on ``num_processes`` ranks.
 
-    >>> accelerate_command("p.yaml", "tok", "out", num_processes=2)[:8]
-    ['accelerate', 'launch', '--num_processes', '2', '--mixed_precision', 'bf16', '--multi_gpu', '-m']
-    >>> accelerate_command("p.yaml", "tok", "out", num_processes=2, overrides=["train.max_steps=5"])[-2:]
-    ['--set', 'train.max_steps=5']
+    >>> argv = accelerate_command("p.yaml", "tok", "out", num_processes=2, port=29501)
+    >>> argv[1:3], argv[argv.index("--num_processes") + 1], "--multi_gpu" in argv
+    (['-m', 'accelerate.commands.launch'], '2', True)
+    >>> argv[argv.index("-m", 3):][:2], accelerate_command("p", "t", "o", num_processes=2, overrides=["a=1"])[-2:]
+    (['-m', 'sft_pipeline.train'], ['--set', 'a=1'])
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     if num_processes < 1:
         raise ValueError("num_processes must be at least 1")
-    argv = ["accelerate", "launch", "--num_processes", str(num_processes), "--mixed_precision", mixed_precision]
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
+    if port is not None:
+        argv += ["--main_process_port", str(port)]
     argv += ["--multi_gpu"] if strategy == "ddp" else list(FSDP_ARGS)
     argv += ["-m", "sft_pipeline.train", "--config", str(config), "--tokenized", str(tokenized_dir), "--out", str(out_dir)]
     for item in overrides:
@@ -60,13 +92,111 @@ def accelerate_command(
     return argv
 
 
+def free_port() -> int:
+    """A TCP port free right now on this machine, for the ranks' rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_environment() -> dict[str, str]:
+    """The launcher's environment: this package importable, CPU ranks marked as such."""
+    env = dict(os.environ)
+    root = str(Path(sft_pipeline.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    if not torch.cuda.is_available():
+        env[USE_CPU_ENV] = "true"
+    return env
+
+
+def run_logged(argv: list[str], log_path: Path) -> int:
+    """Run ``argv``; every output line goes to ``log_path`` and to this module's log."""
+    with log_path.open("w") as sink, subprocess.Popen(
+        argv, env=rank_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        for line in proc.stdout:
+            sink.write(line)
+            if line.strip():
+                log.info("%s", line.rstrip())
+    return proc.returncode
+
+
+def failure(code: int, log_path: Path) -> Exception:
+    """The error for a failed launch, from what its ranks printed.
+
+    A rank's one-line pipeline error is deterministic (PipelineError, not retried);
+    anything else (a crash, a lost peer) is a RuntimeError that names the log, so
+    :func:`~sft_pipeline.train.failures.is_transient` can judge its message.
+    """
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(ERROR_PREFIX):
+            return PipelineError(line.removeprefix(ERROR_PREFIX))
+    raised = [m.group(0) for line in lines if (m := EXCEPTION_LINE.search(line))]
+    last = raised[-1] if raised else (lines[-1] if lines else "no output")
+    return RuntimeError(f"train: accelerate launch exited with status {code} ({last}); full output in {log_path}")
+
+
+def check_devices(train) -> None:
+    """One GPU per rank; FSDP only on GPUs (accelerate runs CPU ranks as plain DDP whatever is asked)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and train.num_processes > gpus:
+        raise ConfigError(f"train.num_processes={train.num_processes}, but this machine has {gpus} GPU(s)")
+    if not gpus and train.distributed == "fsdp":
+        raise ConfigError("train.distributed=fsdp needs GPUs; CPU ranks train with ddp only")
+
+
+def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict:
+    """Train with ``cfg.train.num_processes`` ranks; return the stage counts (as :func:`train_model` does)."""
+    from sft_pipeline.train.export import summary
+
+    out_dir, train = Path(out_dir), cfg.train
+    check_devices(train)
+    folder = out_dir / LAUNCH_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / RANK_CONFIG, cfg.model_dump(mode="json"))
+    remove_incomplete(out_dir / C.CHECKPOINTS_DIR)  # once, before any rank looks for a checkpoint
+    precision = "bf16" if compute_dtype() == torch.bfloat16 else "no"
+    attempts: list[dict] = []
+    for micro, accumulation in batch_schedule(train.batch_size, train.gradient_accumulation):
+        attempt = {"micro_batch": micro, "gradient_accumulation": accumulation}
+        log_path = folder / f"attempt-{len(attempts) + 1}.log"
+        argv = accelerate_command(
+            folder / RANK_CONFIG, tokenized_dir, out_dir, num_processes=train.num_processes,
+            strategy=train.distributed, mixed_precision=precision, port=free_port(),
+            overrides=[f"train.batch_size={micro}", f"train.gradient_accumulation={accumulation}"],
+        )
+        code = run_logged(argv, log_path)
+        if code == 0:
+            attempts.append({**attempt, "outcome": "ok"})
+            break
+        if OOM_MARKER not in log_path.read_text(errors="replace"):
+            raise failure(code, log_path)
+        attempts.append({**attempt, "outcome": "oom"})
+        log.warning("a rank ran out of memory at micro-batch %d; relaunching with a smaller one", micro)
+    else:
+        raise oom_exhausted(train)
+    metrics = json.loads((out_dir / C.METRICS_FILE).read_text())
+    metrics["attempts"] = attempts
+    write_json(out_dir / C.METRICS_FILE, metrics)
+    return summary(metrics)
+
+
+def train_stage(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict:
+    """The train stage's body: in this process, or on ``train.num_processes`` launched ranks."""
+    if cfg.train.num_processes > 1:
+        return launch_training(cfg, tokenized_dir, out_dir)
+    from sft_pipeline.train.trainer import train_model
+
+    return train_model(cfg.model, Path(tokenized_dir), Path(out_dir), cfg.train, seed=cfg.run.seed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sft_pipeline.train --config C --tokenized DIR --out DIR [--set k=v ...]`` (one rank)."""
     import argparse
-    import json
 
     from sft_pipeline.config import load_config
-    from sft_pipeline.errors import PipelineError
+    from sft_pipeline.train import ranks
     from sft_pipeline.train.trainer import train_model
 
     parser = argparse.ArgumentParser(prog="python -m sft_pipeline.train", description=__doc__.splitlines()[0])
@@ -75,11 +205,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="train stage output folder (checkpoints live here)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args(argv)
+    if ranks.is_main_rank():
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = load_config(args.config, args.set)
         counts = train_model(cfg.model, Path(args.tokenized), Path(args.out), cfg.train, seed=cfg.run.seed)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2
-    print(json.dumps(counts, sort_keys=True))
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        print(OOM_MARKER, file=sys.stderr, flush=True)
+        return OOM_EXIT_CODE
+    if ranks.is_main_rank():
+        print(json.dumps(counts, sort_keys=True))
     return 0

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sft_pipeline.artifacts import write_json
+from sft_pipeline.train.ranks import barrier
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINER_STATE = "trainer_state.json"
@@ -72,6 +73,7 @@ class CompleteMarker(TrainerCallback):
     """Mark each checkpoint complete once the Trainer has finished writing it."""
 
     def on_save(self, args, state, control, **kwargs):
+        barrier()  # every rank has written its part (RNG state, FSDP shards) before the marker
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if folder.is_dir():

@@ -28,8 +28,9 @@ from sft_pipeline.config import LoraSection, ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, compute_dtype, ignoring, load_causal_lm, load_tokenizer
 from sft_pipeline.train import metrics as M
+from sft_pipeline.train import ranks
 from sft_pipeline.train.data import TrainData, load_train_data
-from sft_pipeline.train.failures import batch_schedule, is_oom, is_transient
+from sft_pipeline.train.failures import batch_schedule, is_oom, is_transient, oom_exhausted
 from sft_pipeline.train.resume import CompleteMarker, latest_complete_checkpoint, remove_incomplete, saved_step
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int
         report_to=NO_REPORTING,
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient (PEFT's DDP advice)
         # Rows are already tokenized, labelled and truncated (or packed) by the tokenize stage.
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=data.packed,  # packed rows train padding-free; nothing is re-packed
@@ -182,7 +184,7 @@ def build_trainer(model_cfg, cfg, out_dir, data, tokenizer, *, seed, micro, accu
 def run_attempt(model_cfg, cfg, out_dir, data, tokenizer, *, seed, micro, accumulation, callbacks=()):
     """One training run at a given micro-batch, resuming from the latest complete checkpoint."""
     ckpt_dir = out_dir / C.CHECKPOINTS_DIR
-    dropped = remove_incomplete(ckpt_dir)
+    dropped = remove_incomplete(ckpt_dir) if ranks.is_main_rank() else []
     if dropped:
         log.warning("ignoring incomplete checkpoint(s) left by a killed run: %s", ", ".join(dropped))
     resume = latest_complete_checkpoint(ckpt_dir)
@@ -204,7 +206,11 @@ def release() -> None:
 
 
 def train_with_backoff(model_cfg, cfg, out_dir, data, tokenizer, *, seed, callbacks=()):
-    """Run training, halving the micro-batch (same effective batch) on out-of-memory errors."""
+    """Run training, halving the micro-batch (same effective batch) on out-of-memory errors.
+
+    One rank of several re-raises the error instead: its peers cannot follow it, so the
+    launcher (:func:`sft_pipeline.train.launch.launch_training`) backs off for all of them.
+    """
     attempts: list[dict] = []
     for micro, accumulation in batch_schedule(cfg.batch_size, cfg.gradient_accumulation):
         try:
@@ -213,7 +219,7 @@ def train_with_backoff(model_cfg, cfg, out_dir, data, tokenizer, *, seed, callba
                 accumulation=accumulation, callbacks=callbacks,
             )
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried here
-            if not is_oom(exc):
+            if not is_oom(exc) or ranks.world_size() > 1:
                 raise
             attempts.append({"micro_batch": micro, "gradient_accumulation": accumulation, "outcome": "oom"})
             log.warning("out of memory at micro-batch %d; retrying with a smaller one", micro)
@@ -221,11 +227,7 @@ def train_with_backoff(model_cfg, cfg, out_dir, data, tokenizer, *, seed, callba
             attempts.append({"micro_batch": micro, "gradient_accumulation": accumulation, "outcome": "ok"})
             return trainer, output, resumed_from, attempts
         release()  # outside the handler, so the failed attempt's frames (and model) are gone
-    effective = cfg.batch_size * cfg.gradient_accumulation
-    raise PipelineError(
-        f"train: out of memory even at micro-batch 1 (effective batch {effective}); "
-        "use a smaller model, train.method=qlora, train.gradient_checkpointing=true or a shorter tokenize.max_length"
-    )
+    raise oom_exhausted(cfg)
 
 
 def train_model(

@@ -1,0 +1,156 @@
+"""Training on two ranks (``accelerate launch``, DDP over gloo on CPU ranks) through the train stage's launcher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sft_pipeline import constants as C
+from sft_pipeline.config import load_config
+from sft_pipeline.errors import ConfigError, PipelineError
+from sft_pipeline.train import launch
+from sft_pipeline.train.resume import COMPLETE_MARKER
+from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+SAVE_STEPS = 2
+RANKS = 2
+
+
+def _cfg(model_dir: Path, *extra: str):
+    return load_config(REPO / "deployments/configs/tiny.yaml", [
+        f"model.name_or_path={model_dir}", "train.method=lora", f"train.max_steps={STEPS}",
+        f"train.save_steps={SAVE_STEPS}", "train.batch_size=2", "train.gradient_accumulation=1",
+        "train.warmup_ratio=0.0", *extra,
+    ])
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / C.METRICS_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def tokenized(tiny_tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenized")
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(32), 64), folder / C.TRAIN_TOKENS_FILE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_model_dir, tokenized, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks") / "train"
+    return out, launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
+
+
+def test_two_ranks_train_like_one_process_at_the_same_effective_batch(two_ranks, tiny_model_dir, tokenized, tmp_path):
+    out, result = two_ranks
+    launch.train_stage(_cfg(tiny_model_dir, "train.batch_size=4"), tokenized, tmp_path / "alone")
+    ranked, single = _metrics(out), _metrics(tmp_path / "alone")
+
+    assert result["num_processes"] == RANKS and single["num_processes"] == 1
+    assert ranked["effective_batch"] == single["effective_batch"] == 4
+    assert result["steps"] == single["steps"] == STEPS
+    # Each rank saw its half of every batch: the totals over ranks are the one process's totals.
+    assert (ranked["non_pad_tokens"], ranked["supervised_tokens"]) == (single["non_pad_tokens"], single["supervised_tokens"])
+    assert [e["step"] for e in ranked["loss"]] == list(range(1, STEPS + 1))
+    for a, b in zip(ranked["loss"], single["loss"]):  # gradients averaged over ranks, not summed
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    checkpoint = out / C.CHECKPOINTS_DIR / f"checkpoint-{SAVE_STEPS}"
+    assert (checkpoint / COMPLETE_MARKER).is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    adapter = load_file(out / C.ADAPTER_DIR / "adapter_model.safetensors")
+    assert all(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)
+    log = (out / launch.LAUNCH_DIR / "attempt-1.log").read_text()
+    assert f"step {STEPS}/{STEPS} loss" in log and ranked["attempts"] == [
+        {"micro_batch": 2, "gradient_accumulation": 1, "outcome": "ok"}]
+
+
+def test_two_ranks_resume_from_the_last_complete_checkpoint(two_ranks, tiny_model_dir, tokenized, tmp_path):
+    done, result = two_ranks
+    out = tmp_path / "train"
+    shutil.copytree(done, out)
+    # What a kill after step 3 leaves: checkpoint-2 complete, checkpoint-4 half written, no adapter yet.
+    shutil.rmtree(out / C.ADAPTER_DIR)
+    (out / C.METRICS_FILE).unlink()
+    partial = out / C.CHECKPOINTS_DIR / f"checkpoint-{STEPS}"
+    (partial / COMPLETE_MARKER).unlink()
+
+    resumed = launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
+
+    assert resumed["resumed_from_step"] == SAVE_STEPS and resumed["steps"] == STEPS
+    assert resumed["final_loss"] == pytest.approx(result["final_loss"], rel=1e-4)
+    assert [e["step"] for e in _metrics(out)["loss"]] == list(range(1, STEPS + 1))
+
+
+def test_out_of_memory_on_a_rank_relaunches_all_with_half_the_micro_batch(tiny_model_dir, tokenized, tmp_path,
+                                                                         monkeypatch):
+    real = launch.run_logged
+    seen = []
+
+    def first_attempt_runs_out_of_memory(argv, log_path):
+        seen.append(argv[argv.index("--set", argv.index("sft_pipeline.train")) + 1:])
+        if len(seen) > 1:
+            return real(argv, log_path)
+        log_path.write_text(f"Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory.\n{launch.OOM_MARKER}\n")
+        return 1
+
+    monkeypatch.setattr(launch, "run_logged", first_attempt_runs_out_of_memory)
+    out = tmp_path / "train"
+    result = launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
+
+    assert "train.batch_size=2" in seen[0][0] and "train.batch_size=1" in seen[1][0]
+    assert (result["micro_batch"], result["gradient_accumulation"], result["steps"]) == (1, 2, STEPS)
+    metrics = _metrics(out)
+    assert [a["outcome"] for a in metrics["attempts"]] == ["oom", "ok"]
+    assert metrics["effective_batch"] == 2 * 1 * RANKS
+
+
+def test_out_of_memory_at_micro_batch_one_is_one_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+    def always_out_of_memory(argv, log_path):
+        log_path.write_text(launch.OOM_MARKER + "\n")
+        return 1
+
+    monkeypatch.setattr(launch, "run_logged", always_out_of_memory)
+    with pytest.raises(PipelineError, match="out of memory even at micro-batch 1"):
+        launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tmp_path, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / launch.LAUNCH_DIR).glob("attempt-*.log")) == [
+        "attempt-1.log", "attempt-2.log"]
+
+
+def test_a_rank_out_of_memory_exits_with_the_marker(monkeypatch, capsys):
+    from sft_pipeline.train import trainer
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "train_model", oom)
+    code = launch.main(["--config", str(REPO / "deployments/configs/tiny.yaml"), "--tokenized", "t", "--out", "o"])
+    assert code == launch.OOM_EXIT_CODE and launch.OOM_MARKER in capsys.readouterr().err
+
+
+def test_a_rank_error_is_raised_as_its_one_line(tmp_path, tokenized):
+    cfg = _cfg(tmp_path / "no-such-model", f"train.num_processes={RANKS}")
+    with pytest.raises(PipelineError) as err:
+        launch.train_stage(cfg, tokenized, tmp_path / "out")
+    assert str(err.value).startswith("model ") and "no-such-model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_crashed_launch_names_the_exception_and_the_log(tmp_path):
+    log = tmp_path / "attempt-1.log"
+    log.write_text("Traceback (most recent call last):\n  ...\nRuntimeError: NCCL error: unhandled system error\n"
+                   "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \nsft_pipeline.train FAILED\n")
+    error = launch.failure(1, log)
+    assert isinstance(error, RuntimeError) and "RuntimeError: NCCL error" in str(error) and str(log) in str(error)
+
+
+def test_fsdp_needs_gpus_and_ranks_need_their_gpus(tiny_model_dir):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    with pytest.raises(ConfigError, match="fsdp needs GPUs"):
+        launch.check_devices(_cfg(tiny_model_dir, "train.num_processes=2", "train.distributed=fsdp").train)
+    launch.check_devices(_cfg(tiny_model_dir, "train.num_processes=2").train)
