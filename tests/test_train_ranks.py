@@ -154,3 +154,50 @@ def test_fsdp_needs_gpus_and_ranks_need_their_gpus(tiny_model_dir):
     with pytest.raises(ConfigError, match="fsdp needs GPUs"):
         launch.check_devices(_cfg(tiny_model_dir, "train.num_processes=2", "train.distributed=fsdp").train)
     launch.check_devices(_cfg(tiny_model_dir, "train.num_processes=2").train)
+
+
+KILL_STEPS = 24
+CHILD = """
+import sys
+from pathlib import Path
+from sft_pipeline.config import PipelineConfig
+from sft_pipeline.train.launch import train_stage
+cfg = PipelineConfig.model_validate_json(Path(sys.argv[1]).read_text())
+train_stage(cfg, sys.argv[2], sys.argv[3])
+"""
+
+
+def test_killing_the_task_process_stops_its_ranks_and_the_rerun_resumes(tiny_model_dir, tokenized, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from sft_pipeline.train.resume import latest_complete_checkpoint, saved_step
+
+    cfg = _cfg(tiny_model_dir, f"train.num_processes={RANKS}", f"train.max_steps={KILL_STEPS}")
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    out = tmp_path / "train"
+    task = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "cfg.json"), str(tokenized), str(out)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while latest_complete_checkpoint(out / C.CHECKPOINTS_DIR) is None:
+        assert task.poll() is None, "the training task exited before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.02)
+    ranks = psutil.Process(task.pid).children(recursive=True)
+    os.kill(task.pid, signal.SIGKILL)
+    task.wait()
+    _, alive = psutil.wait_procs(ranks, timeout=60)
+    assert not alive, f"launcher or ranks outlived the killed task: {alive}"
+    assert not (out / C.ADAPTER_DIR).exists(), "ranks trained on to the end after the task was killed"
+    killed_at = saved_step(latest_complete_checkpoint(out / C.CHECKPOINTS_DIR))
+    assert 0 < killed_at < KILL_STEPS
+
+    resumed = launch.train_stage(cfg, tokenized, out)
+
+    assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == KILL_STEPS
+    assert [e["step"] for e in _metrics(out)["loss"]] == list(range(1, KILL_STEPS + 1))

@@ -55,6 +55,7 @@ USE_CPU_ENV = "ACCELERATE_USE_CPU"  # makes transformers/accelerate run CPU rank
 OOM_EXIT_CODE = 75  # a rank's exit status after an out-of-memory error (EX_TEMPFAIL)
 OOM_MARKER = "sft-pipeline: rank out of memory"
 ERROR_PREFIX = "error: "  # a rank's one-line pipeline error
+PR_SET_PDEATHSIG = 1  # prctl option: signal to receive when the parent dies
 EXCEPTION_LINE = re.compile(r"\b(?!ChildFailedError)(\w+(?:Error|Exception)): .+")
 
 
@@ -109,15 +110,41 @@ def rank_environment() -> dict[str, str]:
     return env
 
 
+def tied_to_this_process(argv: list[str]) -> list[str]:
+    """``argv`` run so that it gets SIGTERM when this process dies, even by SIGKILL (Linux).
+
+    torchrun stops its ranks on SIGTERM, so a killed task leaves no ranks training on
+    behind a retry. The child sets ``PR_SET_PDEATHSIG`` itself, then execs ``argv``
+    (no ``preexec_fn``: unsafe in a threaded parent such as a Prefect worker).
+    """
+    if not sys.platform.startswith("linux"):
+        return argv
+    shim = (
+        "import ctypes, os, signal, sys\n"
+        f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)\n"
+        f"if os.getppid() != {os.getpid()}: sys.exit('parent gone')\n"
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", shim, *argv]
+
+
 def run_logged(argv: list[str], log_path: Path) -> int:
-    """Run ``argv``; every output line goes to ``log_path`` and to this module's log."""
+    """Run ``argv``; every output line goes to ``log_path`` and to this module's log.
+
+    If this function is interrupted (a cancelled task, Ctrl-C), the launch is stopped too.
+    """
     with log_path.open("w") as sink, subprocess.Popen(
-        argv, env=rank_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        tied_to_this_process(argv), env=rank_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1,
     ) as proc:
-        for line in proc.stdout:
-            sink.write(line)
-            if line.strip():
-                log.info("%s", line.rstrip())
+        try:
+            for line in proc.stdout:
+                sink.write(line)
+                if line.strip():
+                    log.info("%s", line.rstrip())
+        except BaseException:
+            proc.terminate()  # torchrun passes it on to the ranks; leaving the block waits for them
+            raise
     return proc.returncode
 
 
