@@ -147,7 +147,9 @@ def _inputs_and_section(stage: str, cfg: PipelineConfig, up: Mapping[str, Any]) 
              "seed": cfg.run.seed},
         )
     if stage == C.STAGE_TRAIN:
-        train = cfg.train.model_dump(mode="json", exclude={"work_pool"})
+        # Where it runs does not change the result; one process makes the launch settings moot.
+        single = {"num_processes", "distributed"} if cfg.train.num_processes == 1 else set()
+        train = cfg.train.model_dump(mode="json", exclude={"work_pool", *single})
         return (
             {"train": file_of(up["tokenize"], C.TRAIN_TOKENS_FILE), "model": model_digest(cfg.model)},
             {"train": train, "seed": cfg.run.seed},

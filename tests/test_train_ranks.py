@@ -201,3 +201,16 @@ def test_killing_the_task_process_stops_its_ranks_and_the_rerun_resumes(tiny_mod
 
     assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == KILL_STEPS
     assert [e["step"] for e in _metrics(out)["loss"]] == list(range(1, KILL_STEPS + 1))
+
+
+def test_train_key_counts_ranks_but_not_launch_settings_of_one_process(tiny_model_dir, tokenized, tmp_path):
+    from sft_pipeline import stages
+
+    upstream = {"tokenize": stages.StageResult(stage=C.STAGE_TOKENIZE, key="k", out_dir=str(tokenized))}
+
+    def key(*extra):
+        return stages.expected_key(C.STAGE_TRAIN, _cfg(tiny_model_dir, f"run.output_dir={tmp_path}", *extra), upstream)
+
+    one = key()
+    assert one == key("train.distributed=fsdp") == key("train.work_pool=gpu")  # same result wherever it runs
+    assert key("train.num_processes=2") not in (one, key("train.num_processes=2", "train.distributed=fsdp"))
