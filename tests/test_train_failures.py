@@ -68,11 +68,12 @@ def test_oom_at_micro_batch_one_is_a_clear_pipeline_error(setup, tmp_path):
 
 def test_one_rank_of_several_leaves_the_back_off_to_the_launcher(setup, tmp_path, monkeypatch):
     from sft_pipeline.train import ranks
+    from sft_pipeline.train.failures import RankOutOfMemory
 
     monkeypatch.setattr(ranks, "world_size", lambda: 2)  # its peers could not follow a smaller micro-batch
     model_cfg, tokenized = setup
     fail = FailFirstSteps(1, torch.OutOfMemoryError(OOM_MESSAGE))
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(RankOutOfMemory, match="micro-batch 4"):
         train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=4), seed=0, callbacks=[fail])
     assert fail.seen == [(4, 4)]
 

@@ -87,73 +87,129 @@ def test_two_ranks_resume_from_the_last_complete_checkpoint(two_ranks, tiny_mode
     assert [e["step"] for e in _metrics(out)["loss"]] == list(range(1, STEPS + 1))
 
 
-def test_out_of_memory_on_a_rank_relaunches_all_with_half_the_micro_batch(tiny_model_dir, tokenized, tmp_path,
-                                                                         monkeypatch):
-    real = launch.run_logged
-    seen = []
+# Loaded by every launched process (PYTHONPATH): makes rank 1 fail inside training, as the test asks.
+INJECT = """
+import os
+if os.environ.get("RANK") == "1" and os.environ.get("SFT_TEST_INJECT"):
+    import torch
+    from sft_pipeline.train import trainer
+    real = trainer.run_attempt
 
-    def first_attempt_runs_out_of_memory(argv, log_path):
-        seen.append(argv[argv.index("--set", argv.index("sft_pipeline.train")) + 1:])
-        if len(seen) > 1:
-            return real(argv, log_path)
-        log_path.write_text(f"Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory.\n{launch.OOM_MARKER}\n")
-        return 1
+    def run_attempt(*args, micro, **kwargs):
+        if os.environ["SFT_TEST_INJECT"] == "bug":
+            raise ValueError("injected bug on rank 1")
+        if micro > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(*args, micro=micro, **kwargs)
 
-    monkeypatch.setattr(launch, "run_logged", first_attempt_runs_out_of_memory)
+    trainer.run_attempt = run_attempt
+"""
+
+
+@pytest.fixture
+def rank_one_fails(tmp_path, monkeypatch):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(INJECT)
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    return lambda how: monkeypatch.setenv("SFT_TEST_INJECT", how)
+
+
+def test_out_of_memory_on_one_rank_relaunches_all_with_half_the_micro_batch(rank_one_fails, tiny_model_dir,
+                                                                           tokenized, tmp_path):
+    rank_one_fails("oom")
     out = tmp_path / "train"
     result = launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
 
-    assert "train.batch_size=2" in seen[0][0] and "train.batch_size=1" in seen[1][0]
     assert (result["micro_batch"], result["gradient_accumulation"], result["steps"]) == (1, 2, STEPS)
     metrics = _metrics(out)
     assert [a["outcome"] for a in metrics["attempts"]] == ["oom", "ok"]
     assert metrics["effective_batch"] == 2 * 1 * RANKS
+    first = (out / launch.LAUNCH_DIR / "attempt-1.log").read_text()
+    assert "rank 1: out of memory at micro-batch 2" in first and "injected" not in (
+        out / launch.LAUNCH_DIR / "attempt-2.log").read_text()
+
+
+def test_an_error_on_one_rank_is_raised_as_that_rank_saw_it(rank_one_fails, tiny_model_dir, tokenized, tmp_path):
+    from sft_pipeline.train import is_transient
+
+    rank_one_fails("bug")
+    with pytest.raises(RuntimeError) as err:
+        launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, tmp_path / "train")
+    assert str(err.value).startswith("train: rank 1 failed: ValueError: injected bug on rank 1")
+    assert not is_transient(err.value), "a bug must not be retried, whatever its peers printed"
 
 
 def test_out_of_memory_at_micro_batch_one_is_one_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+    from sft_pipeline.train import ranks
+    from sft_pipeline.train.failures import RankOutOfMemory
+
     def always_out_of_memory(argv, log_path):
-        log_path.write_text(launch.OOM_MARKER + "\n")
-        return 1
+        ranks.report_failure(log_path.parent, RankOutOfMemory("out of memory at micro-batch 1"))
+        return launch.OOM_EXIT_CODE
 
     monkeypatch.setattr(launch, "run_logged", always_out_of_memory)
     with pytest.raises(PipelineError, match="out of memory even at micro-batch 1"):
         launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tmp_path, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out" / launch.LAUNCH_DIR).glob("attempt-*.log")) == [
-        "attempt-1.log", "attempt-2.log"]
 
 
-def test_a_rank_out_of_memory_exits_with_the_marker(monkeypatch, capsys):
+def test_a_rank_reports_training_out_of_memory_and_nothing_else_as_such(monkeypatch, tmp_path, capsys):
     from sft_pipeline.train import trainer
+    from sft_pipeline.train.failures import RankOutOfMemory
 
-    def oom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    argv = ["--config", str(REPO / "deployments/configs/tiny.yaml"), "--tokenized", "t", "--out", str(tmp_path)]
+    report = tmp_path / launch.LAUNCH_DIR / "rank-0.json"
 
-    monkeypatch.setattr(trainer, "train_model", oom)
-    code = launch.main(["--config", str(REPO / "deployments/configs/tiny.yaml"), "--tokenized", "t", "--out", "o"])
-    assert code == launch.OOM_EXIT_CODE and launch.OOM_MARKER in capsys.readouterr().err
+    def raising(exc):
+        def train_model(*args, **kwargs):
+            raise exc
+        return train_model
+
+    monkeypatch.setattr(trainer, "train_model", raising(RankOutOfMemory("out of memory at micro-batch 4")))
+    assert launch.main(argv) == launch.OOM_EXIT_CODE
+    assert json.loads(report.read_text())["out_of_memory"] is True
+
+    # Out of memory outside the training steps (say, merging) is an ordinary failure: no back-off.
+    monkeypatch.setattr(trainer, "train_model", raising(torch.OutOfMemoryError("CUDA out of memory.")))
+    with pytest.raises(torch.OutOfMemoryError):
+        launch.main(argv)
+    assert json.loads(report.read_text())["out_of_memory"] is False
 
 
 def test_a_rank_error_is_raised_as_its_one_line(tmp_path, tokenized):
+    from sft_pipeline.errors import InputError
+
     cfg = _cfg(tmp_path / "no-such-model", f"train.num_processes={RANKS}")
-    with pytest.raises(PipelineError) as err:
+    with pytest.raises(InputError) as err:
         launch.train_stage(cfg, tokenized, tmp_path / "out")
     assert str(err.value).startswith("model ") and "no-such-model" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_crashed_launch_names_the_exception_and_the_log(tmp_path):
+def test_launch_failures_keep_the_rank_verdict_or_quote_the_log(tmp_path):
+    from sft_pipeline.train import is_transient
+
     log = tmp_path / "attempt-1.log"
-    log.write_text("Traceback (most recent call last):\n  ...\nRuntimeError: NCCL error: unhandled system error\n"
+    log.write_text("[rank0]: Traceback (most recent call last):\n[rank0]: RuntimeError: NCCL error: unhandled\n"
                    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \nsft_pipeline.train FAILED\n")
-    error = launch.failure(1, log)
-    assert isinstance(error, RuntimeError) and "RuntimeError: NCCL error" in str(error) and str(log) in str(error)
+    report = {"rank": 1, "type": "HfHubHTTPError", "message": "503 Service Unavailable", "pipeline_error": False,
+              "out_of_memory": False, "transient": True}
+    hub = launch.failure(1, log, report)
+    assert is_transient(hub) and "rank 1 failed: HfHubHTTPError: 503" in str(hub)
+    assert not is_transient(launch.failure(1, log, {**report, "type": "ValueError", "transient": False}))
+    crashed = launch.failure(-9, log, None)  # no report: a rank killed or crashed in C
+    assert "RuntimeError: NCCL error" in str(crashed) and str(log) in str(crashed)
 
 
-def test_fsdp_needs_gpus_and_ranks_need_their_gpus(tiny_model_dir):
-    if torch.cuda.is_available():
-        pytest.skip("CPU-only check")
+def test_fsdp_needs_gpus_and_ranks_need_their_gpus(tiny_model_dir, monkeypatch):
+    fsdp = _cfg(tiny_model_dir, "train.num_processes=2", "train.distributed=fsdp").train
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="fsdp needs GPUs"):
-        launch.check_devices(_cfg(tiny_model_dir, "train.num_processes=2", "train.distributed=fsdp").train)
-    launch.check_devices(_cfg(tiny_model_dir, "train.num_processes=2").train)
+        launch.check_devices(fsdp)
+    launch.check_devices(_cfg(tiny_model_dir, "train.num_processes=2").train)  # ddp on CPU ranks is fine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"num_processes=2, but this machine has 1 GPU"):
+        launch.check_devices(fsdp)
 
 
 KILL_STEPS = 24

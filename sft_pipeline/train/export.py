@@ -77,6 +77,8 @@ def save_trained(trainer, out_dir: Path) -> Path:
     """Save the adapter (or the full model for ``full``) and the tokenizer."""
     target = out_dir / C.ADAPTER_DIR
     trainer.save_model(str(target))  # also saves the processing class (tokenizer)
+    if trainer.is_world_process_zero() and not any(target.glob("*.safetensors")):
+        raise VerificationError(f"train: the trainer saved no weights under {target}")
     return target
 
 

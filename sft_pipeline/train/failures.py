@@ -23,6 +23,18 @@ TRANSIENT_MESSAGES = ("NCCL", "ECC error", "unspecified launch failure", "Connec
 RETRYABLE_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
+class RankOutOfMemory(RuntimeError):
+    """One rank of several ran out of memory while training; only the launcher can back off."""
+
+
+class RankFailure(RuntimeError):
+    """A launched rank failed; ``transient`` is the rank's own :func:`is_transient` verdict on its error."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
 def is_oom(exc: BaseException) -> bool:
     """True for an accelerator (or CPU allocator) out-of-memory error.
 
@@ -113,6 +125,8 @@ def is_transient(exc: BaseException) -> bool:
     True
     """
     for item in _chain(exc):
+        if isinstance(item, RankFailure):
+            return item.transient  # judged where the error was raised, with its type and cause
         if _is_transient_one(item):
             return True
     return False

@@ -8,10 +8,12 @@ rank trains on its share of each batch, so the effective batch is
 counts summed over ranks), loss curve and adapter; checkpoints are written by all
 ranks together and resumed the same way as in one process.
 
-Out of memory on any rank stops all of them (torchrun tears the group down); the
-launcher then starts them again with half the micro-batch and twice the gradient
+Out of memory on any rank while training stops all of them (torchrun tears the
+group down); the launcher then starts them again with half the micro-batch and twice the gradient
 accumulation, down to 1, as the in-process trainer does. Each attempt's output is
-kept in ``LAUNCH_DIR/attempt-<n>.log`` of the stage output and forwarded to the log.
+kept in ``LAUNCH_DIR/attempt-<n>.log`` of the stage output and forwarded to the log;
+a failing rank reports its error in ``LAUNCH_DIR/rank-<n>.json``, and the first
+report is the error the stage raises.
 QLoRA under FSDP relies on ``bnb_4bit_quant_storage`` matching the compute dtype,
 which ``load_causal_lm`` sets.
 """
@@ -33,9 +35,11 @@ import torch
 import sft_pipeline
 from sft_pipeline import constants as C
 from sft_pipeline.artifacts import write_json
+from sft_pipeline import errors
 from sft_pipeline.errors import ConfigError, PipelineError
 from sft_pipeline.models import compute_dtype
-from sft_pipeline.train.failures import batch_schedule, is_oom, oom_exhausted
+from sft_pipeline.train import ranks
+from sft_pipeline.train.failures import RankFailure, batch_schedule, oom_exhausted
 from sft_pipeline.train.resume import remove_incomplete
 
 log = logging.getLogger(__name__)
@@ -45,16 +49,15 @@ FSDP_ARGS = (
     "--use_fsdp",
     "--fsdp_version", "2",
     "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
-    "--fsdp_state_dict_type", "SHARDED_STATE_DICT",
+    "--fsdp_state_dict_type", "FULL_STATE_DICT",  # Trainer.save_model writes nothing for sharded state
     "--fsdp_cpu_ram_efficient_loading", "true",
     "--fsdp_reshard_after_forward", "true",
 )
 LAUNCH_DIR = "launch"  # in the train output: the config every rank loads, one log per attempt
 RANK_CONFIG = "config.json"
 USE_CPU_ENV = "ACCELERATE_USE_CPU"  # makes transformers/accelerate run CPU ranks as DDP over gloo
-OOM_EXIT_CODE = 75  # a rank's exit status after an out-of-memory error (EX_TEMPFAIL)
-OOM_MARKER = "sft-pipeline: rank out of memory"
-ERROR_PREFIX = "error: "  # a rank's one-line pipeline error
+OOM_EXIT_CODE = 75  # a rank's exit status after running out of memory while training (EX_TEMPFAIL)
+PIPELINE_ERROR_EXIT_CODE = 2
 PR_SET_PDEATHSIG = 1  # prctl option: signal to receive when the parent dies
 EXCEPTION_LINE = re.compile(r"\b(?!ChildFailedError)(\w+(?:Error|Exception)): .+")
 
@@ -135,7 +138,7 @@ def run_logged(argv: list[str], log_path: Path) -> int:
     """
     with log_path.open("w") as sink, subprocess.Popen(
         tied_to_this_process(argv), env=rank_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1,
+        text=True, encoding="utf-8", errors="replace", bufsize=1,
     ) as proc:
         try:
             for line in proc.stdout:
@@ -148,20 +151,29 @@ def run_logged(argv: list[str], log_path: Path) -> int:
     return proc.returncode
 
 
-def failure(code: int, log_path: Path) -> Exception:
-    """The error for a failed launch, from what its ranks printed.
+def failure(code: int, log_path: Path, report: dict | None) -> Exception:
+    """The error for a failed launch: the first failing rank's, as that rank judged it.
 
-    A rank's one-line pipeline error is deterministic (PipelineError, not retried);
-    anything else (a crash, a lost peer) is a RuntimeError that names the log, so
-    :func:`~sft_pipeline.train.failures.is_transient` can judge its message.
+    A rank's pipeline error comes back as the same class (one line, not retried); any
+    other error as :class:`RankFailure` carrying the rank's own transient verdict. A
+    rank that died without a report (killed, crashed in C) leaves only its output:
+    then the last exception line in the log is quoted in a plain RuntimeError.
     """
+    if report is not None:
+        if report["pipeline_error"]:
+            cls = getattr(errors, report["type"], PipelineError)
+            return (cls if isinstance(cls, type) and issubclass(cls, PipelineError) else PipelineError)(report["message"])
+        return RankFailure(f"train: rank {report['rank']} failed: {report['type']}: {report['message']} "
+                           f"(full output in {log_path})", transient=report["transient"])
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(ERROR_PREFIX):
-            return PipelineError(line.removeprefix(ERROR_PREFIX))
     raised = [m.group(0) for line in lines if (m := EXCEPTION_LINE.search(line))]
     last = raised[-1] if raised else (lines[-1] if lines else "no output")
     return RuntimeError(f"train: accelerate launch exited with status {code} ({last}); full output in {log_path}")
+
+
+def next_log(folder: Path) -> Path:
+    """``attempt-<n>.log`` with the next free n: logs of earlier task retries are kept."""
+    return folder / f"attempt-{len(list(folder.glob('attempt-*.log'))) + 1}.log"
 
 
 def check_devices(train) -> None:
@@ -187,7 +199,8 @@ def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict
     attempts: list[dict] = []
     for micro, accumulation in batch_schedule(train.batch_size, train.gradient_accumulation):
         attempt = {"micro_batch": micro, "gradient_accumulation": accumulation}
-        log_path = folder / f"attempt-{len(attempts) + 1}.log"
+        log_path = next_log(folder)
+        ranks.clear_failures(folder)
         argv = accelerate_command(
             folder / RANK_CONFIG, tokenized_dir, out_dir, num_processes=train.num_processes,
             strategy=train.distributed, mixed_precision=precision, port=free_port(),
@@ -197,8 +210,9 @@ def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict
         if code == 0:
             attempts.append({**attempt, "outcome": "ok"})
             break
-        if OOM_MARKER not in log_path.read_text(errors="replace"):
-            raise failure(code, log_path)
+        report = ranks.first_failure(folder)
+        if not (report and report["out_of_memory"]):
+            raise failure(code, log_path, report)
         attempts.append({**attempt, "outcome": "oom"})
         log.warning("a rank ran out of memory at micro-batch %d; relaunching with a smaller one", micro)
     else:
@@ -223,7 +237,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from sft_pipeline.config import load_config
-    from sft_pipeline.train import ranks
     from sft_pipeline.train.trainer import train_model
 
     parser = argparse.ArgumentParser(prog="python -m sft_pipeline.train", description=__doc__.splitlines()[0])
@@ -237,14 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.set)
         counts = train_model(cfg.model, Path(args.tokenized), Path(args.out), cfg.train, seed=cfg.run.seed)
-    except PipelineError as exc:
-        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
-        if not is_oom(exc):
+        report = ranks.report_failure(Path(args.out) / LAUNCH_DIR, exc)
+        if report["out_of_memory"]:
+            print(f"rank {report['rank']}: {exc}", file=sys.stderr)
+            return OOM_EXIT_CODE
+        if not report["pipeline_error"]:
             raise
-        print(OOM_MARKER, file=sys.stderr, flush=True)
-        return OOM_EXIT_CODE
+        print(f"error: {exc}", file=sys.stderr)
+        return PIPELINE_ERROR_EXIT_CODE
     if ranks.is_main_rank():
         print(json.dumps(counts, sort_keys=True))
     return 0

@@ -7,11 +7,17 @@ Alone, a process is rank 0 of a world of 1.
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from pathlib import Path
 
 import torch
 
+from sft_pipeline.artifacts import write_json
+
 RANK_ENV = "RANK"
+REPORT_PREFIX = "rank-"  # rank-<n>.json: what a launched rank failed with
 WORLD_SIZE_ENV = "WORLD_SIZE"
 
 
@@ -21,7 +27,7 @@ def world_size() -> int:
 
 
 def is_main_rank() -> bool:
-    return int(os.environ.get(RANK_ENV, 0)) == 0
+    return rank() == 0
 
 
 def barrier() -> None:
@@ -38,3 +44,42 @@ def sum_and_max(accelerator, summed: list[int], maxed: list[int]) -> tuple[list[
     totals = accelerator.reduce(torch.tensor(summed, dtype=torch.int64, device=device), reduction="sum")
     peaks = accelerator.gather(torch.tensor([maxed], dtype=torch.int64, device=device)).amax(dim=0)
     return [int(x) for x in totals.tolist()], [int(x) for x in peaks.tolist()]
+
+
+def rank() -> int:
+    return int(os.environ.get(RANK_ENV, 0))
+
+
+def report_failure(folder: Path, exc: BaseException) -> dict:
+    """Write what this rank died of to ``folder/rank-<rank>.json`` for the launcher, and return it.
+
+    The launcher cannot see exception objects, and the log holds every rank's errors,
+    including the peers' "connection closed" that follow the real one: the earliest
+    report is the cause. Judging ``transient`` here keeps the type and cause chain.
+    """
+    from sft_pipeline.errors import PipelineError
+    from sft_pipeline.train.failures import RankOutOfMemory, is_transient
+
+    report = {
+        "rank": rank(),
+        "time": time.time(),
+        "type": type(exc).__name__,
+        "message": (str(exc).strip().splitlines() or [""])[0],
+        "pipeline_error": isinstance(exc, PipelineError),
+        "out_of_memory": isinstance(exc, RankOutOfMemory),
+        "transient": is_transient(exc),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / f"{REPORT_PREFIX}{report['rank']}.json", report)
+    return report
+
+
+def first_failure(folder: Path) -> dict | None:
+    """The earliest rank failure reported in ``folder`` (None when no rank reported one)."""
+    reports = [json.loads(p.read_text()) for p in folder.glob(f"{REPORT_PREFIX}*.json")]
+    return min(reports, key=lambda r: r["time"]) if reports else None
+
+
+def clear_failures(folder: Path) -> None:
+    for path in folder.glob(f"{REPORT_PREFIX}*.json"):
+        path.unlink()

@@ -30,7 +30,7 @@ from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, compute_dtyp
 from sft_pipeline.train import metrics as M
 from sft_pipeline.train import ranks
 from sft_pipeline.train.data import TrainData, load_train_data
-from sft_pipeline.train.failures import batch_schedule, is_oom, is_transient, oom_exhausted
+from sft_pipeline.train.failures import RankOutOfMemory, batch_schedule, is_oom, is_transient, oom_exhausted
 from sft_pipeline.train.resume import CompleteMarker, latest_complete_checkpoint, remove_incomplete, saved_step
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,10 @@ def train_with_backoff(model_cfg, cfg, out_dir, data, tokenizer, *, seed, callba
                 accumulation=accumulation, callbacks=callbacks,
             )
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried here
-            if not is_oom(exc) or ranks.world_size() > 1:
+            if not is_oom(exc):
                 raise
+            if ranks.world_size() > 1:
+                raise RankOutOfMemory(f"out of memory at micro-batch {micro}") from exc
             attempts.append({"micro_batch": micro, "gradient_accumulation": accumulation, "outcome": "oom"})
             log.warning("out of memory at micro-batch %d; retrying with a smaller one", micro)
         else:
