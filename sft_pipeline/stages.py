@@ -11,6 +11,7 @@ them directly without an orchestrator.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -24,6 +25,8 @@ from sft_pipeline.artifacts import atomic_dir, json_digest, path_digest, stage_k
 from sft_pipeline.config import PipelineConfig, SourceConfig
 from sft_pipeline.errors import InputError
 from sft_pipeline.resources import resolve_path
+
+log = logging.getLogger(__name__)
 
 KEY_CHARS = 16
 HUB_PREFIX = "hub:"
@@ -252,15 +255,26 @@ def run_tokenize(cfg: PipelineConfig, filtered: StageResult) -> StageResult:
 
 
 def run_train(cfg: PipelineConfig, tokenized: StageResult) -> StageResult:
-    """Training writes in place (not atomically) so that checkpoints survive a retry."""
+    """Training writes in place (not atomically) so that checkpoints survive a retry.
+
+    With outputs on a URL, complete checkpoints are mirrored there too, and a retry on
+    any machine first downloads the newest one; they are deleted once the output is published.
+    """
     from sft_pipeline.train.launch import train_stage
+    from sft_pipeline.train.resume import pull_latest
 
     inputs, section = _inputs_and_section(C.STAGE_TRAIN, cfg, {"tokenize": tokenized})
 
     def body(out: Path) -> dict:
-        return train_stage(cfg, local_dir(cfg, tokenized), out)
+        url = storage.checkpoints_url(cfg.run, out.relative_to(storage.local_root(cfg.run)).as_posix())
+        if url and (step := pull_latest(url, out / C.CHECKPOINTS_DIR)) is not None:
+            log.info("downloaded the checkpoint of step %d from %s", step, url)
+        return train_stage(cfg, local_dir(cfg, tokenized), out, checkpoint_url=url)
 
-    return _run(C.STAGE_TRAIN, cfg, inputs, section, body, atomic=False)
+    result = _run(C.STAGE_TRAIN, cfg, inputs, section, body, atomic=False)
+    if result.url:
+        storage.remove_url(storage.checkpoints_url(cfg.run, _rel(C.STAGE_TRAIN, result.key)))
+    return result
 
 
 def run_evaluate(cfg: PipelineConfig, upstream: Mapping[str, StageResult]) -> StageResult:

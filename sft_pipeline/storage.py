@@ -52,7 +52,8 @@ def _fs(url: str):
 def publish(run: RunConfig, rel: str) -> str | None:
     """Upload the local folder ``rel`` to the URL, manifest last; return its URL (None: local run).
 
-    Training checkpoints stay local (they are for resuming on this machine, and large).
+    Training checkpoints are left out: they are mirrored on their own while training runs
+    (:func:`checkpoints_url`) and are not part of the finished output.
     """
     if not is_remote(run):
         return None
@@ -155,6 +156,56 @@ def remove(run: RunConfig, rel: str) -> None:
     """Delete ``rel`` locally and at the URL (scratch folders)."""
     shutil.rmtree(local_root(run) / rel, ignore_errors=True)
     if is_remote(run):
-        fs, root = _fs(url_of(run, rel))
-        if fs.exists(root):
-            fs.rm(root, recursive=True)
+        remove_url(url_of(run, rel))
+
+
+# Training checkpoints on the URL, so that a retry on another machine resumes instead of starting over.
+# They live beside the outputs (``<url>/.checkpoints/train/<key>/checkpoint-<step>/``), not inside the
+# train output, whose folder at the URL is replaced whole when it is published.
+CHECKPOINTS_ROOT = ".checkpoints"
+
+
+def checkpoints_url(run: RunConfig, rel: str) -> str | None:
+    """Where the checkpoints of stage output ``rel`` are mirrored; None for a local run."""
+    return url_of(run, f"{CHECKPOINTS_ROOT}/{rel}") if is_remote(run) else None
+
+
+def push_folder(local: Path, url: str, *, last: str) -> None:
+    """Upload every file of ``local`` to ``url``, the file named ``last`` after all others."""
+    fs, root = _fs(url)
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+    _put(fs, [(str(p), f"{root}/{p.relative_to(local).as_posix()}") for p in files])
+
+
+def subfolders(url: str) -> list[str]:
+    """Names of the folders directly under ``url`` (none if it does not exist)."""
+    fs, root = _fs(url)
+    if not fs.exists(root):
+        return []
+    return [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(root, detail=True)
+            if entry["type"] == "directory"]
+
+
+def exists(url: str) -> bool:
+    fs, path = _fs(url)
+    return fs.exists(path)
+
+
+def pull_folder(url: str, local: Path) -> None:
+    """Download ``url`` into ``local`` (a new folder), atomically by rename."""
+    fs, root = _fs(url)
+    tmp = local.with_name(f".{local.name}.fetch-{uuid.uuid4().hex[:8]}")
+    try:
+        for remote in fs.find(root):
+            target = tmp / remote[len(root.rstrip("/")) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(target))
+        tmp.rename(local)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_url(url: str) -> None:
+    fs, root = _fs(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)

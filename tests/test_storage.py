@@ -124,3 +124,67 @@ def test_concurrent_fetches_of_one_output_all_succeed(tmp_path, remote):
     fetched = tmp_path / "b" / rel / C.CONVERSATIONS_FILE
     assert pq.read_table(fetched).equals(pq.read_table(Path(ingest.out_dir) / C.CONVERSATIONS_FILE))
     assert [p.name for p in (tmp_path / "b" / "ingest").iterdir()] == [ingest.key[:stages.KEY_CHARS]]  # no temp folders
+
+
+class _FailAtStep:
+    """A TrainerCallback that dies when step ``step`` begins, like a preempted GPU worker."""
+
+    def __init__(self, step: int):
+        from transformers import TrainerCallback
+
+        class Fail(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step + 1 == step:
+                    raise ConnectionResetError("worker lost")
+
+        self.callback = Fail()
+
+
+def test_training_resumes_on_another_machine_from_the_checkpoint_at_the_url(tmp_path, remote, tiny_model_dir,
+                                                                             monkeypatch):
+    from sft_pipeline.train import trainer
+    from sft_pipeline.train.resume import COMPLETE_MARKER
+
+    opts = (f"model.name_or_path={tiny_model_dir}", "train.method=lora")  # tiny: 4 steps, a checkpoint every 2
+    a = machine(remote, tmp_path / "a", *opts)
+    tokenized = stages.run_tokenize(a, stages.run_filter(a, stages.run_score(a, stages.run_ingest(a))))
+    real = trainer.train_model
+    monkeypatch.setattr(trainer, "train_model", lambda *args, callbacks=(), **kw: real(
+        *args, callbacks=[*callbacks, _FailAtStep(3).callback], **kw))
+    with pytest.raises(ConnectionResetError):
+        stages.run_train(a, tokenized)
+    key = stages.expected_key(C.STAGE_TRAIN, a, {"tokenize": tokenized})[:stages.KEY_CHARS]
+    mirrored = tmp_path / "bucket" / storage.CHECKPOINTS_ROOT / "train" / key
+    assert [p.name for p in mirrored.iterdir()] == ["checkpoint-2"]
+    assert (mirrored / "checkpoint-2" / COMPLETE_MARKER).is_file()
+    monkeypatch.setattr(trainer, "train_model", real)
+
+    b = machine(remote, tmp_path / "b", *opts)  # the retry lands on another machine
+    trained = stages.run_train(b, tokenized)
+    assert trained.counts["resumed_from_step"] == 2 and trained.counts["steps"] == 4
+    assert (tmp_path / "bucket" / "train" / key / C.ADAPTER_DIR).is_dir()
+    assert not mirrored.exists(), "mirrored checkpoints are dropped once the output is published"
+
+
+def test_checkpoint_mirror_on_an_object_store_like_url(tmp_path):
+    import uuid
+    from types import SimpleNamespace
+
+    from sft_pipeline.train.resume import COMPLETE_MARKER, CheckpointMirror, pull_latest
+
+    url = f"memory://bucket-{uuid.uuid4().hex[:8]}/ckpt"
+    local = tmp_path / "a"
+    mirror = CheckpointMirror(url)
+    for step in (2, 4):
+        folder = local / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        (folder / "optimizer.pt").write_bytes(b"o" * step)
+        (folder / COMPLETE_MARKER).write_text("{}")
+        mirror.on_save(SimpleNamespace(output_dir=str(local)), SimpleNamespace(global_step=step,
+                       is_world_process_zero=True), None)
+    assert storage.subfolders(url) == ["checkpoint-4"]  # the older one is dropped once the newer is complete
+
+    assert pull_latest(url, tmp_path / "b") == 4
+    assert (tmp_path / "b" / "checkpoint-4" / "optimizer.pt").read_bytes() == b"o" * 4
+    assert pull_latest(url, tmp_path / "b") is None  # nothing newer than what is here

@@ -45,7 +45,9 @@ def tokenized(tiny_tokenizer, tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_ranks(tiny_model_dir, tokenized, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks") / "train"
-    return out, launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
+    mirror = (out.parent / "mirror").as_uri()  # as with outputs on a URL: rank 0 uploads each checkpoint
+    return out, launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out,
+                                   checkpoint_url=mirror)
 
 
 def test_two_ranks_train_like_one_process_at_the_same_effective_batch(two_ranks, tiny_model_dir, tokenized, tmp_path):
@@ -63,6 +65,7 @@ def test_two_ranks_train_like_one_process_at_the_same_effective_batch(two_ranks,
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
     checkpoint = out / C.CHECKPOINTS_DIR / f"checkpoint-{SAVE_STEPS}"
     assert (checkpoint / COMPLETE_MARKER).is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    assert (out.parent / "mirror" / f"checkpoint-{STEPS}" / COMPLETE_MARKER).is_file()
     adapter = load_file(out / C.ADAPTER_DIR / "adapter_model.safetensors")
     assert all(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)
     log = (out / launch.LAUNCH_DIR / "attempt-1.log").read_text()

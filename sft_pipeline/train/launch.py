@@ -40,7 +40,7 @@ from sft_pipeline.errors import ConfigError, PipelineError
 from sft_pipeline.models import compute_dtype
 from sft_pipeline.train import ranks
 from sft_pipeline.train.failures import RankFailure, batch_schedule, oom_exhausted
-from sft_pipeline.train.resume import remove_incomplete
+from sft_pipeline.train.resume import CheckpointMirror, remove_incomplete
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def accelerate_command(
     overrides: Sequence[str] = (),
     mixed_precision: str = "bf16",
     port: int | None = None,
+    checkpoint_url: str | None = None,
 ) -> list[str]:
     """The ``accelerate launch`` argv running the train stage on ``num_processes`` ranks.
 
@@ -91,6 +92,8 @@ def accelerate_command(
         argv += ["--main_process_port", str(port)]
     argv += ["--multi_gpu"] if strategy == "ddp" else list(FSDP_ARGS)
     argv += ["-m", "sft_pipeline.train", "--config", str(config), "--tokenized", str(tokenized_dir), "--out", str(out_dir)]
+    if checkpoint_url:
+        argv += ["--checkpoint-url", checkpoint_url]
     for item in overrides:
         argv += ["--set", item]
     return argv
@@ -185,7 +188,7 @@ def check_devices(train) -> None:
         raise ConfigError("train.distributed=fsdp needs GPUs; CPU ranks train with ddp only")
 
 
-def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict:
+def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path, *, checkpoint_url: str | None = None) -> dict:
     """Train with ``cfg.train.num_processes`` ranks; return the stage counts (as :func:`train_model` does)."""
     from sft_pipeline.train.export import summary
 
@@ -203,7 +206,7 @@ def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict
         ranks.clear_failures(folder)
         argv = accelerate_command(
             folder / RANK_CONFIG, tokenized_dir, out_dir, num_processes=train.num_processes,
-            strategy=train.distributed, mixed_precision=precision, port=free_port(),
+            strategy=train.distributed, mixed_precision=precision, port=free_port(), checkpoint_url=checkpoint_url,
             overrides=[f"train.batch_size={micro}", f"train.gradient_accumulation={accumulation}"],
         )
         code = run_logged(argv, log_path)
@@ -223,13 +226,21 @@ def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict
     return summary(metrics)
 
 
-def train_stage(cfg, tokenized_dir: str | Path, out_dir: str | Path) -> dict:
-    """The train stage's body: in this process, or on ``train.num_processes`` launched ranks."""
+def train_stage(cfg, tokenized_dir: str | Path, out_dir: str | Path, *, checkpoint_url: str | None = None) -> dict:
+    """The train stage's body: in this process, or on ``train.num_processes`` launched ranks.
+
+    ``checkpoint_url``: also upload every complete checkpoint there (see ``resume.CheckpointMirror``).
+    """
     if cfg.train.num_processes > 1:
-        return launch_training(cfg, tokenized_dir, out_dir)
+        return launch_training(cfg, tokenized_dir, out_dir, checkpoint_url=checkpoint_url)
     from sft_pipeline.train.trainer import train_model
 
-    return train_model(cfg.model, Path(tokenized_dir), Path(out_dir), cfg.train, seed=cfg.run.seed)
+    return train_model(cfg.model, Path(tokenized_dir), Path(out_dir), cfg.train, seed=cfg.run.seed,
+                       callbacks=mirror_callbacks(checkpoint_url))
+
+
+def mirror_callbacks(checkpoint_url: str | None) -> list:
+    return [CheckpointMirror(checkpoint_url)] if checkpoint_url else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,12 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenized", required=True, help="tokenize stage output folder")
     parser.add_argument("--out", required=True, help="train stage output folder (checkpoints live here)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--checkpoint-url", help="also upload complete checkpoints to this fsspec URL")
     args = parser.parse_args(argv)
     if ranks.is_main_rank():
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = load_config(args.config, args.set)
-        counts = train_model(cfg.model, Path(args.tokenized), Path(args.out), cfg.train, seed=cfg.run.seed)
+        counts = train_model(cfg.model, Path(args.tokenized), Path(args.out), cfg.train, seed=cfg.run.seed,
+                             callbacks=mirror_callbacks(args.checkpoint_url))
     except Exception as exc:
         report = ranks.report_failure(Path(args.out) / LAUNCH_DIR, exc)
         if report["out_of_memory"]:

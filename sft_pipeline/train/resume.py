@@ -5,6 +5,8 @@ scheduler, RNG, ``trainer_state.json``) and then fires ``on_save``. A process ki
 in between leaves a half-written folder that ``get_last_checkpoint`` would happily
 pick. :class:`CompleteMarker` writes a small marker file (atomically) from
 ``on_save``; a checkpoint without it is incomplete and is deleted before resuming.
+:class:`CheckpointMirror` and :func:`pull_latest` carry complete checkpoints through
+an fsspec URL to a retry on another machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from sft_pipeline import storage
 from sft_pipeline.artifacts import write_json
 from sft_pipeline.train.ranks import barrier
 
@@ -79,3 +82,42 @@ class CompleteMarker(TrainerCallback):
             if folder.is_dir():
                 write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step})
         return control
+
+
+class CheckpointMirror(TrainerCallback):
+    """Upload each complete checkpoint to ``url`` (marker last), then drop the older ones there.
+
+    With stage outputs on an fsspec URL, a retry on another machine resumes from the
+    mirrored checkpoint (:func:`pull_latest`) instead of step 0. Runs after
+    :class:`CompleteMarker` (callbacks run in order), on rank 0 only.
+    """
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and is_complete(folder):
+            storage.push_folder(folder, f"{self.url}/{folder.name}", last=COMPLETE_MARKER)
+            for name in storage.subfolders(self.url):
+                if name != folder.name and checkpoint_step(name) is not None:
+                    storage.remove_url(f"{self.url}/{name}")
+        return control
+
+
+def pull_latest(url: str, ckpt_dir: str | Path) -> int | None:
+    """Download the newest complete checkpoint mirrored at ``url`` into ``ckpt_dir``, unless a
+    local complete one is as new; return the step downloaded (None: nothing newer there)."""
+    ckpt_dir = Path(ckpt_dir)
+    local = latest_complete_checkpoint(ckpt_dir)
+    have = checkpoint_step(local) if local else -1
+    remote = sorted((n for n in storage.subfolders(url) if checkpoint_step(n) is not None), key=checkpoint_step)
+    for name in reversed(remote):
+        if checkpoint_step(name) <= have:
+            return None
+        if storage.exists(f"{url.rstrip('/')}/{name}/{COMPLETE_MARKER}"):
+            shutil.rmtree(ckpt_dir / name, ignore_errors=True)  # an incomplete local copy
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            storage.pull_folder(f"{url.rstrip('/')}/{name}", ckpt_dir / name)
+            return checkpoint_step(name)
+    return None
