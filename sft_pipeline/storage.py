@@ -171,7 +171,8 @@ def checkpoints_url(run: RunConfig, rel: str) -> str | None:
 
 
 def push_folder(local: Path, url: str, *, last: str) -> None:
-    """Upload every file of ``local`` to ``url``, the file named ``last`` after all others."""
+    """Replace ``url`` with a copy of ``local``, the file named ``last`` uploaded after all others."""
+    remove_url(url)  # no stale files of an earlier, interrupted upload
     fs, root = _fs(url)
     files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == last)
     _put(fs, [(str(p), f"{root}/{p.relative_to(local).as_posix()}") for p in files])
@@ -180,6 +181,7 @@ def push_folder(local: Path, url: str, *, last: str) -> None:
 def subfolders(url: str) -> list[str]:
     """Names of the folders directly under ``url`` (none if it does not exist)."""
     fs, root = _fs(url)
+    fs.invalidate_cache(root)  # s3fs/gcsfs cache listings in long-lived workers
     if not fs.exists(root):
         return []
     return [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(root, detail=True)
@@ -188,19 +190,26 @@ def subfolders(url: str) -> list[str]:
 
 def exists(url: str) -> bool:
     fs, path = _fs(url)
+    fs.invalidate_cache(path)
     return fs.exists(path)
 
 
-def pull_folder(url: str, local: Path) -> None:
-    """Download ``url`` into ``local`` (a new folder), atomically by rename."""
+def pull_folder(url: str, local: Path, *, last: str) -> bool:
+    """Download ``url`` into ``local`` (a new folder), ``last`` after all other files, atomically
+    by rename; False (nothing left behind) if ``last`` was gone by then: the copy was being replaced."""
     fs, root = _fs(url)
     tmp = local.with_name(f".{local.name}.fetch-{uuid.uuid4().hex[:8]}")
     try:
-        for remote in fs.find(root):
+        for remote in sorted(fs.find(root), key=lambda p: p.endswith("/" + last)):
             target = tmp / remote[len(root.rstrip("/")) + 1:]
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote, str(target))
+        if not (tmp / last).is_file():
+            return False
         tmp.rename(local)
+        return True
+    except FileNotFoundError:  # deleted while listed
+        return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -188,3 +188,34 @@ def test_checkpoint_mirror_on_an_object_store_like_url(tmp_path):
     assert pull_latest(url, tmp_path / "b") == 4
     assert (tmp_path / "b" / "checkpoint-4" / "optimizer.pt").read_bytes() == b"o" * 4
     assert pull_latest(url, tmp_path / "b") is None  # nothing newer than what is here
+
+
+def test_checkpoint_mirror_survives_a_failed_upload_and_replaces_stale_files(tmp_path, monkeypatch, caplog):
+    import uuid
+    from types import SimpleNamespace
+
+    import fsspec
+
+    from sft_pipeline.train.resume import COMPLETE_MARKER, CheckpointMirror, pull_latest
+
+    url = f"memory://bucket-{uuid.uuid4().hex[:8]}/ckpt"
+    folder = tmp_path / "a" / "checkpoint-4"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text('{"global_step": 4}')
+    (folder / COMPLETE_MARKER).write_text("{}")
+    fsspec.filesystem("memory").pipe(f"{url.split('://')[1]}/checkpoint-4/rng_state_1.pth", b"stale")
+    args, state = SimpleNamespace(output_dir=str(tmp_path / "a")), SimpleNamespace(global_step=4,
+                                                                                   is_world_process_zero=True)
+
+    def down(*a, **kw):
+        raise ConnectionResetError("bucket unreachable")
+
+    with monkeypatch.context() as m:
+        m.setattr(storage, "push_folder", down)
+        CheckpointMirror(url).on_save(args, state, None)  # training goes on
+    assert "could not upload checkpoint-4" in caplog.text
+
+    CheckpointMirror(url).on_save(args, state, None)
+    assert pull_latest(url, tmp_path / "b") == 4
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoint-4").iterdir()) == [COMPLETE_MARKER,
+                                                                                   "trainer_state.json"]

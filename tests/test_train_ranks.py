@@ -273,3 +273,40 @@ def test_train_key_counts_ranks_but_not_launch_settings_of_one_process(tiny_mode
     one = key()
     assert one == key("train.distributed=fsdp") == key("train.work_pool=gpu")  # same result wherever it runs
     assert key("train.num_processes=2") not in (one, key("train.num_processes=2", "train.distributed=fsdp"))
+
+
+KILLED_LOG = """[rank0]: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-24_21:24:00
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 19534)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 19534
+============================================================
+"""
+
+
+def test_the_root_cause_rank_decides_not_a_peer_that_reported_later(tmp_path):
+    from sft_pipeline.train import is_transient, ranks
+
+    folder = tmp_path / launch.LAUNCH_DIR
+    peer = RuntimeError("Connection closed by peer")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv(ranks.RANK_ENV, "0")
+        ranks.report_failure(folder, peer)  # rank 0 noticed its peer was gone
+    assert ranks.first_failure(folder)["rank"] == 0
+    log = folder / "attempt-1.log"
+    log.write_text(KILLED_LOG)
+    cause = launch.root_cause(KILLED_LOG)
+    assert cause["rank"] == 1 and ranks.first_failure(folder, cause["rank"]) is None
+    killed = launch.failure(1, log, None, cause)  # rank 1 was killed: pre-emption or the host's OOM killer
+    assert "rank 1 was killed: Signal 9 (SIGKILL)" in str(killed) and is_transient(killed)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv(ranks.RANK_ENV, "1")
+        ranks.report_failure(folder, ValueError("bad shape"))
+    assert ranks.first_failure(folder)["rank"] == 0, "earliest report when torchrun names no rank"
+    assert ranks.first_failure(folder, 1)["type"] == "ValueError"

@@ -59,6 +59,9 @@ USE_CPU_ENV = "ACCELERATE_USE_CPU"  # makes transformers/accelerate run CPU rank
 OOM_EXIT_CODE = 75  # a rank's exit status after running out of memory while training (EX_TEMPFAIL)
 PIPELINE_ERROR_EXIT_CODE = 2
 PR_SET_PDEATHSIG = 1  # prctl option: signal to receive when the parent dies
+ROOT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)", re.MULTILINE)  # in torchrun's failure summary
+ROOT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)", re.MULTILINE)
+ROOT_TRACE = re.compile(r"^\s*traceback\s*:\s*(.*?)\s*$", re.MULTILINE)
 EXCEPTION_LINE = re.compile(r"\b(?!ChildFailedError)(\w+(?:Error|Exception)): .+")
 
 
@@ -154,24 +157,43 @@ def run_logged(argv: list[str], log_path: Path) -> int:
     return proc.returncode
 
 
-def failure(code: int, log_path: Path, report: dict | None) -> Exception:
-    """The error for a failed launch: the first failing rank's, as that rank judged it.
+def root_cause(log_text: str) -> dict | None:
+    """Rank, exit code and traceback line of torchrun's "Root Cause (first observed failure)" block.
+
+    >>> root_cause("Root Cause (first observed failure):\\n[0]:\\n  rank      : 1 (local_rank: 1)\\n"
+    ...            "  exitcode  : -9 (pid: 12)\\n  traceback : Signal 9 (SIGKILL) received by PID 12\\n")
+    {'rank': 1, 'exitcode': -9, 'traceback': 'Signal 9 (SIGKILL) received by PID 12'}
+    """
+    _, found, block = log_text.rpartition("Root Cause (first observed failure)")
+    rank, code = (ROOT_RANK.search(block), ROOT_EXIT.search(block)) if found else (None, None)
+    if not (rank and code):
+        return None
+    trace = ROOT_TRACE.search(block)
+    return {"rank": int(rank.group(1)), "exitcode": int(code.group(1)), "traceback": trace.group(1) if trace else ""}
+
+
+def failure(code: int, log_path: Path, report: dict | None, cause: dict | None = None) -> Exception:
+    """The error for a failed launch: the root-cause rank's, as that rank judged it.
 
     A rank's pipeline error comes back as the same class (one line, not retried); any
     other error as :class:`RankFailure` carrying the rank's own transient verdict. A
-    rank that died without a report (killed, crashed in C) leaves only its output:
-    then the last exception line in the log is quoted in a plain RuntimeError.
+    rank killed by a signal (pre-emption, the host's OOM killer) reports nothing: that
+    is a transient RankFailure. Otherwise the last exception line in the log is quoted
+    in a plain RuntimeError.
     """
+    where = f"full output in {log_path}"
     if report is not None:
         if report["pipeline_error"]:
             cls = getattr(errors, report["type"], PipelineError)
             return (cls if isinstance(cls, type) and issubclass(cls, PipelineError) else PipelineError)(report["message"])
-        return RankFailure(f"train: rank {report['rank']} failed: {report['type']}: {report['message']} "
-                           f"(full output in {log_path})", transient=report["transient"])
+        return RankFailure(f"train: rank {report['rank']} failed: {report['type']}: {report['message']} ({where})",
+                           transient=report["transient"])
+    if cause is not None and cause["exitcode"] < 0:
+        return RankFailure(f"train: rank {cause['rank']} was killed: {cause['traceback']} ({where})", transient=True)
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     raised = [m.group(0) for line in lines if (m := EXCEPTION_LINE.search(line))]
     last = raised[-1] if raised else (lines[-1] if lines else "no output")
-    return RuntimeError(f"train: accelerate launch exited with status {code} ({last}); full output in {log_path}")
+    return RuntimeError(f"train: accelerate launch exited with status {code} ({last}); {where}")
 
 
 def next_log(folder: Path) -> Path:
@@ -213,9 +235,10 @@ def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path, *, chec
         if code == 0:
             attempts.append({**attempt, "outcome": "ok"})
             break
-        report = ranks.first_failure(folder)
+        cause = root_cause(log_path.read_text(errors="replace"))
+        report = ranks.first_failure(folder, cause["rank"] if cause else None)
         if not (report and report["out_of_memory"]):
-            raise failure(code, log_path, report)
+            raise failure(code, log_path, report, cause)
         attempts.append({**attempt, "outcome": "oom"})
         log.warning("a rank ran out of memory at micro-batch %d; relaunching with a smaller one", micro)
     else:

@@ -62,7 +62,7 @@ def report_failure(folder: Path, exc: BaseException) -> dict:
 
     report = {
         "rank": rank(),
-        "time": time.time(),
+        "time": time.monotonic(),  # one clock for every process of the machine
         "type": type(exc).__name__,
         "message": (str(exc).strip().splitlines() or [""])[0],
         "pipeline_error": isinstance(exc, PipelineError),
@@ -74,9 +74,14 @@ def report_failure(folder: Path, exc: BaseException) -> dict:
     return report
 
 
-def first_failure(folder: Path) -> dict | None:
-    """The earliest rank failure reported in ``folder`` (None when no rank reported one)."""
+def first_failure(folder: Path, rank_of_cause: int | None = None) -> dict | None:
+    """The report of the rank torchrun names as the root cause, else the earliest report in ``folder``.
+
+    None when that rank (or, with no rank named, any rank) reported nothing: killed, or crashed in C.
+    """
     reports = [json.loads(p.read_text()) for p in folder.glob(f"{REPORT_PREFIX}*.json")]
+    if rank_of_cause is not None:
+        reports = [r for r in reports if r["rank"] == rank_of_cause]
     return min(reports, key=lambda r: r["time"]) if reports else None
 
 

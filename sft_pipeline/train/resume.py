@@ -12,6 +12,7 @@ an fsspec URL to a retry on another machine.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from sft_pipeline import storage
 from sft_pipeline.artifacts import write_json
 from sft_pipeline.train.ranks import barrier
+
+log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINER_STATE = "trainer_state.json"
@@ -98,11 +101,19 @@ class CheckpointMirror(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and is_complete(folder):
-            storage.push_folder(folder, f"{self.url}/{folder.name}", last=COMPLETE_MARKER)
-            for name in storage.subfolders(self.url):
-                if name != folder.name and checkpoint_step(name) is not None:
-                    storage.remove_url(f"{self.url}/{name}")
+            try:
+                self.push(folder)
+            except Exception as exc:  # noqa: BLE001 - a failed upload must not end the training run
+                log.warning("could not upload %s to %s (retried at the next save): %s", folder.name, self.url, exc)
         return control
+
+    def push(self, folder: Path) -> None:
+        storage.push_folder(folder, f"{self.url}/{folder.name}", last=COMPLETE_MARKER)
+        step = checkpoint_step(folder)
+        for name in storage.subfolders(self.url):
+            other = checkpoint_step(name)
+            if other is not None and other < step:  # older ones only: never another attempt's newer one
+                storage.remove_url(f"{self.url}/{name}")
 
 
 def pull_latest(url: str, ckpt_dir: str | Path) -> int | None:
@@ -118,6 +129,6 @@ def pull_latest(url: str, ckpt_dir: str | Path) -> int | None:
         if storage.exists(f"{url.rstrip('/')}/{name}/{COMPLETE_MARKER}"):
             shutil.rmtree(ckpt_dir / name, ignore_errors=True)  # an incomplete local copy
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            storage.pull_folder(f"{url.rstrip('/')}/{name}", ckpt_dir / name)
-            return checkpoint_step(name)
+            if storage.pull_folder(f"{url.rstrip('/')}/{name}", ckpt_dir / name, last=COMPLETE_MARKER):
+                return checkpoint_step(name)
     return None
