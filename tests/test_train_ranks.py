@@ -148,6 +148,7 @@ def test_out_of_memory_at_micro_batch_one_is_one_clear_error(tiny_model_dir, tmp
     from sft_pipeline.train.failures import RankOutOfMemory
 
     def always_out_of_memory(argv, log_path):
+        log_path.write_text("rank 0: out of memory\n")
         ranks.report_failure(log_path.parent, RankOutOfMemory("out of memory at micro-batch 1"))
         return launch.OOM_EXIT_CODE
 
