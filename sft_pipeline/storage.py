@@ -62,9 +62,21 @@ def publish(run: RunConfig, rel: str) -> str | None:
     if fs.exists(root) and not fs.exists(f"{root}/{C.MANIFEST_FILE}"):
         fs.rm(root, recursive=True)  # leftovers of an upload that died before its manifest
     files = [p for p in src.rglob("*") if p.is_file() and C.CHECKPOINTS_DIR not in p.relative_to(src).parts]
-    _put(fs, [(str(p), f"{root}/{p.relative_to(src).as_posix()}")
-              for p in sorted(files, key=lambda p: p.name == C.MANIFEST_FILE)])  # manifest.json last
+    _upload_tree(fs, src, files, root, last=C.MANIFEST_FILE)
     return url
+
+
+def _upload_tree(fs, src: Path, files: list[Path], root: str, *, last: str) -> None:
+    """Upload ``files`` (under ``src``) to the same relative paths under ``root``, ``last`` after all others."""
+    _put(fs, [(str(p), f"{root}/{p.relative_to(src).as_posix()}") for p in sorted(files, key=lambda p: p.name == last)])
+
+
+def _download_tree(fs, root: str, dest: Path, *, last: str) -> None:
+    """Download every file under ``root`` to the same relative paths under ``dest``, ``last`` after all others."""
+    for remote in sorted(fs.find(root), key=lambda p: p.endswith("/" + last)):
+        target = dest / remote[len(root.rstrip("/")) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(target))
 
 
 def _put(fs, pairs: list[tuple[str, str]]) -> None:
@@ -126,10 +138,7 @@ def fetch(run: RunConfig, rel: str) -> bool:
     fs, root = _fs(url_of(run, rel))
     tmp = local.with_name(f".{local.name}.fetch-{uuid.uuid4().hex[:8]}")
     try:
-        for remote in sorted(fs.find(root), key=lambda p: p.endswith("/" + C.MANIFEST_FILE)):
-            target = tmp / remote[len(root.rstrip("/")) + 1:]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(target))
+        _download_tree(fs, root, tmp, last=C.MANIFEST_FILE)
         _move_into_place(tmp, local)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -174,8 +183,7 @@ def push_folder(local: Path, url: str, *, last: str) -> None:
     """Replace ``url`` with a copy of ``local``, the file named ``last`` uploaded after all others."""
     remove_url(url)  # no stale files of an earlier, interrupted upload
     fs, root = _fs(url)
-    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == last)
-    _put(fs, [(str(p), f"{root}/{p.relative_to(local).as_posix()}") for p in files])
+    _upload_tree(fs, local, [p for p in local.rglob("*") if p.is_file()], root, last=last)
 
 
 def subfolders(url: str) -> list[str]:
@@ -200,10 +208,7 @@ def pull_folder(url: str, local: Path, *, last: str) -> bool:
     fs, root = _fs(url)
     tmp = local.with_name(f".{local.name}.fetch-{uuid.uuid4().hex[:8]}")
     try:
-        for remote in sorted(fs.find(root), key=lambda p: p.endswith("/" + last)):
-            target = tmp / remote[len(root.rstrip("/")) + 1:]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(target))
+        _download_tree(fs, root, tmp, last=last)
         if not (tmp / last).is_file():
             return False
         tmp.rename(local)
