@@ -197,10 +197,11 @@ def test_launch_failures_keep_the_rank_verdict_or_quote_the_log(tmp_path):
                    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \nsft_pipeline.train FAILED\n")
     report = {"rank": 1, "type": "HfHubHTTPError", "message": "503 Service Unavailable", "pipeline_error": False,
               "out_of_memory": False, "transient": True}
-    hub = launch.failure(1, log, report)
+    hub = launch.failure(1, log, log.read_text(), report)
     assert is_transient(hub) and "rank 1 failed: HfHubHTTPError: 503" in str(hub)
-    assert not is_transient(launch.failure(1, log, {**report, "type": "ValueError", "transient": False}))
-    crashed = launch.failure(-9, log, None)  # no report: a rank killed or crashed in C
+    bug = {**report, "type": "ValueError", "transient": False}
+    assert not is_transient(launch.failure(1, log, log.read_text(), bug))
+    crashed = launch.failure(-9, log, log.read_text(), None)  # no report: a rank killed or crashed in C
     assert "RuntimeError: NCCL error" in str(crashed) and str(log) in str(crashed)
 
 
@@ -303,7 +304,7 @@ def test_the_root_cause_rank_decides_not_a_peer_that_reported_later(tmp_path):
     log.write_text(KILLED_LOG)
     cause = launch.root_cause(KILLED_LOG)
     assert cause["rank"] == 1 and ranks.first_failure(folder, cause["rank"]) is None
-    killed = launch.failure(1, log, None, cause)  # rank 1 was killed: pre-emption or the host's OOM killer
+    killed = launch.failure(1, log, KILLED_LOG, None, cause)  # rank 1 was killed: pre-emption or the host's OOM killer
     assert "rank 1 was killed: Signal 9 (SIGKILL)" in str(killed) and is_transient(killed)
 
     with pytest.MonkeyPatch.context() as m:

@@ -12,8 +12,8 @@ Out of memory on any rank while training stops all of them (torchrun tears the
 group down); the launcher then starts them again with half the micro-batch and twice the gradient
 accumulation, down to 1, as the in-process trainer does. Each attempt's output is
 kept in ``LAUNCH_DIR/attempt-<n>.log`` of the stage output and forwarded to the log;
-a failing rank reports its error in ``LAUNCH_DIR/rank-<n>.json``, and the first
-report is the error the stage raises.
+a failing rank reports its error in ``LAUNCH_DIR/rank-<n>.json``, and the report of
+the rank torchrun names as the root cause is the error the stage raises.
 QLoRA under FSDP relies on ``bnb_4bit_quant_storage`` matching the compute dtype,
 which ``load_causal_lm`` sets.
 """
@@ -34,8 +34,8 @@ import torch
 
 import sft_pipeline
 from sft_pipeline import constants as C
-from sft_pipeline.artifacts import write_json
 from sft_pipeline import errors
+from sft_pipeline.artifacts import write_json
 from sft_pipeline.errors import ConfigError, PipelineError
 from sft_pipeline.models import compute_dtype
 from sft_pipeline.train import ranks
@@ -172,7 +172,8 @@ def root_cause(log_text: str) -> dict | None:
     return {"rank": int(rank.group(1)), "exitcode": int(code.group(1)), "traceback": trace.group(1) if trace else ""}
 
 
-def failure(code: int, log_path: Path, report: dict | None, cause: dict | None = None) -> Exception:
+def failure(code: int, log_path: Path, log_text: str, report: dict | None,
+            cause: dict | None = None) -> Exception:
     """The error for a failed launch: the root-cause rank's, as that rank judged it.
 
     A rank's pipeline error comes back as the same class (one line, not retried); any
@@ -190,7 +191,7 @@ def failure(code: int, log_path: Path, report: dict | None, cause: dict | None =
                            transient=report["transient"])
     if cause is not None and cause["exitcode"] < 0:
         return RankFailure(f"train: rank {cause['rank']} was killed: {cause['traceback']} ({where})", transient=True)
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
     raised = [m.group(0) for line in lines if (m := EXCEPTION_LINE.search(line))]
     last = raised[-1] if raised else (lines[-1] if lines else "no output")
     return RuntimeError(f"train: accelerate launch exited with status {code} ({last}); {where}")
@@ -235,10 +236,11 @@ def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path, *, chec
         if code == 0:
             attempts.append({**attempt, "outcome": "ok"})
             break
-        cause = root_cause(log_path.read_text(errors="replace"))
+        log_text = log_path.read_text(errors="replace")
+        cause = root_cause(log_text)
         report = ranks.first_failure(folder, cause["rank"] if cause else None)
         if not (report and report["out_of_memory"]):
-            raise failure(code, log_path, report, cause)
+            raise failure(code, log_path, log_text, report, cause)
         attempts.append({**attempt, "outcome": "oom"})
         log.warning("a rank ran out of memory at micro-batch %d; relaunching with a smaller one", micro)
     else:

@@ -54,8 +54,8 @@ def report_failure(folder: Path, exc: BaseException) -> dict:
     """Write what this rank died of to ``folder/rank-<rank>.json`` for the launcher, and return it.
 
     The launcher cannot see exception objects, and the log holds every rank's errors,
-    including the peers' "connection closed" that follow the real one: the earliest
-    report is the cause. Judging ``transient`` here keeps the type and cause chain.
+    including the peers' "connection closed" that follow the real one (see
+    :func:`first_failure`). Judging ``transient`` here keeps the type and cause chain.
     """
     from sft_pipeline.errors import PipelineError
     from sft_pipeline.train.failures import RankOutOfMemory, is_transient

@@ -42,6 +42,11 @@ def checkpoint_step(path: str | Path) -> int | None:
     return int(name[len(prefix):])
 
 
+def saved_folder(args, state) -> Path:
+    """The checkpoint folder the Trainer has just written (in ``on_save``)."""
+    return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+
 def is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file() and (path / TRAINER_STATE).is_file()
 
@@ -81,7 +86,7 @@ class CompleteMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         barrier()  # every rank has written its part (RNG state, FSDP shards) before the marker
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            folder = saved_folder(args, state)
             if folder.is_dir():
                 write_json(folder / COMPLETE_MARKER, {"global_step": state.global_step})
         return control
@@ -99,7 +104,7 @@ class CheckpointMirror(TrainerCallback):
         self.url = url.rstrip("/")
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = saved_folder(args, state)
         if state.is_world_process_zero and is_complete(folder):
             try:
                 self.push(folder)
@@ -119,16 +124,16 @@ class CheckpointMirror(TrainerCallback):
 def pull_latest(url: str, ckpt_dir: str | Path) -> int | None:
     """Download the newest complete checkpoint mirrored at ``url`` into ``ckpt_dir``, unless a
     local complete one is as new; return the step downloaded (None: nothing newer there)."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir, url = Path(ckpt_dir), url.rstrip("/")
     local = latest_complete_checkpoint(ckpt_dir)
     have = checkpoint_step(local) if local else -1
     remote = sorted((n for n in storage.subfolders(url) if checkpoint_step(n) is not None), key=checkpoint_step)
     for name in reversed(remote):
         if checkpoint_step(name) <= have:
             return None
-        if storage.exists(f"{url.rstrip('/')}/{name}/{COMPLETE_MARKER}"):
+        if storage.exists(f"{url}/{name}/{COMPLETE_MARKER}"):
             shutil.rmtree(ckpt_dir / name, ignore_errors=True)  # an incomplete local copy
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            if storage.pull_folder(f"{url.rstrip('/')}/{name}", ckpt_dir / name, last=COMPLETE_MARKER):
+            if storage.pull_folder(f"{url}/{name}", ckpt_dir / name, last=COMPLETE_MARKER):
                 return checkpoint_step(name)
     return None
