@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+COMPLETED = "Completed"  # a flow state named otherwise carries the evaluation's verdict
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry calls (no network here)
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -21,7 +22,7 @@ def quiet() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.logs import hide_user_error_tracebacks
-    from flows.sft import NOT_PROMOTED, sft
+    from flows.sft import sft
     from sft_pipeline.config import load_config
 
     load_config(args.config, args.overrides)  # fail fast, before any server starts
@@ -29,38 +30,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = sft(config=args.config, overrides=args.overrides, until=args.until, return_state=True)
     if state.is_failed():
         state.result()  # re-raises the stage's error (one line for user errors)
-    results = state.result()
-    print_outputs(results)
-    if state.name == NOT_PROMOTED:
-        print(f"NOT PROMOTED: {state.message}")
+    print_outputs(state.result())
+    if state.name != COMPLETED:
+        print(f"{state.name.upper()}: {state.message}")
     return 0
 
 
 def print_outputs(results: dict) -> None:
-    from sft_pipeline import constants as C
+    from sft_pipeline import constants
 
     wanted = {
-        "filter": [("filtered", C.FILTERED_FILE)],
-        "train": [("adapter", C.ADAPTER_DIR)],
-        "evaluate": [("report", C.REPORT_MD_FILE), ("report (html)", C.REPORT_HTML_FILE)],
+        constants.STAGE_FILTER: [("filtered", constants.FILTERED_FILE)],
+        constants.STAGE_TRAIN: [("adapter", constants.ADAPTER_DIR)],
+        constants.STAGE_EVALUATE: [("report", constants.REPORT_MD_FILE), ("report (html)", constants.REPORT_HTML_FILE)],
     }
     for stage, items in wanted.items():
         for label, name in items:
             if stage in results:
-                where = results[stage].get("url") or results[stage]["out_dir"]
+                where = results[stage].url or results[stage].out_dir
                 print(f"{label + ':':15} {where.rstrip('/')}/{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet()
-    from sft_pipeline import cli
+    from sft_pipeline import cli, stages
 
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parser, sub = cli.build_parser()
     p = sub.add_parser("run", help="run the `sft` flow (all stages, cached)")
     cli.add_config_args(p)
-    p.add_argument("--until", default="evaluate",
-                   choices=["ingest", "score", "filter", "tokenize", "train", "evaluate"])
+    p.add_argument("--until", default=stages.NAMES[-1], choices=stages.NAMES)
     p.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return cli.run_command(args.func, args)

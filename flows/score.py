@@ -1,32 +1,34 @@
-"""Scoring, sequential or with pass 1 sharded over a Dask cluster through prefect-dask.
+"""Score pass 1 sharded over a Dask cluster through prefect-dask (``run.score_shards`` > 1).
 
-With ``run.score_shards`` > 1 the row groups of conversations.parquet are split into that many
-runs; a `score-shards` subflow on a :class:`prefect_dask.DaskTaskRunner` scores them on the
-cluster's workers (``run.dask_address``, or a local cluster of ``score_shards`` processes),
-and the usual cached ``score`` task merges them. The output is identical to the sequential
-run, so the stage's cache key does not depend on the number of shards.
+The row groups of conversations.parquet are split into that many runs; a `score-shards` subflow
+on a :class:`prefect_dask.DaskTaskRunner` scores them on the cluster's workers
+(``run.dask_address``, or a local cluster of ``score_shards`` processes), and the usual cached
+``score`` task merges them (sft_pipeline.score.entry). The output is identical to the
+sequential run, so the stage's key does not depend on the number of shards.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
-from sft_pipeline import constants as C
-from sft_pipeline import stages
+from sft_pipeline import cache, stages
 from sft_pipeline.config import PipelineConfig
-from tasks import stages as T
+from sft_pipeline.constants import STAGE_INGEST, STAGE_SCORE
+from sft_pipeline.score import entry as score_entry
+from sft_pipeline.stages import StageResult
+from tasks.stages import score_shard
 
 SHARD_FLOW = "score-shards"
 
 
 @flow(name=SHARD_FLOW)
-def score_shards(cfg: PipelineConfig, ingest: dict) -> list[str]:
+def score_shards(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> list[str]:
     """Pass 1 of scoring, one task per shard on this flow's task runner; the shard files in order."""
-    upstream = stages.StageResult(**ingest)
-    plan = stages.plan_score_shards(cfg, upstream)
-    key = stages.expected_key(C.STAGE_SCORE, cfg, {"ingest": upstream})  # once, not per shard
+    ingest = upstream[STAGE_INGEST]
+    plan = score_entry.plan(cfg, cache.local_dir(cfg, ingest))
+    key = cache.key(stages.get(STAGE_SCORE), cfg, upstream)  # once, not per shard
     get_run_logger().info("scoring %d shards of row groups", len(plan))
-    futures = T.score_shard.map(unmapped(cfg), unmapped(ingest), range(len(plan)), plan, unmapped(key))
+    futures = score_shard.map(unmapped(cfg), unmapped(ingest), range(len(plan)), plan, unmapped(key))
     return [future.result() for future in futures]
 
 
@@ -39,8 +41,8 @@ def dask_runner(cfg: PipelineConfig):
                                           "processes": True, "dashboard_address": None})
 
 
-def sharded_inputs(cfg: PipelineConfig, ingest: dict) -> list[str] | None:
-    """Shard files for the score task, or None when it runs sequentially or is already done."""
-    if cfg.run.score_shards <= 1 or stages.is_done(cfg, "score", {"ingest": stages.StageResult(**ingest)}):
-        return None
-    return score_shards.with_options(task_runner=dask_runner(cfg))(cfg, ingest)
+def shard_inputs(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> dict[str, list[str]]:
+    """``{"shards": files}`` for the score task, or nothing when it runs sequentially or is already done."""
+    if cfg.run.score_shards <= 1 or cache.done(stages.get(STAGE_SCORE), cfg, upstream):
+        return {}
+    return {score_entry.SHARDS: score_shards.with_options(task_runner=dask_runner(cfg))(cfg, upstream)}

@@ -1,8 +1,8 @@
-"""The `sft` flow: ingest -> score -> filter -> tokenize -> train -> evaluate.
+"""The `sft` flow: every stage of ``sft_pipeline.stages.STAGES`` in order, through ``until``.
 
-Every stage is a cached, retryable task keyed by content, so re-running with a new
-filter threshold recomputes only what the threshold changed. ``until`` stops after a
-stage: the `sft/filter` deployment is this flow with ``until="filter"``.
+Each stage is one cached, retryable task keyed by content (see sft_pipeline/stages.py), so a
+re-run with a new filter threshold recomputes only what the threshold changed. The
+`sft/filter` deployment is this flow with ``until="filter"``.
 """
 
 from __future__ import annotations
@@ -12,51 +12,48 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.states import Completed
 
-from flows.publish import publish_filter, publish_report, publish_summary, publish_tokenize
-from flows.score import sharded_inputs
-from flows.train import train_stage
-from sft_pipeline.config import load_config
-from tasks.caching import result_storage, stage_policy
-from tasks import stages as T
+from flows.publish import publish_stage, publish_summary
+from flows.score import shard_inputs
+from flows.train import hand_off_training
+from sft_pipeline import stages
+from sft_pipeline.config import PipelineConfig, load_config
+from sft_pipeline.constants import STAGE_EVALUATE, STAGE_SCORE, STAGE_TRAIN
+from sft_pipeline.stages import StageResult
+from tasks.stages import bound
 
 DEFAULT_CONFIG = "deployments/configs/default.yaml"
-NOT_PROMOTED = "NotPromoted"
-Stage = Literal["ingest", "score", "filter", "tokenize", "train", "evaluate"]
-
-
-def configured(task, stage: str, cfg):
-    """Bind a task to this run's content-addressed cache and result storage."""
-    return task.with_options(cache_policy=stage_policy(stage, cfg), result_storage=result_storage(cfg))
+PROMOTED = "promoted"
+STATE_NAMES = {"not_promoted": "NotPromoted", "inconclusive": "Inconclusive"}  # evaluate verdict -> flow state
+StageName = Literal[stages.NAMES]  # type: ignore[valid-type]  # the deployment's parameter schema lists them
 
 
 @flow(name="sft")
-def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until: Stage = "evaluate"):
+def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until: StageName = "evaluate"):
     """Run the pipeline on ``config`` (a YAML path) with ``key.sub=value`` overrides."""
     cfg = load_config(config, overrides)
-    results: dict[str, dict] = {}
-    results["ingest"] = configured(T.ingest, "ingest", cfg)(cfg)
-    if until != "ingest":
-        shards = sharded_inputs(cfg, results["ingest"])
-        results["score"] = configured(T.score, "score", cfg)(cfg, results["ingest"], shards)
-    if until not in ("ingest", "score"):
-        results["filter"] = configured(T.filter_, "filter", cfg)(cfg, results["score"])
-        publish_filter(cfg, results["filter"])
-    if until in ("tokenize", "train", "evaluate"):
-        results["tokenize"] = configured(T.tokenize, "tokenize", cfg)(cfg, results["filter"])
-        publish_tokenize(cfg, results["tokenize"])
-    if until in ("train", "evaluate"):
-        results["train"] = train_stage(cfg, results["tokenize"], config, overrides)
-    if until == "evaluate":
-        results["evaluate"] = configured(T.evaluate, "evaluate", cfg)(cfg, **results)
-        publish_report(cfg, results["evaluate"])
+    results: dict[str, StageResult] = {}
+    for stage in stages.upto(until):
+        results[stage.name] = run_stage(stage, cfg, results)
+        publish_stage(cfg, results[stage.name])
     publish_summary(results)
-    return _final_state(results)
+    return final_state(results)
 
 
-def _final_state(results: dict[str, dict]):
-    evaluation = results.get("evaluate")
-    if evaluation and not evaluation["counts"].get("promoted", True):
-        failed = ", ".join(evaluation["counts"].get("failed_checks", [])) or "regression gate"
-        get_run_logger().warning("tuned model NOT promoted: %s", failed)
-        return Completed(name=NOT_PROMOTED, message=f"tuned model not promoted: {failed}", data=results)
-    return results
+def run_stage(stage: stages.Stage, cfg: PipelineConfig, results: dict[str, StageResult]) -> StageResult:
+    """One stage as a task (training on the GPU pool when ``train.work_pool`` is set; scoring sharded)."""
+    upstream = {name: results[name] for name in stage.reads}
+    if stage.name == STAGE_TRAIN and cfg.train.work_pool:
+        return hand_off_training(cfg, upstream)
+    extra = shard_inputs(cfg, upstream) if stage.name == STAGE_SCORE else {}
+    return bound(stage, cfg, upstream)(stage.name, cfg, upstream, **extra)
+
+
+def final_state(results: dict[str, StageResult]):
+    """The results, or a Completed state named after a verdict other than promoted."""
+    evaluation = results.get(STAGE_EVALUATE)
+    if evaluation is None or evaluation.verdict in (None, PROMOTED):
+        return results
+    failed = ", ".join(evaluation.details.get("failed_checks") or []) or "regression gate"
+    message = f"tuned model {evaluation.verdict.replace('_', ' ')}: {failed}"
+    get_run_logger().warning(message)
+    return Completed(name=STATE_NAMES.get(evaluation.verdict, evaluation.verdict), message=message, data=results)

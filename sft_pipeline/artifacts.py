@@ -7,12 +7,13 @@ never enter a key, so identical inputs are recognised wherever they live.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
-import time
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -22,18 +23,9 @@ from sft_pipeline.constants import MANIFEST_FILE
 from sft_pipeline.errors import InputError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE = _PACKAGE_DIR.name
 _CHUNK = 1 << 20
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-# Source files (relative to the package) whose content versions each stage.
-STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "ingest": ("ingest", "constants.py", "artifacts.py"),
-    "score": ("score", "constants.py", "artifacts.py"),
-    "filter": ("filter.py", "constants.py", "artifacts.py"),
-    "tokenize": ("tokenize", "models.py", "constants.py", "artifacts.py"),
-    "train": ("train", "models.py", "constants.py", "artifacts.py"),
-    "evaluate": ("evaluate", "models.py", "constants.py", "artifacts.py"),
-}
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "pandas", "pyarrow")
 
@@ -76,29 +68,101 @@ def path_digest(path: str | Path) -> str:
         return file_digest(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    entries = [
-        (str(p.relative_to(path)), file_digest(p))
-        for p in sorted(path.rglob("*"))
+    return json_digest(sorted(
+        (p.relative_to(path).as_posix(), file_digest(p))
+        for p in path.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
-    ]
-    return json_digest(entries)
+    ))
 
 
-def code_version(stage: str) -> str:
-    """Digest of the source files implementing ``stage`` (any edit invalidates its cache)."""
-    parts = []
-    for rel in STAGE_CODE[stage]:
-        target = _PACKAGE_DIR / rel
-        if target.exists():
-            parts.append((rel, path_digest(target)))
-    return json_digest(parts)[:16]
+def folder_digest(digests: Mapping[str, str], folder: str) -> str:
+    """``path_digest`` of ``folder`` computed from recorded ``{relative file: digest}``, reading nothing.
+
+    >>> folder_digest({"a/x": "1", "a/y": "2", "b": "3"}, "a") == json_digest([("x", "1"), ("y", "2")])
+    True
+    """
+    prefix = folder.rstrip("/") + "/"
+    return json_digest(sorted((name[len(prefix):], d) for name, d in digests.items() if name.startswith(prefix)))
 
 
-def stage_key(stage: str, input_digests: Mapping[str, str], config: Any) -> str:
+def file_records(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` (top-level names in ``skip`` aside)."""
+    records = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and rel.parts[0] not in skip:
+            records[rel.as_posix()] = {"size": p.stat().st_size, "sha256": file_digest(p)}
+    return records
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of a project module (``sft_pipeline.x.y``), None for anything else."""
+    if module != _PACKAGE and not module.startswith(_PACKAGE + "."):
+        return None
+    base = _PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _Imports(ast.NodeVisitor):
+    """Modules named by import statements anywhere in a file (lazy ones too), ``if TYPE_CHECKING:`` aside."""
+
+    def __init__(self, package: str) -> None:
+        self.package, self.found = package, set()
+
+    def visit_If(self, node: ast.If) -> None:
+        if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self.found.update(alias.name for alias in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        base = node.module or ""
+        if node.level:
+            parent = self.package.rsplit(".", node.level - 1)[0] if node.level > 1 else self.package
+            base = f"{parent}.{base}" if base else parent
+        self.found.add(base)
+        self.found.update(f"{base}.{alias.name}" for alias in node.names)  # submodules imported by name
+
+
+def _imported_modules(module: str, source: Path) -> set[str]:
+    visitor = _Imports(module if source.name == "__init__.py" else module.rpartition(".")[0])
+    visitor.visit(ast.parse(source.read_text(), str(source)))
+    return visitor.found
+
+
+@functools.lru_cache(maxsize=None)
+def module_closure(module: str) -> tuple[Path, ...]:
+    """Source files of ``module`` and of every project module it reaches through imports (and their packages)."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b too
+            prefix = ".".join(parts[:depth])
+            path = _module_file(prefix)
+            if path is not None and prefix not in seen:
+                seen[prefix] = path
+                todo.extend(_imported_modules(prefix, path))
+    return tuple(sorted(seen.values()))
+
+
+def code_version(module: str) -> str:
+    """Digest of the source of every project module that ``module`` reaches (its import graph).
+
+    >>> code_version("sft_pipeline.filter") == code_version("sft_pipeline.filter")
+    True
+    """
+    return json_digest([(str(p.relative_to(_PACKAGE_DIR)), file_digest(p)) for p in module_closure(module)])[:16]
+
+
+def stage_key(stage: str, input_digests: Mapping[str, str], config: Any, code: str) -> str:
     """The cache key of one stage run: inputs' content + config section + code version."""
-    return json_digest(
-        {"stage": stage, "inputs": dict(input_digests), "config": config, "code": code_version(stage)}
-    )
+    return json_digest({"stage": stage, "inputs": dict(input_digests), "config": config, "code": code})
 
 
 def library_versions() -> dict[str, str]:
@@ -142,33 +206,6 @@ def write_json(path: str | Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
-
-
-def write_manifest(
-    out_dir: Path,
-    stage: str,
-    *,
-    key: str,
-    inputs: Mapping[str, str],
-    config: Any,
-    counts: Mapping[str, Any],
-    started: float,
-    extra: Mapping[str, Any] | None = None,
-) -> dict:
-    """Write ``manifest.json`` describing one stage run and return it."""
-    manifest = {
-        "stage": stage,
-        "key": key,
-        "code_version": code_version(stage),
-        "inputs": dict(inputs),
-        "config": config,
-        "counts": dict(counts),
-        "libraries": library_versions(),
-        "duration_s": round(time.time() - started, 3),
-        **(dict(extra) if extra else {}),
-    }
-    write_json(Path(out_dir) / MANIFEST_FILE, manifest)
-    return manifest
 
 
 def open_parquet(path: str | Path, required: tuple[str, ...] = (), hint: str = ""):

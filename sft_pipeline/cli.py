@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sft_pipeline import constants as C
 from sft_pipeline.errors import PipelineError
@@ -37,35 +37,33 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_filter(args: argparse.Namespace) -> int:
     """Re-filter from stored scores: ingest and score are not recomputed."""
-    from sft_pipeline import stages
+    from sft_pipeline import cache, stages
     from sft_pipeline.config import load_config
 
     overrides = list(args.overrides)
     if args.threshold is not None:
         overrides.append(f"filter.threshold={args.threshold}")
     cfg = load_config(args.config, overrides)
-    score = stored_result(cfg, "score")
-    result = stages.run_filter(cfg, score)
+    upstream = stored_results(cfg, C.STAGE_SCORE)
+    result = cache.run(stages.get(C.STAGE_FILTER), cfg, upstream)
     print(f"filter: {result.counts_line()}")
     print(f"kept:    {result.path(C.FILTERED_FILE)}")
     print(f"dropped: {result.path(C.DROPPED_FILE)}")
     return 0
 
 
-def stored_result(cfg, stage: str):
-    """The stored output of ``stage`` (and its upstream) for this config, or a clear error."""
-    from sft_pipeline import stages
+def stored_results(cfg, until: str) -> dict:
+    """The stored outputs of the stages through ``until`` for this config, or one line saying what to run."""
+    from sft_pipeline import cache, stages
 
-    upstream: dict = {}
-    for name in C.STAGES[: C.STAGES.index(stage) + 1]:
-        try:
-            upstream[name] = stages.load_result(cfg, name, stages.expected_key(name, cfg, upstream))
-        except FileNotFoundError:
-            raise PipelineError(
-                f"no stored {name} output for this config under {cfg.run.output_dir}; "
-                f"run `sft-pipeline run --until {stage}` first"
-            ) from None
-    return upstream[stage]
+    results: dict = {}
+    for stage in stages.upto(until):
+        found = cache.find(stage, cfg, cache.key(stage, cfg, results))
+        if found is None:
+            raise PipelineError(f"no stored {stage.name} output for this config under {cfg.run.output_dir}; "
+                                f"run `sft-pipeline run --until {until}` first")
+        results[stage.name] = found
+    return results
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -76,9 +74,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sft-pipeline", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_commands(sub) -> None:
+    """The library's commands, on the sub-parsers of the console entry point (flows/cli.py adds more)."""
     p = sub.add_parser("ingest", help="ingest files into the canonical conversation schema")
     p.add_argument("inputs", nargs="+", help="files, datasets folders, package:... or hub:ORG/NAME")
     p.add_argument("--out", required=True, help="output folder")
@@ -92,7 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="render the report again from an evaluate output folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
-    return parser
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The parser and its sub-parsers (to which callers may add commands)."""
+    parser = argparse.ArgumentParser(prog="sft-pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    return parser, sub
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -105,7 +109,7 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser()[0].parse_args(argv)
     return run_command(args.func, args)
 
 

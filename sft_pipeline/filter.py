@@ -16,6 +16,7 @@ score histogram PNG.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,9 @@ from sft_pipeline import constants as C
 from sft_pipeline.artifacts import open_parquet, write_json
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
+
+if TYPE_CHECKING:
+    from sft_pipeline.stages import StageRun
 
 SWEEP_STEPS = 10  # thresholds 0.0, 0.1, ..., 1.0
 DECIDING_COLUMNS = ("id", C.SCORE_COLUMN, C.TOKENS_EST_COLUMN)
@@ -53,7 +57,7 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
     write_json(out_dir / C.SWEEP_FILE, sweep)
     plot_histogram(score, cutoff, out_dir / C.HISTOGRAM_FILE)
     return {
-        "mode": mode,
+        "method": mode,
         "cutoff": cutoff,
         "rows_in": len(score),
         "rows_kept": kept,
@@ -61,6 +65,11 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
         "tokens_kept": int(tokens[keep].sum()),
         "sweep": sweep,
     }
+
+
+def run_stage(run: StageRun) -> dict:
+    """The stage's entry (sft_pipeline.stages): split the score stage's rows into kept and dropped."""
+    return filter_scored(run.inputs[C.STAGE_SCORE] / C.SCORES_FILE, run.out, run.cfg.filter)
 
 
 def open_scores(path: Path) -> pq.ParquetFile:

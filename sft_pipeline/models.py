@@ -17,6 +17,7 @@ import torch
 
 from sft_pipeline.artifacts import atomic_dir, json_digest, path_digest
 from sft_pipeline.config import ModelConfig
+from sft_pipeline.constants import TESTING_SCHEME
 from sft_pipeline.errors import InputError
 from sft_pipeline.resources import cache_root, resolve_path
 
@@ -32,6 +33,10 @@ GRADIENT_CHECKPOINTING_DEPRECATION = (FutureWarning, r".*is_gradient_checkpointi
 
 def _local_source(cfg: ModelConfig) -> Path | None:
     """The local file or folder named by the config, or None for a hub id."""
+    if cfg.name_or_path.startswith(TESTING_SCHEME):
+        from sft_pipeline.testing import named_model
+
+        return named_model(cfg.name_or_path[len(TESTING_SCHEME):])
     path = resolve_path(cfg.name_or_path)
     if path.exists():
         return path

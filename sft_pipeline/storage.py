@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -124,6 +125,42 @@ def is_published(run: RunConfig, rel: str) -> bool:
     return fs.exists(f"{root}/{C.MANIFEST_FILE}")
 
 
+def published_manifest(run: RunConfig, rel: str) -> dict | None:
+    """The manifest of output ``rel`` at the URL (one small read), None for a local run or none there."""
+    if not is_remote(run):
+        return None
+    fs, root = _fs(url_of(run, rel))
+    try:
+        return json.loads(fs.cat_file(f"{root}/{C.MANIFEST_FILE}"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def problem(run: RunConfig, rel: str, manifest: dict) -> str | None:
+    """Why the published output ``rel`` may not be served: a listed file missing or of another size."""
+    fs, root = _fs(url_of(run, rel))
+    for name, record in manifest.get("files", {}).items():
+        try:
+            size = fs.size(f"{root}/{name}")
+        except FileNotFoundError:
+            return f"{name} is missing at the URL"
+        if size != record["size"]:
+            return f"{name} has {size} bytes at the URL, {record['size']} recorded"
+    return None if "files" in manifest else "its manifest is of an older format"
+
+
+def discard_local(run: RunConfig, rel: str) -> None:
+    """Set aside and delete the local copy of ``rel`` (incomplete; the published one replaces it)."""
+    _set_aside(local_root(run) / rel)
+
+
+def _set_aside(local: Path) -> None:
+    aside = local.with_name(f".{local.name}.stale-{uuid.uuid4().hex[:8]}")
+    with contextlib.suppress(OSError):
+        local.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def fetch(run: RunConfig, rel: str) -> bool:
     """Make the complete output ``rel`` present locally; False when it exists nowhere.
 
@@ -150,10 +187,7 @@ def _move_into_place(tmp: Path, local: Path) -> None:
     if (local / C.MANIFEST_FILE).exists():
         return
     if local.exists():  # a killed local run's leftovers: the published copy wins
-        aside = local.with_name(f".{local.name}.stale-{uuid.uuid4().hex[:8]}")
-        with contextlib.suppress(OSError):
-            local.rename(aside)
-        shutil.rmtree(aside, ignore_errors=True)
+        _set_aside(local)
     try:
         tmp.rename(local)
     except OSError:

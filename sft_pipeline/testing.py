@@ -6,10 +6,22 @@ from pathlib import Path
 
 import torch
 
+from sft_pipeline.artifacts import atomic_dir
 from sft_pipeline.config import ModelConfig
 from sft_pipeline.models import load_tokenizer
 
 DEFAULT_TOKENIZER_SOURCE = ModelConfig().name_or_path
+TINY = "tiny"  # "testing:tiny": the 2-layer model below, built once under the cache folder
+
+
+def named_model(name: str) -> Path:
+    """The folder of a test model named by ``testing:NAME``, built on first use."""
+    from sft_pipeline.errors import InputError
+    from sft_pipeline.resources import cache_root
+
+    if name != TINY:
+        raise InputError(f"model testing:{name}: unknown test model (known: testing:{TINY})")
+    return make_tiny_model(cache_root() / "models" / "testing-tiny")
 
 
 def make_tiny_model(out_dir: str | Path, tokenizer_source: str = DEFAULT_TOKENIZER_SOURCE, seed: int = 0) -> Path:
@@ -35,6 +47,7 @@ def make_tiny_model(out_dir: str | Path, tokenizer_source: str = DEFAULT_TOKENIZ
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with atomic_dir(out_dir) as tmp:  # a build killed half-way leaves nothing that looks complete
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out_dir

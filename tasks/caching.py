@@ -1,4 +1,4 @@
-"""Content-addressed cache policy and retry rules shared by every stage task."""
+"""Prefect's side of the cache: a policy that asks the library for the key, result storage, retries."""
 
 from __future__ import annotations
 
@@ -10,35 +10,36 @@ from typing import Any, Callable
 import fsspec
 from prefect.cache_policies import CachePolicy
 from prefect.filesystems import RemoteFileSystem
-from prefect.locking.filesystem import FileSystemLockManager
 
-from sft_pipeline import storage
+from sft_pipeline import cache, stages, storage
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.errors import DETERMINISTIC_ERRORS
-from sft_pipeline.stages import expected_key
+from sft_pipeline.stages import StageResult
 from sft_pipeline.urls import is_url
+from tasks.locks import StageLockManager
 
 RESULTS_SUBDIR = ".prefect-results"
 LOCKS_SUBDIR = ".prefect-locks"
-CONFIG_PARAM = "cfg"
 FILE_SCHEME = "file://"
 
 
 @dataclass
 class StageCachePolicy(CachePolicy):
-    """Key = digest of the stage's input *content* + its config section + its code version.
-
-    Unlike Prefect's DEFAULT policy (which includes the run id), two runs on the same
-    inputs share every stage result, and a changed threshold only invalidates the
-    stages whose inputs actually changed.
-    """
+    """Key = the library's stage key (input content + config + code), never a run id or a path."""
 
     stage: str = ""
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any):
-        cfg = PipelineConfig.model_validate(inputs[CONFIG_PARAM])
-        upstream = {name: value for name, value in inputs.items() if name != CONFIG_PARAM}
-        return f"{self.stage}-{expected_key(self.stage, cfg, upstream)}"
+        cfg = PipelineConfig.model_validate(inputs["cfg"])
+        upstream = {k: StageResult.model_validate(v) for k, v in inputs["upstream"].items()}
+        return f"{self.stage}-{cache.key(stages.get(self.stage), cfg, upstream)}"
+
+
+def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:
+    """A serializable policy: concurrent runs of one key wait for each other (a dead holder's lock is broken)."""
+    locks = storage.local_root(cfg.run) / LOCKS_SUBDIR  # per machine (see README for several)
+    return StageCachePolicy(stage=stage).configure(
+        isolation_level="SERIALIZABLE", lock_manager=StageLockManager(lock_files_directory=locks.resolve()))
 
 
 def result_storage(cfg: PipelineConfig) -> str | Path:
@@ -71,15 +72,6 @@ def url_block(url: str) -> str | Path:
     return f"remote-file-system/{name}"
 
 
-def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:
-    """A serializable policy: concurrent runs on one key wait for each other instead of racing."""
-    locks = storage.local_root(cfg.run) / LOCKS_SUBDIR  # per machine (see README for several)
-    return StageCachePolicy(stage=stage).configure(
-        isolation_level="SERIALIZABLE",
-        lock_manager=FileSystemLockManager(lock_files_directory=locks.resolve()),
-    )
-
-
 def retry_when(predicate: Callable[[BaseException], bool]):
     """A Prefect ``retry_condition_fn`` that retries a failed run when ``predicate(error)`` holds."""
 
@@ -99,3 +91,10 @@ def not_deterministic(exc: BaseException) -> bool:
 
 
 retry_transient = retry_when(not_deterministic)
+
+
+def retry_condition(stage: stages.Stage):
+    """The stage's own transient-error predicate (training: network, interconnect), else ``retry_transient``."""
+    if stage.transient is None:
+        return retry_transient
+    return retry_when(stages.resolve(stage.transient))

@@ -1,14 +1,17 @@
-"""One Prefect task per stage. Each: call one library runner, log counts, return a small dict."""
+"""One Prefect task for every stage: run it through the library's cache owner, return its typed result."""
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from typing import Any
+
+from prefect import Task, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from sft_pipeline import stages
+from sft_pipeline import cache, stages
 from sft_pipeline.config import PipelineConfig
-from sft_pipeline.train import is_transient
-from tasks.caching import retry_transient, retry_when
+from sft_pipeline.score import entry as score_entry
+from sft_pipeline.stages import StageResult
+from tasks.caching import result_storage, retry_condition, stage_policy
 
 RETRIES = 2
 BACKOFF_S = 10
@@ -16,50 +19,28 @@ TASK_OPTIONS = dict(
     retries=RETRIES,
     retry_delay_seconds=exponential_backoff(backoff_factor=BACKOFF_S),
     retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
     persist_result=True,
 )
 
 
-def _done(result: stages.StageResult) -> dict:
-    get_run_logger().info("%s -> %s %s", result.stage, result.url or result.out_dir, result.counts_line())
-    return result.to_dict()
+@task(**TASK_OPTIONS)
+def run_stage(stage: str, cfg: PipelineConfig, upstream: dict[str, StageResult], **extra: Any) -> StageResult:
+    result = cache.run(stages.get(stage), cfg, upstream, **extra)
+    get_run_logger().info("%s -> %s %s", stage, result.url or result.out_dir, result.counts_line())
+    return result
 
 
-@task(name="ingest", **TASK_OPTIONS)
-def ingest(cfg: PipelineConfig) -> dict:
-    return _done(stages.run_ingest(cfg))
+def bound(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, StageResult]) -> Task:
+    """``run_stage`` named after the stage, on its content-addressed cache, retries and result storage.
 
-
-@task(name="score", **TASK_OPTIONS)
-def score(cfg: PipelineConfig, ingest: dict, shards: list[str] | None = None) -> dict:
-    return _done(stages.run_score(cfg, stages.StageResult(**ingest), shards))
+    A cache record whose output the library does not find complete is not served: the task
+    runs again (``refresh_cache``) and the library recomputes what is missing.
+    """
+    return run_stage.with_options(
+        name=stage.name, cache_policy=stage_policy(stage.name, cfg), result_storage=result_storage(cfg),
+        retry_condition_fn=retry_condition(stage), refresh_cache=not cache.done(stage, cfg, upstream))
 
 
 @task(name="score-shard", **TASK_OPTIONS)
-def score_shard(cfg: PipelineConfig, ingest: dict, index: int, row_groups: list[int], score_key: str) -> str:
-    return stages.run_score_shard(cfg, stages.StageResult(**ingest), index, row_groups, score_key)
-
-
-@task(name="filter", **TASK_OPTIONS)
-def filter_(cfg: PipelineConfig, score: dict) -> dict:
-    return _done(stages.run_filter(cfg, stages.StageResult(**score)))
-
-
-@task(name="tokenize", **TASK_OPTIONS)
-def tokenize(cfg: PipelineConfig, filter: dict) -> dict:
-    return _done(stages.run_tokenize(cfg, stages.StageResult(**filter)))
-
-
-# Training retries only errors known to be transient (network, interconnect); out-of-memory
-# is handled inside the stage (smaller micro-batch), everything else fails at once.
-@task(name="train", **{**TASK_OPTIONS, "retry_condition_fn": retry_when(is_transient)})
-def train(cfg: PipelineConfig, tokenize: dict) -> dict:
-    return _done(stages.run_train(cfg, stages.StageResult(**tokenize)))
-
-
-@task(name="evaluate", **TASK_OPTIONS)
-def evaluate(cfg: PipelineConfig, ingest: dict, score: dict, filter: dict, tokenize: dict, train: dict) -> dict:
-    upstream = {name: stages.StageResult(**res) for name, res in
-                dict(ingest=ingest, score=score, filter=filter, tokenize=tokenize, train=train).items()}
-    return _done(stages.run_evaluate(cfg, upstream))
+def score_shard(cfg: PipelineConfig, ingest: StageResult, index: int, row_groups: list[int], score_key: str) -> str:
+    return score_entry.run_shard(cfg, cache.local_dir(cfg, ingest), index, row_groups, score_key)

@@ -22,11 +22,13 @@ def test_directory_digest_tracks_names_and_content(tmp_path):
 
 
 def test_stage_key_depends_on_inputs_config_and_code():
-    base = stage_key("filter", {"scores": "abc"}, {"threshold": 0.7})
-    assert base == stage_key("filter", {"scores": "abc"}, {"threshold": 0.7})
-    assert base != stage_key("filter", {"scores": "abd"}, {"threshold": 0.7})
-    assert base != stage_key("filter", {"scores": "abc"}, {"threshold": 0.6})
-    assert len(code_version("filter")) == 16
+    code = code_version("sft_pipeline.filter")
+    base = stage_key("filter", {"scores": "abc"}, {"threshold": 0.7}, code)
+    assert base == stage_key("filter", {"scores": "abc"}, {"threshold": 0.7}, code)
+    assert base != stage_key("filter", {"scores": "abd"}, {"threshold": 0.7}, code)
+    assert base != stage_key("filter", {"scores": "abc"}, {"threshold": 0.6}, code)
+    assert base != stage_key("filter", {"scores": "abc"}, {"threshold": 0.7}, code_version("sft_pipeline.score"))
+    assert len(code) == 16
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):

@@ -16,10 +16,10 @@ WRITERS = 4
 
 
 def _ingest(output_dir: str) -> str:
-    from sft_pipeline import stages
+    from sft_pipeline import cache, stages
 
     cfg = load_config(TINY, [f"run.output_dir={output_dir}", f"ingest.sources=[{{path: '{TINY_DATA}'}}]"])
-    return stages.run_ingest(cfg).out_dir
+    return cache.run(stages.get("ingest"), cfg).out_dir
 
 
 def test_concurrent_writers_of_one_key_agree(tmp_path):

@@ -56,3 +56,15 @@ def test_sources_required(tmp_path):
     empty.write_text("run: {seed: 1}\n")
     with pytest.raises(ConfigError, match="ingest.sources"):
         load_config(empty)
+
+
+def test_tiny_config_names_a_model_built_on_first_use(tmp_path, monkeypatch):
+    # deployments/configs/tiny.yaml runs as it is on a fresh clone: testing:tiny builds the model.
+    from sft_pipeline.models import resolve_model
+    from sft_pipeline.resources import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    cfg = load_config(Path(__file__).parents[1] / "deployments" / "configs" / "tiny.yaml")
+    folder = Path(resolve_model(cfg.model))
+    assert folder.is_relative_to(tmp_path) and (folder / "config.json").is_file()
+    assert resolve_model(cfg.model) == str(folder)  # built once

@@ -46,7 +46,7 @@ def test_threshold_keeps_scores_at_or_above(tmp_path):
     assert sorted(r["id"] for r in kept) == ["a", "b", "d", "f", "h", "j"]  # 0.7 itself is kept
     assert all(r[C.SCORE_COLUMN] < 0.7 and r[C.DROPPED_BY_COLUMN] == "threshold" for r in dropped)
     assert dropped[0][C.REASONS_COLUMN] == [C.SIGNAL_TOO_SHORT]  # dropped rows keep their reasons
-    assert summary["rows_kept"] == 6 and summary["rows_dropped"] == 4 and summary["mode"] == "threshold"
+    assert summary["rows_kept"] == 6 and summary["rows_dropped"] == 4 and summary["method"] == "threshold"
     assert summary["tokens_kept"] == sum(10 * (i + 1) for i, s in enumerate(SCORES) if s >= 0.7)
 
 
@@ -63,7 +63,7 @@ def test_top_fraction_ranks_by_score_then_id(tmp_path):
     # 5 of 10 rows: 1.0 (h, j), 0.9 (d), 0.8 (f), then one of the two 0.7s: "a" before "b".
     assert sorted(r["id"] for r in kept) == ["a", "d", "f", "h", "j"]
     assert {r["id"]: r[C.DROPPED_BY_COLUMN] for r in dropped}["b"] == "top_fraction"
-    assert summary["mode"] == "top_fraction" and summary["cutoff"] == 0.7
+    assert summary["method"] == "top_fraction" and summary["cutoff"] == 0.7
 
 
 def test_threshold_and_top_fraction_differ_on_the_same_scores(tmp_path):

@@ -1,5 +1,7 @@
 """End to end: the `sft` flow on the tiny config under a real (temporary) Prefect server."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,18 +55,18 @@ def first_run(prefect_server, overrides):
 def test_full_run_writes_every_output(first_run):
     state, results = first_run
     assert set(results) == set(C.STAGES)
-    assert Path(results["filter"]["out_dir"], C.FILTERED_FILE).exists()
-    assert Path(results["ingest"]["out_dir"], C.REJECTS_FILE).exists()
-    assert Path(results["evaluate"]["out_dir"], C.REPORT_MD_FILE).exists()
+    assert Path(results["filter"].out_dir, C.FILTERED_FILE).exists()
+    assert Path(results["ingest"].out_dir, C.REJECTS_FILE).exists()
+    assert Path(results["evaluate"].out_dir, C.REPORT_MD_FILE).exists()
     for name, res in results.items():
-        assert Path(res["out_dir"], C.MANIFEST_FILE).exists(), name
-    counts = results["ingest"]["counts"]
+        assert Path(res.out_dir, C.MANIFEST_FILE).exists(), name
+    counts = results["ingest"].counts
     assert counts["rows_read"] == counts["rows_accepted"] + counts["rows_rejected"]
 
 
 def test_adapter_weights_moved_from_initialisation(first_run):
     _, results = first_run
-    adapter = Path(results["train"]["out_dir"], C.ADAPTER_DIR)
+    adapter = Path(results["train"].out_dir, C.ADAPTER_DIR)
     tensors = load_file(adapter / "adapter_model.safetensors")
     lora_b = [t for name, t in tensors.items() if "lora_B" in name]
     assert lora_b, "no LoRA B matrices saved"
@@ -77,7 +79,7 @@ def test_second_run_is_all_cached(first_run, overrides):
     states = task_states(state)
     assert set(states) == {"ingest", "score", "filter", "tokenize", "train", "evaluate"}
     assert set(states.values()) == {"Cached"}, states
-    assert results["train"]["out_dir"] == first_run[1]["train"]["out_dir"]
+    assert results["train"].out_dir == first_run[1]["train"].out_dir
 
 
 def test_threshold_change_recomputes_only_what_changed(first_run, overrides):
@@ -87,7 +89,7 @@ def test_threshold_change_recomputes_only_what_changed(first_run, overrides):
     states = task_states(state)
     assert states["ingest"] == states["score"] == "Cached"
     assert states["filter"] == "Completed"
-    assert results["filter"]["out_dir"] != first_run[1]["filter"]["out_dir"]
+    assert results["filter"].out_dir != first_run[1]["filter"].out_dir
     assert states["tokenize"] == states["train"] == states["evaluate"] == "Cached", states
 
 
@@ -111,11 +113,43 @@ def test_outputs_on_an_fsspec_url_are_reused_by_another_machine(prefect_server, 
             f"ingest.sources=[{{path: '{TINY_DATA}'}}]"]
     state, results = run_flow(base + [f"run.local_dir={tmp_path / 'a'}"], until="filter")
     assert set(task_states(state).values()) == {"Completed"}
-    assert results["filter"]["url"].startswith("file://")
-    assert (tmp_path / "bucket" / "filter" / results["filter"]["key"][:16] / C.FILTERED_FILE).exists()
+    assert results["filter"].url.startswith("file://")
+    assert (tmp_path / "bucket" / "filter" / results["filter"].key[:16] / C.FILTERED_FILE).exists()
     state, _ = run_flow(base + [f"run.local_dir={tmp_path / 'b'}"], until="filter")
     assert set(task_states(state).values()) == {"Cached"}
     state, _ = run_flow(base + [f"run.local_dir={tmp_path / 'b'}", "filter.threshold=0.9"], until="filter")
     states = task_states(state)
     assert states["ingest"] == states["score"] == "Cached" and states["filter"] == "Completed"
-    assert (tmp_path / "b" / "score" / results["score"]["key"][:16] / C.SCORES_FILE).exists()  # fetched
+    assert (tmp_path / "b" / "score" / results["score"].key[:16] / C.SCORES_FILE).exists()  # fetched
+
+
+def _remove_rows(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, table.num_rows // 2), path)  # still a valid file, with fewer rows
+
+
+DAMAGE = {
+    "folder deleted": lambda folder: shutil.rmtree(folder),
+    "manifest deleted": lambda folder: (folder / C.MANIFEST_FILE).unlink(),
+    "parquet truncated": lambda folder: os.truncate(folder / C.SCORES_FILE, 100),
+    "rows removed": lambda folder: _remove_rows(folder / C.SCORES_FILE),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_output_is_recomputed_not_served(prefect_server, overrides, tmp_path, damage):
+    import pyarrow.parquet as pq
+
+    base = [*overrides, f"run.output_dir={tmp_path}"]
+    _, results = run_flow(base, until="filter")
+    folder = Path(results["score"].out_dir)
+    rows = pq.read_metadata(folder / C.SCORES_FILE).num_rows
+    DAMAGE[damage](folder)
+    state, again = run_flow(base, until="filter")
+    states = task_states(state)
+    assert states["ingest"] == "Cached" and states["score"] == "Completed", states
+    assert pq.read_metadata(folder / C.SCORES_FILE).num_rows == rows
+    # The recomputed scores have the same content, so the filter's key and cached output stand.
+    assert states["filter"] == "Cached" and again["filter"].key == results["filter"].key

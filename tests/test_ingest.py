@@ -221,13 +221,14 @@ def test_unreachable_hub_dataset_is_one_line_input_error(tmp_path, monkeypatch):
 
 
 def test_stage_runner_writes_manifest_with_counts(tmp_path):
-    from sft_pipeline import stages
+    from sft_pipeline import cache, stages
     from sft_pipeline.artifacts import read_manifest
 
     data = Path(__file__).parent / "data" / "tiny_chat.jsonl"
     cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": [{"path": str(data)}]}})
-    result = stages.run_ingest(cfg)
-    counts = read_manifest(result.out_dir)["counts"]
+    result = cache.run(stages.get("ingest"), cfg)
+    manifest = read_manifest(result.out_dir)
+    counts = manifest["counts"]
     assert counts["rows_read"] == 50 == counts["rows_accepted"] + counts["rows_rejected"]
     assert pq.read_metadata(result.path(CONVERSATIONS_FILE)).num_rows == counts["rows_accepted"]
-    assert format_summary(counts).startswith("ingest: 50 rows read")
+    assert format_summary({**counts, **manifest["details"]}).startswith("ingest: 50 rows read")

@@ -87,11 +87,11 @@ def test_flow_shards_on_a_local_dask_cluster(conversations, tmp_path):
         again_state, _ = run(tmp_path / "sharded", 3)
         again = task_run_states("score") + task_run_states("score-shard")
     assert len(shard_runs) == 3 and all(s == "Completed" for s in shard_runs)
-    assert sharded["score"]["key"] == plain["score"]["key"]
-    sharded_scores = Path(sharded["score"]["out_dir"], C.SCORES_FILE)
-    assert pq.read_table(sharded_scores).equals(pq.read_table(Path(plain["score"]["out_dir"], C.SCORES_FILE)))
-    assert pq.ParquetFile(Path(sharded["ingest"]["out_dir"], C.CONVERSATIONS_FILE)).num_row_groups >= 3
-    assert not list(Path(sharded["score"]["out_dir"]).parent.glob(".*.shards")), "shard scratch left behind"
+    assert sharded["score"].key == plain["score"].key
+    sharded_scores = Path(sharded["score"].out_dir, C.SCORES_FILE)
+    assert pq.read_table(sharded_scores).equals(pq.read_table(Path(plain["score"].out_dir, C.SCORES_FILE)))
+    assert pq.ParquetFile(Path(sharded["ingest"].out_dir, C.CONVERSATIONS_FILE)).num_row_groups >= 3
+    assert not list(Path(sharded["score"].out_dir).parent.glob(".*.shards")), "shard scratch left behind"
     # score: sharded and plain runs Completed, the re-run Cached; still only the first run's 3 shard runs
     assert sorted(again) == ["Cached"] + ["Completed"] * 5
 

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sft_pipeline import constants as C
-from sft_pipeline import stages, storage
+from sft_pipeline import cache, stages, storage
+from sft_pipeline.score import entry as score_entry
 from sft_pipeline.config import load_config
 from sft_pipeline.errors import InputError
 
@@ -29,15 +30,15 @@ def remote(tmp_path) -> str:
 
 def test_outputs_are_published_and_fetched_by_another_machine(tmp_path, remote, monkeypatch):
     a = machine(remote, tmp_path / "a")
-    ingest = stages.run_ingest(a)
-    score = stages.run_score(a, ingest)
+    ingest = cache.run(stages.get("ingest"), a)
+    score = cache.run(stages.get("score"), a, {"ingest": ingest})
     rel = f"score/{score.key[:stages.KEY_CHARS]}"
     assert Path(score.out_dir) == tmp_path / "a" / rel
     assert (tmp_path / "bucket" / rel / C.SCORES_FILE).exists()
     assert (tmp_path / "bucket" / rel / C.MANIFEST_FILE).exists()
 
     b = machine(remote, tmp_path / "b", "filter.threshold=0.9")
-    filtered = stages.run_filter(b, score)  # B has never seen the scores: fetched from the URL
+    filtered = cache.run(stages.get("filter"), b, {"score": score})  # B has never seen the scores: fetched from the URL
     assert (tmp_path / "b" / rel / C.SCORES_FILE).exists()
     assert pq.read_table(tmp_path / "b" / rel / C.SCORES_FILE).equals(pq.read_table(Path(score.out_dir) / C.SCORES_FILE))
     assert (tmp_path / "bucket" / f"filter/{filtered.key[:stages.KEY_CHARS]}" / C.FILTERED_FILE).exists()
@@ -45,22 +46,22 @@ def test_outputs_are_published_and_fetched_by_another_machine(tmp_path, remote, 
     # A stage already published is fetched, not recomputed, on a third machine.
     monkeypatch.setattr("sft_pipeline.score.score_conversations", _must_not_run)
     c = machine(remote, tmp_path / "c")
-    again = stages.run_score(c, stages.run_ingest(c))
+    again = cache.run(stages.get("score"), c, {"ingest": cache.run(stages.get("ingest"), c)})
     assert again.key == score.key and again.counts == score.counts
-    assert stages.is_done(c, C.STAGE_SCORE, {"ingest": ingest})
+    assert cache.done(stages.get(C.STAGE_SCORE), c, {"ingest": ingest})
 
 
 def test_missing_upstream_output_is_one_clear_error(tmp_path, remote):
     a = machine(remote, tmp_path / "a")
-    ingest = stages.run_ingest(a)
+    ingest = cache.run(stages.get("ingest"), a)
     storage.remove(a.run, f"ingest/{ingest.key[:stages.KEY_CHARS]}")
     with pytest.raises(InputError, match="ingest output .* found neither in .* nor at file://"):
-        stages.run_score(machine(remote, tmp_path / "b"), ingest)
+        cache.run(stages.get("score"), machine(remote, tmp_path / "b"), {"ingest": ingest})
 
 
 def test_a_plain_path_keeps_outputs_where_they_are_written(tmp_path):
     cfg = load_config(TINY, [f"run.output_dir={tmp_path / 'runs'}", f"ingest.sources=[{{path: '{TINY_DATA}'}}]"])
-    ingest = stages.run_ingest(cfg)
+    ingest = cache.run(stages.get("ingest"), cfg)
     assert Path(ingest.out_dir).parent.parent == tmp_path / "runs"
     assert storage.publish(cfg.run, "ingest/x") is None and not storage.is_remote(cfg.run)
 
@@ -71,18 +72,18 @@ def _must_not_run(*args, **kwargs):
 
 def test_score_shards_travel_through_the_url(tmp_path, remote):
     opts = ("ingest.batch_rows=4", "run.score_shards=3")  # several row groups, three shards
-    ingest = stages.run_ingest(machine(remote, tmp_path / "a", *opts))
-    plan = stages.plan_score_shards(machine(remote, tmp_path / "a", *opts), ingest)
+    ingest = cache.run(stages.get("ingest"), machine(remote, tmp_path / "a", *opts))
+    plan = score_entry.plan(machine(remote, tmp_path / "a", *opts), cache.local_dir(machine(remote, tmp_path / "a", *opts), ingest))
     assert len(plan) == 3
     # Shards computed on two "workers" (B and C), merged on a third machine (D).
-    key = stages.expected_key(C.STAGE_SCORE, machine(remote, tmp_path / "a", *opts), {"ingest": ingest})
-    shards = [stages.run_score_shard(machine(remote, tmp_path / w, *opts), ingest, i, groups, key)
+    key = cache.key(stages.get(C.STAGE_SCORE), machine(remote, tmp_path / "a", *opts), {"ingest": ingest})
+    shards = [score_entry.run_shard(machine(remote, tmp_path / w, *opts), cache.local_dir(machine(remote, tmp_path / w, *opts), ingest), i, groups, key)
               for i, (w, groups) in enumerate(zip("bcb", plan))]
     assert all(s.startswith("file://") for s in shards)
-    merged = stages.run_score(machine(remote, tmp_path / "d", *opts), ingest, shards)
+    merged = cache.run(stages.get("score"), machine(remote, tmp_path / "d", *opts), {"ingest": ingest}, shards=shards)
     assert not (tmp_path / "bucket" / "score" / f".{merged.key[:stages.KEY_CHARS]}.shards").exists()  # scratch gone
     plain = machine(str(tmp_path / "runs"), tmp_path / "unused", *opts)
-    sequential = stages.run_score(plain, stages.run_ingest(plain))
+    sequential = cache.run(stages.get("score"), plain, {"ingest": cache.run(stages.get("ingest"), plain)})
     assert merged.key == sequential.key
     assert pq.read_table(Path(merged.out_dir) / C.SCORES_FILE).equals(
         pq.read_table(Path(sequential.out_dir) / C.SCORES_FILE))
@@ -116,7 +117,7 @@ def test_concurrent_fetches_of_one_output_all_succeed(tmp_path, remote):
     from concurrent.futures import ThreadPoolExecutor
 
     a = machine(remote, tmp_path / "a")
-    ingest = stages.run_ingest(a)
+    ingest = cache.run(stages.get("ingest"), a)
     rel = f"ingest/{ingest.key[:stages.KEY_CHARS]}"
     b = machine(remote, tmp_path / "b")
     with ThreadPoolExecutor(8) as pool:
@@ -147,20 +148,22 @@ def test_training_resumes_on_another_machine_from_the_checkpoint_at_the_url(tmp_
 
     opts = (f"model.name_or_path={tiny_model_dir}", "train.method=lora")  # tiny: 4 steps, a checkpoint every 2
     a = machine(remote, tmp_path / "a", *opts)
-    tokenized = stages.run_tokenize(a, stages.run_filter(a, stages.run_score(a, stages.run_ingest(a))))
+    ingest = cache.run(stages.get("ingest"), a)
+    score = cache.run(stages.get("score"), a, {"ingest": ingest})
+    tokenized = cache.run(stages.get("tokenize"), a, {"filter": cache.run(stages.get("filter"), a, {"score": score})})
     real = trainer.train_model
     monkeypatch.setattr(trainer, "train_model", lambda *args, callbacks=(), **kw: real(
         *args, callbacks=[*callbacks, _FailAtStep(3).callback], **kw))
     with pytest.raises(ConnectionResetError):
-        stages.run_train(a, tokenized)
-    key = stages.expected_key(C.STAGE_TRAIN, a, {"tokenize": tokenized})[:stages.KEY_CHARS]
+        cache.run(stages.get("train"), a, {"tokenize": tokenized})
+    key = cache.key(stages.get(C.STAGE_TRAIN), a, {"tokenize": tokenized})[:stages.KEY_CHARS]
     mirrored = tmp_path / "bucket" / storage.CHECKPOINTS_ROOT / "train" / key
     assert [p.name for p in mirrored.iterdir()] == ["checkpoint-2"]
     assert (mirrored / "checkpoint-2" / COMPLETE_MARKER).is_file()
     monkeypatch.setattr(trainer, "train_model", real)
 
     b = machine(remote, tmp_path / "b", *opts)  # the retry lands on another machine
-    trained = stages.run_train(b, tokenized)
+    trained = cache.run(stages.get("train"), b, {"tokenize": tokenized})
     assert trained.counts["resumed_from_step"] == 2 and trained.counts["steps"] == 4
     assert (tmp_path / "bucket" / "train" / key / C.ADAPTER_DIR).is_dir()
     assert not mirrored.exists(), "mirrored checkpoints are dropped once the output is published"

@@ -187,17 +187,19 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_tokenizer):
 
 
 def test_stage_runner_writes_manifest_and_caches(tmp_path, tiny_model_dir):
-    from sft_pipeline import stages
-    from sft_pipeline.artifacts import read_manifest
+    from sft_pipeline import cache, stages
+    from sft_pipeline.artifacts import path_digest, read_manifest
     from sft_pipeline.config import validate_config
 
     filtered_dir = tmp_path / "filter"
     write_filtered(filtered_dir / C.FILTERED_FILE, [conversation(i) for i in range(20)])
-    upstream = stages.StageResult(stage=C.STAGE_FILTER, key="k", out_dir=str(filtered_dir))
+    upstream = stages.StageResult(stage=C.STAGE_FILTER, key="k", out_dir=str(filtered_dir),
+                                  files={C.FILTERED_FILE: path_digest(filtered_dir / C.FILTERED_FILE)})
     cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": [{"path": "x"}]},
                            "model": {"name_or_path": str(tiny_model_dir)}, "tokenize": {"packing": True}})
-    result = stages.run_tokenize(cfg, upstream)
-    counts = read_manifest(result.out_dir)["counts"]
+    result = cache.run(stages.get("tokenize"), cfg, {"filter": upstream})
+    manifest = read_manifest(result.out_dir)
+    counts = manifest["counts"]
     assert counts["rows_in"] == 20 == counts["train_rows"] + counts["heldout_rows"] + counts["dropped_rows"]
-    assert counts["eot_marker_last"] == "<|im_end|>" and counts["packing_efficiency"] > 0
-    assert result.key == stages.expected_key(C.STAGE_TOKENIZE, cfg, {"filter": upstream})
+    assert manifest["details"]["eot_marker_last"] == "<|im_end|>" and counts["packing_efficiency"] > 0
+    assert result.key == cache.key(stages.get(C.STAGE_TOKENIZE), cfg, {"filter": upstream})

@@ -265,12 +265,13 @@ def test_killing_the_task_process_stops_its_ranks_and_the_rerun_resumes(tiny_mod
 
 
 def test_train_key_counts_ranks_but_not_launch_settings_of_one_process(tiny_model_dir, tokenized, tmp_path):
-    from sft_pipeline import stages
+    from sft_pipeline import cache, stages
 
-    upstream = {"tokenize": stages.StageResult(stage=C.STAGE_TOKENIZE, key="k", out_dir=str(tokenized))}
+    upstream = {"tokenize": stages.StageResult(stage=C.STAGE_TOKENIZE, key="k", out_dir=str(tokenized),
+                                              files={C.TRAIN_TOKENS_FILE: "digest"})}
 
     def key(*extra):
-        return stages.expected_key(C.STAGE_TRAIN, _cfg(tiny_model_dir, f"run.output_dir={tmp_path}", *extra), upstream)
+        return cache.key(stages.get(C.STAGE_TRAIN), _cfg(tiny_model_dir, f"run.output_dir={tmp_path}", *extra), upstream)
 
     one = key()
     assert one == key("train.distributed=fsdp") == key("train.work_pool=gpu")  # same result wherever it runs

@@ -8,5 +8,14 @@ See ``writer.py`` for the schemas and ``reasons.py`` for the reject codes.
 """
 
 from sft_pipeline.ingest.stage import format_summary, ingest_sources
+from typing import TYPE_CHECKING
 
-__all__ = ["format_summary", "ingest_sources"]
+if TYPE_CHECKING:
+    from sft_pipeline.stages import StageRun
+
+__all__ = ["run_stage", "format_summary", "ingest_sources"]
+
+
+def run_stage(run: "StageRun") -> dict:
+    """The stage's entry (sft_pipeline.stages): every configured source into ``run.out``."""
+    return ingest_sources(run.cfg.ingest, run.out)

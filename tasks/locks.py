@@ -1,0 +1,110 @@
+"""Stage locks that a crash cannot leave behind.
+
+Prefect's file locks have no expiry: a run killed with SIGKILL (the OOM killer, a pre-empted
+node) leaves its lock, and every later run of that stage would wait for ever. Each lock here
+records its holder's host, pid and process start time; a lock whose holder is gone (same host,
+no such process, or a new process under that pid) or that is older than ``MAX_LOCK_AGE_S`` is
+broken with a log line, and a live holder is waited for with a periodic log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+from prefect.locking.filesystem import FileSystemLockManager
+
+log = logging.getLogger("sft_pipeline.locks")
+
+MAX_LOCK_AGE_S = 7 * 24 * 3600  # no stage holds a lock for a week: such a lock is a leftover
+WAIT_LOG_EVERY_S = 30.0
+POLL_S = 0.1
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), None if it does not exist.
+
+    >>> process_start(os.getpid()) is not None, process_start(2**22 + 1)
+    (True, None)
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def holder_info() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
+            "created": time.time()}
+
+
+def stale_reason(info: dict, written: float) -> str | None:
+    """Why a lock's holder is gone (None: alive, or on another host and not too old); ``written``: file mtime."""
+    age = time.time() - float(info.get("created") or written)
+    if age > MAX_LOCK_AGE_S:
+        return f"it is {age / 3600:.0f} h old"
+    if info.get("host") == socket.gethostname() and info.get("pid") is not None:
+        start = process_start(int(info["pid"]))
+        if start is None or start != info.get("start"):
+            return f"its holder, pid {info['pid']}, is gone"
+    return None
+
+
+class StageLockManager(FileSystemLockManager):
+    """Prefect's file lock manager, with holder details in each lock and stale locks broken."""
+
+    def _read(self, key: str) -> tuple[dict, float] | None:
+        """The lock's JSON and its file's mtime; None when unlocked."""
+        path = self._lock_path_for_key(key)
+        try:
+            return json.loads(path.read_text() or "{}"), path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}, time.time()  # being written this instant
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
+                     hold_timeout: Optional[float] = None) -> bool:
+        if not super().acquire_lock(key, holder, acquire_timeout, hold_timeout):
+            return False
+        path = self._lock_path_for_key(key)
+        info = {"holder": holder, "expiration": None, **holder_info()}
+        path.write_text(json.dumps(info))
+        return True
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        found = self._read(key)
+        if found and (why := stale_reason(*found)):
+            log.warning("breaking the lock of %s: %s", _stage_of(key), why)
+            self._lock_path_for_key(key).unlink(missing_ok=True)
+            self._locks.pop(key, None)
+            return False
+        return super().is_locked(key, use_cache)
+
+    def wait_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
+        started = last_log = time.monotonic()
+        while self.is_locked(key):
+            now = time.monotonic()
+            if timeout and now - started >= timeout:
+                return False
+            if now - last_log >= WAIT_LOG_EVERY_S:
+                info = (self._read(key) or ({}, 0))[0]
+                log.info("waiting for %s held by pid %s on %s", _stage_of(key), info.get("pid"), info.get("host"))
+                last_log = now
+            time.sleep(POLL_S)
+        return True
+
+
+def _stage_of(key: str) -> str:
+    """The stage named in a cache key.
+
+    >>> _stage_of("train-0123abcd")
+    'train'
+    """
+    return key.rsplit("-", 1)[0]

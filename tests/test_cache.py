@@ -1,0 +1,99 @@
+"""The cache owner: derived code versions, content-addressed keys, and what it agrees to serve."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sft_pipeline import artifacts, cache, stages
+from sft_pipeline import constants as C
+from sft_pipeline.config import validate_config
+from sft_pipeline.stages import StageResult
+
+PACKAGE = Path(artifacts.__file__).resolve().parent
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the library's source that the code-version digests read, to edit freely."""
+    copy = tmp_path / PACKAGE.name
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    monkeypatch.setattr(artifacts, "_PACKAGE_DIR", copy)
+    artifacts.module_closure.cache_clear()
+    yield copy
+    artifacts.module_closure.cache_clear()
+
+
+def versions() -> dict[str, str]:
+    artifacts.module_closure.cache_clear()
+    return {stage.name: stage.code_version for stage in stages.STAGES}
+
+
+def edit(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# an edit\n")
+
+
+@pytest.mark.parametrize("module, changed", [
+    ("report/markdown.py", {C.STAGE_EVALUATE}),  # the report is rendered by evaluate, and only there
+    ("score/signals.py", {C.STAGE_SCORE}),
+    ("tokenize/masks.py", {C.STAGE_TOKENIZE}),
+    ("filter.py", {C.STAGE_FILTER}),
+    ("cli.py", set()),  # no stage imports the command line
+])
+def test_an_edit_changes_the_code_version_of_the_stages_that_import_it(package_copy, module, changed):
+    before = versions()
+    edit(package_copy / module)
+    after = versions()
+    assert {name for name in before if before[name] != after[name]} == changed
+
+
+def test_downstream_keys_follow_upstream_content_not_upstream_keys(tmp_path):
+    cfg = validate_config({"run": {"output_dir": str(tmp_path)}, "ingest": {"sources": [{"path": "x"}]}})
+    filter_stage = stages.get(C.STAGE_FILTER)
+
+    def key(score_key: str, digest: str) -> str:
+        score = StageResult(stage=C.STAGE_SCORE, key=score_key, out_dir="/s", files={C.SCORES_FILE: digest})
+        return cache.key(filter_stage, cfg, {C.STAGE_SCORE: score})
+
+    assert key("new-score-code", "same-rows") == key("old-score-code", "same-rows")
+    assert key("old-score-code", "other-rows") != key("old-score-code", "same-rows")
+
+
+def test_files_named_by_config_enter_keys_by_content(tmp_path):
+    template = tmp_path / "template.jinja"
+    prompts = tmp_path / "prompts.jsonl"
+    template.write_text("{{ messages }}")
+    prompts.write_text('{"prompt": "a"}\n')
+    cfg = validate_config({"run": {"output_dir": str(tmp_path)}, "ingest": {"sources": [{"path": "x"}]},
+                           "model": {"name_or_path": "org/model", "chat_template": str(template)},
+                           "eval": {"ifeval_prompts": str(prompts)}})
+    filtered = StageResult(stage=C.STAGE_FILTER, key="f", out_dir="/f", files={C.FILTERED_FILE: "d"})
+    tokenize = lambda: cache.key(stages.get(C.STAGE_TOKENIZE), cfg, {C.STAGE_FILTER: filtered})  # noqa: E731
+    before = tokenize()
+    template.write_text("{{ messages | tojson }}")  # same path, new content
+    assert tokenize() != before
+    named = cache.named_files(cache.config_part(stages.get(C.STAGE_EVALUATE), cfg))
+    assert named["eval.ifeval_prompts"] == artifacts.path_digest(prompts)
+    assert "model.name_or_path" not in named  # a hub id is a name, not a file
+
+
+def test_identical_runs_give_identical_keys(tiny_model_dir, tmp_path):
+    # Two runs of the same config in two places: absolute paths in the adapter and the order of
+    # LoRA target modules used to make the evaluate key differ between them.
+    data = Path(__file__).parent / "data" / "tiny_chat.jsonl"
+    keys = []
+    for place in ("a", "b"):
+        cfg = validate_config({"run": {"output_dir": str(tmp_path / place), "seed": 0},
+                               "model": {"name_or_path": str(tiny_model_dir)},
+                               "ingest": {"sources": [{"path": str(data)}]},
+                               "tokenize": {"max_length": 128, "max_rows": 8},
+                               "train": {"max_steps": 2, "batch_size": 2, "save_steps": 2}})
+        results: dict[str, StageResult] = {}
+        for stage in stages.upto(C.STAGE_TRAIN):
+            results[stage.name] = cache.run(stage, cfg, {name: results[name] for name in stage.reads})
+        keys.append(cache.key(stages.get(C.STAGE_EVALUATE), cfg, results))
+        adapter_config = (Path(results[C.STAGE_TRAIN].out_dir) / C.ADAPTER_DIR / "adapter_config.json").read_text()
+        assert str(tiny_model_dir) in adapter_config and str(tmp_path) not in adapter_config
+    assert keys[0] == keys[1]
