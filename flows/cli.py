@@ -36,6 +36,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flows.logs import hide_user_error_tracebacks
+    from flows.sweep import sft_sweep
+    from sft_pipeline import sweep
+    from sft_pipeline.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    sweep.plan(cfg, args.thresholds, args.top_fractions)  # fail fast on a missing budget or setting
+    hide_user_error_tracebacks()
+    command = " ".join(["sft-pipeline", *sys.argv[1:]]) if sys.argv[1:] else "sft-pipeline sweep"
+    summary = sft_sweep(config=args.config, overrides=args.overrides, thresholds=args.thresholds,
+                        top_fractions=args.top_fractions, command=command)
+    print(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)")
+    print(summary["sentence"])
+    if summary["recommended"]:
+        advice = " ".join(f"--set {o}" for o in summary["overrides"])
+        print(f"to use it:     sft-pipeline run --config {args.config} {advice}")
+        if args.apply:
+            print(f"wrote          {sweep.apply(args.config, summary['overrides'])}")
+    return 0
+
+
+def floats(text: str) -> list[float]:
+    """A comma-separated list of numbers.
+
+    >>> floats("0.5,0.7, 0.9")
+    [0.5, 0.7, 0.9]
+    """
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
 def print_outputs(results: dict) -> None:
     from sft_pipeline import constants
 
@@ -60,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_config_args(p)
     p.add_argument("--until", default=stages.NAMES[-1], choices=stages.NAMES)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("sweep", help="train and evaluate one branch per filter setting, and recommend one")
+    cli.add_config_args(p)
+    p.add_argument("--thresholds", type=floats, default=[], help="e.g. 0.5,0.7,0.9")
+    p.add_argument("--top-fractions", type=floats, default=[], help="e.g. 0.5,0.8")
+    p.add_argument("--apply", action="store_true", help="write CONFIG.recommended.yaml with the recommended setting")
+    p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     return cli.run_command(args.func, args)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
 from prefect.states import Completed
 
 from flows.publish import publish_stage, publish_summary
@@ -40,12 +41,16 @@ def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until:
 
 
 def run_stage(stage: stages.Stage, cfg: PipelineConfig, results: dict[str, StageResult]) -> StageResult:
-    """One stage as a task (training on the GPU pool when ``train.work_pool`` is set; scoring sharded)."""
-    upstream = {name: results[name] for name in stage.reads}
+    """One stage as a task, on the results of the stages it reads; waits for it."""
+    return submit_stage(stage, cfg, {name: results[name] for name in stage.reads}).result()
+
+
+def submit_stage(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, StageResult]) -> PrefectFuture:
+    """Submit one stage's task (training to the GPU pool when ``train.work_pool`` is set; scoring sharded)."""
     if stage.name == STAGE_TRAIN and cfg.train.work_pool:
-        return hand_off_training(cfg, upstream)
+        return hand_off_training.submit(cfg, upstream)
     extra = shard_inputs(cfg, upstream) if stage.name == STAGE_SCORE else {}
-    return bound(stage, cfg, upstream)(stage.name, cfg, upstream, **extra)
+    return bound(stage, cfg, upstream).submit(stage.name, cfg, upstream, **extra)
 
 
 def final_state(results: dict[str, StageResult]):

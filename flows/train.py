@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 
@@ -25,6 +25,7 @@ def sft_train(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> StageRes
         return bound(stage, cfg, upstream)(stage.name, cfg, upstream)
 
 
+@task(name="hand-off-training")
 def hand_off_training(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> StageResult:
     """Run `sft-train` on the work pool named by ``train.work_pool``, wait, and read its result back."""
     name = f"{TRAIN_FLOW}/{cfg.train.work_pool}"

@@ -1,0 +1,67 @@
+"""The `sft-sweep` flow: filter -> tokenize -> train -> evaluate for each filter setting, compared.
+
+Ingest and score run once. Each branch stage is the same cached task as in `sft`, so a re-run
+with one more setting trains only that branch, and branches whose filters keep the same rows
+share one tokenize/train/evaluate output. Branches of one stage are submitted together, so they
+run in parallel where the task runner has room; with ``train.work_pool`` set, each branch's
+training goes to `sft-train/<pool>` under the GPU concurrency limit, as in `sft`.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.sft import DEFAULT_CONFIG, run_stage, submit_stage
+from sft_pipeline import stages, sweep
+from sft_pipeline.config import load_config
+from sft_pipeline.constants import STAGE_EVALUATE, STAGE_FILTER, STAGE_SCORE, STAGE_TOKENIZE, STAGE_TRAIN
+from sft_pipeline.stages import StageResult
+
+SWEEP_FLOW = "sft-sweep"
+BRANCH_STAGES = (STAGE_FILTER, STAGE_TOKENIZE, STAGE_TRAIN, STAGE_EVALUATE)
+
+
+@flow(name=SWEEP_FLOW)
+def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, thresholds: list[float] | None = None,
+              top_fractions: list[float] | None = None, command: str = "") -> dict:
+    """Train and evaluate one branch per filter setting; write the sweep report; return its summary."""
+    cfg = load_config(config, overrides)
+    branches = sweep.plan(cfg, thresholds or [], top_fractions or [])
+    shared: dict[str, StageResult] = {}
+    for stage in stages.upto(STAGE_SCORE):
+        shared[stage.name] = run_stage(stage, cfg, shared)
+    heldout = held_out_set(sweep.heldout_config(cfg), shared)
+    configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
+    results = {b.name: dict(shared) for b in branches}
+    for name in BRANCH_STAGES:
+        stage = stages.get(name)
+        futures = {b: submit_stage(stage, configs[b], upstream(stage, results[b], heldout)) for b in configs}
+        for b, future in futures.items():
+            results[b][name] = future.result()
+    return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
+
+
+def held_out_set(cfg, shared: dict[str, StageResult]) -> StageResult:
+    """The tokenize output whose held-out rows every branch is evaluated on (drawn before filtering)."""
+    results = dict(shared)
+    for name in (STAGE_FILTER, STAGE_TOKENIZE):
+        results[name] = run_stage(stages.get(name), cfg, results)
+    return results[STAGE_TOKENIZE]
+
+
+def upstream(stage: stages.Stage, results: dict[str, StageResult], heldout: StageResult) -> dict[str, StageResult]:
+    """The stage's inputs in this branch; evaluation reads the sweep's shared held-out rows."""
+    found = {name: results[name] for name in stage.reads}
+    if stage.name == STAGE_EVALUATE:
+        found[STAGE_TOKENIZE] = heldout
+    return found
+
+
+@task(name="sweep-report")
+def report(cfg, branches, results: dict[str, dict[str, StageResult]], heldout: StageResult, command: str) -> dict:
+    from sft_pipeline import sweep_report
+
+    outcome = sweep_report.build(cfg, branches, results, heldout, command)
+    create_markdown_artifact(key="sft-sweep", markdown=outcome["markdown"], description="Filter sweep")
+    return outcome["summary"]

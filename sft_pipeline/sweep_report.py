@@ -1,0 +1,165 @@
+"""The sweep's report: one row per branch, paired intervals against the base model and against the
+config's own branch, a plot of the primary metric with error bars, and the recommendation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from sft_pipeline.artifacts import write_json
+from sft_pipeline.evaluate.benchmarks import BENCHMARKS
+from sft_pipeline.evaluate.metrics import compare, metric_table
+from sft_pipeline.sweep import Branch, BranchRow, Recommendation, read_results, recommend
+
+SWEEP_MD, SWEEP_HTML, SWEEP_JSON, SWEEP_PLOT = "sweep.md", "sweep.html", "sweep.json", "sweep_primary.png"
+TUNED, BASE = "tuned", "base"
+
+
+def metrics_of(results: dict) -> tuple:
+    titles = {b.name: b.title for b in BENCHMARKS}
+    return metric_table([(name, titles.get(name, name)) for name in results.get("benchmarks", [])])
+
+
+def versus(a: dict, b: dict, *, side_a: str, resamples: int, seed: int) -> dict[str, dict]:
+    """Paired comparison of model ``b``'s tuned side with model ``a``'s ``side_a`` (base or tuned), per metric.
+
+    Both evaluations answered the same items (same held-out rows and prompts, in the same order).
+    """
+    items = {name: {"base": cell[side_a], "tuned": b["items"][name][TUNED], "weights": cell["weights"]}
+             for name, cell in a["items"].items() if name in b["items"]}
+    return compare(metrics_of(a), a["metrics"][side_a], b["metrics"][TUNED], items, resamples=resamples, seed=seed)
+
+
+def branch_row(branch: Branch, filter_counts: dict, results: dict, current: dict, *, resamples: int,
+               seed: int) -> BranchRow:
+    points = {e["metric"]: e for e in results.get("comparison") or []}
+    return BranchRow(branch, int(filter_counts.get("rows_kept", 0)), int(filter_counts.get("tokens_kept", 0)),
+                     results["gate"]["verdict"], metrics=points,
+                     versus_base=versus(results, results, side_a=BASE, resamples=resamples, seed=seed),
+                     versus_current=versus(current, results, side_a=TUNED, resamples=resamples, seed=seed))
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+
+
+def _cell(entry: dict | None) -> str:
+    """``+0.012 [-0.004, +0.031] better``."""
+    if not entry or entry.get("delta") is None:
+        return "–"
+    verdict = entry.get("verdict") or ""
+    short = {"no significant change": "n.s."}.get(verdict, verdict)
+    return f"{entry['delta']:+.3f} [{_num(entry.get('low'))}, {_num(entry.get('high'))}] {short}".strip()
+
+
+def markdown(rows: Sequence[BranchRow], rec: Recommendation, primary: str, *, steps: int, heldout: int,
+             command: str, plot_uri: str | None) -> str:
+    label = (rows[0].metrics.get(primary) or {}).get("label", primary) if rows else primary
+    head = ["setting", "rows kept", "tokens kept (est.)", f"{label} (tuned)", "vs base (95 % CI)",
+            "vs current setting (95 % CI)", "gate"]
+    lines = [f"# Filter sweep: {len(rows)} branches, {steps} training steps each", "",
+             f"**{rec.sentence}**", "",
+             f"Every branch trained {steps} steps with the same seed and schedule, and was evaluated on the same "
+             f"{heldout:,} held-out rows (drawn before filtering) and prompts. Intervals are paired bootstrap 95 % "
+             "intervals; n.s. = no significant change.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r.metrics.get(primary) or {}
+        value = f"{_num(m.get('tuned'))} [{_num(m.get('tuned_low'))}, {_num(m.get('tuned_high'))}]"
+        current = "(current)" if r.branch.current else _cell(r.versus_current.get(primary))
+        lines.append(f"| {r.branch.name}{' ★' if r.branch == rec.best else ''} | {r.rows_kept:,} | "
+                     f"{r.tokens_kept:,} | {value} | {_cell(r.versus_base.get(primary))} | {current} | "
+                     f"{r.verdict or '–'} |")
+    lines += ["", "Other metrics, tuned minus base (95 % CI):", ""]
+    others = [k for k in (rows[0].versus_base if rows else {}) if k != primary]
+    lines += ["| setting | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    lines += [f"| {r.branch.name} | " + " | ".join(_cell(r.versus_base.get(k)) for k in others) + " |" for r in rows]
+    lines += ["", f"Command: `{command}`"]
+    if plot_uri:
+        lines += ["", f"![{label} by setting]({plot_uri})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[BranchRow], primary: str, base: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for kind in dict.fromkeys(r.branch.kind for r in rows):
+        pts = [r for r in rows if r.branch.kind == kind and r.metrics.get(primary, {}).get("tuned") is not None]
+        xs = [r.branch.value for r in pts]
+        ys = [r.metrics[primary]["tuned"] for r in pts]
+        err = [[y - (r.metrics[primary].get("tuned_low") or y) for y, r in zip(ys, pts)],
+               [(r.metrics[primary].get("tuned_high") or y) - y for y, r in zip(ys, pts)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"tuned, by {kind}")
+    if base.get("base") is not None:
+        ax.axhline(base["base"], color="grey", linestyle="--", label="base model")
+        if base.get("base_low") is not None:
+            ax.axhspan(base["base_low"], base["base_high"], color="grey", alpha=0.15)
+    ax.set_xlabel("filter setting")
+    ax.set_ylabel(base.get("label", primary))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write(out_dir: Path, rows: Sequence[BranchRow], primary: str, direction: int, *, steps: int, heldout: int,
+          command: str, resamples: int, seed: int, results: dict[str, dict]) -> Recommendation:
+    """Write sweep.md, sweep.html, sweep.json and the plot into ``out_dir``; return the recommendation."""
+    from sft_pipeline.report.html import data_uri, markdown_to_html
+
+    def interval(a: BranchRow, b: BranchRow):
+        entry = versus(results[a.branch.name], results[b.branch.name], side_a=TUNED, resamples=resamples,
+                       seed=seed).get(primary) or {}
+        return None if entry.get("low") is None else (entry["low"], entry["high"])
+
+    rec = recommend(rows, primary, direction, interval)
+    image = plot(rows, primary, rows[0].metrics.get(primary, {}), out_dir / SWEEP_PLOT) if rows else None
+    text = markdown(rows, rec, primary, steps=steps, heldout=heldout, command=command,
+                    plot_uri=data_uri(image) if image else None)
+    (out_dir / SWEEP_MD).write_text(text, encoding="utf-8")
+    (out_dir / SWEEP_HTML).write_text(markdown_to_html(text), encoding="utf-8")
+    write_json(out_dir / SWEEP_JSON, {"recommended": rec.best.name if rec.best else None,
+                                      "indistinguishable": [b.name for b in rec.indistinguishable],
+                                      "sentence": rec.sentence,
+                                      "branches": [{"setting": r.branch.name, "rows_kept": r.rows_kept,
+                                                    "tokens_kept": r.tokens_kept, "verdict": r.verdict,
+                                                    "versus_base": r.versus_base, "versus_current": r.versus_current}
+                                                   for r in rows]})
+    return rec
+
+
+def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command: str) -> dict:
+    """Read each branch's evaluation, compare, and write the report under ``<output root>/sweep/<key16>/``.
+
+    ``stage_results`` maps a branch name to its ``{stage: StageResult}``. Returns the markdown, the
+    folder and a small summary (recommendation and per-branch verdicts).
+    """
+    from sft_pipeline import cache, storage
+    from sft_pipeline.artifacts import atomic_dir, json_digest
+    from sft_pipeline.constants import STAGE_EVALUATE, STAGE_FILTER
+    from sft_pipeline.stages import KEY_CHARS
+
+    evals = {b.name: stage_results[b.name][STAGE_EVALUATE] for b in branches}
+    results = {name: read_results(cache.local_dir(cfg, r)) for name, r in evals.items()}
+    current = next(b for b in branches if b.current)
+    resamples, seed = cfg.eval.bootstrap_resamples, cfg.run.seed
+    rows = [branch_row(b, stage_results[b.name][STAGE_FILTER].counts, results[b.name], results[current.name],
+                       resamples=resamples, seed=seed) for b in branches]
+    primary = cfg.eval.gate.primary_metric or "heldout_loss"
+    direction = (rows[0].metrics.get(primary) or {}).get("direction", -1)
+    key = json_digest({"branches": {n: r.key for n, r in evals.items()}, "primary": primary, "code": 1})
+    out = storage.local_root(cfg.run) / "sweep" / key[:KEY_CHARS]
+    with atomic_dir(out) as tmp:
+        rec = write(tmp, rows, primary, direction, steps=cfg.train.max_steps, heldout=heldout.counts.get(
+            "heldout_rows", 0), command=command, resamples=resamples, seed=seed, results=results)
+    text = (out / SWEEP_MD).read_text()
+    summary = {"out_dir": str(out), "recommended": rec.best.name if rec.best else None,
+               "overrides": rec.best.overrides() if rec.best else [], "sentence": rec.sentence,
+               "verdicts": {r.branch.name: r.verdict for r in rows}}
+    return {"markdown": text, "summary": summary}

@@ -1,0 +1,79 @@
+"""The filter sweep: plan, recommendation logic on fixed metric inputs, and a 2-branch run through the flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sft_pipeline import sweep
+from sft_pipeline.config import validate_config
+from sft_pipeline.errors import ConfigError
+from sft_pipeline.sweep import THRESHOLD, Branch, BranchRow
+
+LOSS = "heldout_loss"
+
+
+def cfg_with(**train):
+    return validate_config({"ingest": {"sources": [{"path": "x"}]}, "train": train})
+
+
+def test_plan_adds_the_current_setting_and_needs_a_budget():
+    assert [b.name for b in sweep.plan(cfg_with(max_steps=5), [0.9])] == ["threshold=0.7", "threshold=0.9"]
+    assert [b.current for b in sweep.plan(cfg_with(max_steps=5), [0.7])] == [True]
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        sweep.plan(cfg_with(), [0.5])
+    with pytest.raises(ConfigError, match="at least one setting"):
+        sweep.plan(cfg_with(max_steps=5))
+
+
+def test_heldout_config_keeps_every_row_before_filtering():
+    cfg = sweep.heldout_config(validate_config({"ingest": {"sources": [{"path": "x"}]},
+                                                "filter": {"top_fraction": 0.5}, "tokenize": {"max_rows": 10}}))
+    assert cfg.filter.threshold == 0.0 and cfg.filter.top_fraction is None and cfg.tokenize.max_rows is None
+
+
+def row(value: float, loss: float, verdict: str = "promoted") -> BranchRow:
+    return BranchRow(Branch(THRESHOLD, value, current=value == 0.7), 100, 1000, verdict,
+                     metrics={LOSS: {"tuned": loss}})
+
+
+# Fixed intervals of (b - a) on held-out loss, for the pairs the recommendation asks about.
+INTERVALS = {(0.9, 0.8): (-0.01, 0.03), (0.9, 0.5): (0.02, 0.08), (0.9, 0.7): (0.01, 0.05)}
+
+
+def interval(a: BranchRow, b: BranchRow):
+    return INTERVALS.get((a.branch.value, b.branch.value))
+
+
+def test_recommends_the_best_primary_metric_and_names_the_indistinguishable():
+    rows = [row(0.5, 1.50), row(0.7, 1.46), row(0.8, 1.43), row(0.9, 1.42)]
+    rec = sweep.recommend(rows, LOSS, -1, interval)  # lower loss is better
+    assert rec.best.name == "threshold=0.9"
+    assert [b.name for b in rec.indistinguishable] == ["threshold=0.8"]
+    assert "threshold=0.9 and threshold=0.8 are indistinguishable at this budget" in rec.sentence
+
+
+def test_a_branch_the_gate_rejects_is_never_recommended():
+    rows = [row(0.5, 1.50), row(0.7, 1.46), row(0.9, 1.20, verdict="not_promoted")]
+    rec = sweep.recommend(rows, LOSS, -1, lambda a, b: (0.01, 0.02))
+    assert rec.best.name == "threshold=0.7" and rec.indistinguishable == []
+    assert sweep.recommend([row(0.9, 1.2, "not_promoted")], LOSS, -1, interval).best is None
+
+
+def test_higher_is_better_metrics_pick_the_maximum():
+    rows = [row(0.5, 0.40), row(0.9, 0.55)]
+    assert sweep.recommend(rows, "ifeval_inst_loose", 1, lambda a, b: None).best is None  # no such metric
+    rows = [BranchRow(Branch(THRESHOLD, v), 1, 1, "inconclusive", metrics={"acc": {"tuned": t}})
+            for v, t in ((0.5, 0.40), (0.9, 0.55))]
+    assert sweep.recommend(rows, "acc", 1, lambda a, b: (-0.2, -0.1)).best.name == "threshold=0.9"
+
+
+def test_apply_writes_a_config_with_the_recommended_setting(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("filter:\n  threshold: 0.7\ntrain:\n  max_steps: 10\n")
+    written = sweep.apply(config, Branch(THRESHOLD, 0.9).overrides())
+    assert written == tmp_path / "mine.recommended.yaml"
+    assert yaml.safe_load(written.read_text())["filter"] == {"threshold": 0.9, "top_fraction": None}
+    assert yaml.safe_load(config.read_text())["filter"] == {"threshold": 0.7}  # the original is untouched
