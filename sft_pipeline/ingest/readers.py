@@ -26,12 +26,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sft_pipeline.config import HUB_SCHEME
 from sft_pipeline.errors import InputError
 from sft_pipeline.ingest import reasons as R
 from sft_pipeline.ingest.jsonarray import JsonArrayStream
 from sft_pipeline.ingest.reasons import RawRow, RowReject
 
-HUB_SCHEME = "hub:"
 JSONL, JSON, PARQUET, CSV, TSV = "jsonl", "json", "parquet", "csv", "tsv"
 SUFFIX_KINDS = {".jsonl": JSONL, ".ndjson": JSONL, ".json": JSON, ".parquet": PARQUET, ".pq": PARQUET,
                 ".csv": CSV, ".tsv": TSV}
