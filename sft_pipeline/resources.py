@@ -47,7 +47,8 @@ def package_root(spec: str, package: str) -> Path:
     if package not in _distribution_packages():
         _distribution_packages.cache_clear()  # installed since the first look-up?
         if package not in _distribution_packages():
-            raise InputError(f"{spec}: '{package}' is not an installed distribution's package (see README set-up)")
+            raise InputError(f"{spec}: package '{package}' is not installed: no installed distribution "
+                             f"provides it (see README set-up)")
     spec_found = importlib.util.find_spec(package)  # a top-level name: located, not imported
     if spec_found is None or not spec_found.submodule_search_locations:
         raise InputError(f"{spec}: package '{package}' is not installed as a folder (see README set-up)")

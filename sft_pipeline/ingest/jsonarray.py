@@ -6,6 +6,10 @@ broken element ends (the next ``,`` or ``]`` at depth 0), so one bad element bec
 one reject and parsing resumes after it; an element longer than ``max_row_chars`` is
 skipped by the scanner without being held in memory; the unterminated tail of a cut
 file becomes one ``truncated_json`` reject.
+
+A top-level object that wraps the rows, such as ``{"version": 1, "data": [...]}``, is
+read the same way: its one list-valued member is streamed as the array of rows and its
+other members are skipped; a second list-valued member is a :class:`WrapperError`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ CHUNK_CHARS = 1 << 20
 _SPECIAL = re.compile(r'["\\\[\]{},]')
 _WS = re.compile(r"[ \t\r\n]*")
 _DECODER = json.JSONDecoder()
+
+
+class WrapperError(ValueError):
+    """A top-level JSON object that does not wrap exactly one list of rows."""
 
 
 class SeparatorScanner:
@@ -93,31 +101,69 @@ class JsonArrayStream:
                 return self.buf[self.pos:self.pos + 1]
 
     def __iter__(self) -> Iterator[RawRow]:
-        if self._peek() != "[":
-            raise ValueError("not a JSON array")
-        self.pos += 1
-        index = 0
-        if self._peek() == "]":
-            self.pos += 1
+        first = self._peek()
+        if first == "[":
+            index = yield from self._array(0)
+        elif first == "{":
+            index = yield from self._wrapped()
         else:
-            comma = True
-            while True:
-                if not self._peek():  # file ends right after a comma: nothing was lost
-                    return
-                row = self._element(index)
-                if not comma and row.reject is None:
-                    row = row._replace(reject=RowReject(R.INVALID_JSON, "invalid JSON: missing ',' before element"))
-                yield row
-                index += 1
-                nxt = self._peek()
-                comma = nxt == ","
-                if comma or nxt == "]":
-                    self.pos += 1
-                if nxt == "]" or not nxt:  # closed, or the file ends after a complete element
-                    break
+            raise ValueError("not a JSON array")
         if self._peek():
             tail = self.buf[self.pos:self.pos + self.max_row_chars]
-            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, "data after the closing ']'"))
+            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, f"data after the closing {first!r}"))
+
+    def _array(self, index: int) -> Iterator[RawRow]:
+        """The elements of the array opening at ``self.pos``; returns the next row index."""
+        self.pos += 1
+        if self._peek() == "]":
+            self.pos += 1
+            return index
+        comma = True
+        while self._peek():  # the file may end right after a comma: nothing was lost
+            row = self._element(index)
+            if not comma and row.reject is None:
+                row = row._replace(reject=RowReject(R.INVALID_JSON, "invalid JSON: missing ',' before element"))
+            yield row
+            index += 1
+            nxt = self._peek()
+            comma = nxt == ","
+            if comma or nxt == "]":
+                self.pos += 1
+            if nxt == "]" or not nxt:  # closed, or the file ends after a complete element
+                break
+        return index
+
+    def _wrapped(self) -> Iterator[RawRow]:
+        """The rows of the one list-valued member of the object opening at ``self.pos``."""
+        self.pos += 1
+        rows_key, index = None, 0
+        while (nxt := self._peek()) and nxt != "}":
+            if nxt == ",":
+                self.pos += 1
+                continue
+            key = self._member_value("a member name")
+            if not isinstance(key, str) or self._peek() != ":":
+                raise WrapperError("a JSON object that is not a wrapper of rows (expected \"name\": value)")
+            self.pos += 1
+            if self._peek() != "[":
+                self._member_value(f"member {key!r}")
+            elif rows_key is None:
+                rows_key = key
+                index = yield from self._array(index)
+            else:
+                raise WrapperError(f"a JSON object with more than one list ({rows_key!r}, {key!r}): "
+                                   f"which holds the rows? keep one")
+        self.pos += 1 if nxt else 0
+        if rows_key is None:
+            raise WrapperError("a JSON object with no list of rows (expected e.g. {\"data\": [...]})")
+        return index
+
+    def _member_value(self, what: str) -> object:
+        """Parse and return one non-row value of the wrapper (a name or another member's value)."""
+        row = self._element(-1)
+        if row.reject is not None:
+            raise WrapperError(f"{what}: {row.reject.message}")
+        return row.record
 
     def _element(self, index: int) -> RawRow:
         """Parse one element at ``self.pos``, refilling the buffer as needed."""
