@@ -198,11 +198,31 @@ def test_gzip_utf16_and_wrapper_files_are_read(tmp_path):
     assert convs[49]["messages"][0]["content"] == "question 49"
 
 
-def test_wrapper_with_two_lists_is_refused(tmp_path):
-    path = tmp_path / "two.json"
-    path.write_text(json.dumps({"train": [{"prompt": "q", "completion": "a"}], "test": [{"x": 1}]}, indent=2))
-    with pytest.raises(InputError, match=r"two\.json: .*more than one list"):
+@pytest.mark.parametrize("document, match", [
+    ({"train": [{"prompt": "q", "completion": "a"}], "test": [{"x": 1}]}, "more than one list"),
+    ({"version": 2, "rows": "none"}, "no list of rows"),
+    ({"id": 1, "messages": [{"role": "user", "content": "q"}]}, "one pretty-printed row"),
+])
+def test_wrappers_that_are_not_one_list_of_rows_are_refused(tmp_path, document, match):
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(document, indent=2))
+    with pytest.raises(InputError, match=rf"doc\.json: .*{match}"):
         ingest(tmp_path, path)
+
+
+def test_hostile_sources_through_the_stage_runner(tmp_path):
+    """`run` goes through stages.run_ingest: the same rows are rejects there, not a traceback."""
+    from sft_pipeline import stages
+    from sft_pipeline.config import validate_config
+
+    sur = tmp_path / "sur.jsonl"
+    sur.write_text('{"\\ud800": "x"}\n' + rows_text(2))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"x\xe9,y\n1,2\n")
+    sources = [{"path": str(sur)}, {"path": str(latin)}]
+    cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": sources}})
+    counts = stages.run_ingest(cfg).counts
+    assert (counts["rows_read"], counts["rows_accepted"], counts["rows_rejected"]) == (4, 2, 2)
 
 
 def test_max_row_bytes_applies_to_parquet_without_building_the_cell(tmp_path):

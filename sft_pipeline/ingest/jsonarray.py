@@ -19,6 +19,7 @@ import re
 from typing import Iterator, TextIO
 
 from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest.formats import ROW_FIELDS
 from sft_pipeline.ingest.reasons import RawRow, RowReject
 
 CHUNK_CHARS = 1 << 20
@@ -147,6 +148,9 @@ class JsonArrayStream:
             self.pos += 1
             if self._peek() != "[":
                 self._member_value(f"member {key!r}")
+            elif key in ROW_FIELDS:
+                raise WrapperError(f"one pretty-printed row (its {key!r} list), not a wrapper of rows: "
+                                   f"write rows as JSON lines or a JSON array")
             elif rows_key is None:
                 rows_key = key
                 index = yield from self._array(index)
