@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import zlib
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -265,8 +265,9 @@ def _guarded(rows: Iterator[RawRow], spec: str) -> Iterator[RawRow]:
     """Turn an I/O or decoding failure in the middle of a source into a one-line InputError."""
     count = 0
     try:
-        for row in rows:
-            count += 1
-            yield row
+        with closing(rows):
+            for row in rows:
+                count += 1
+                yield row
     except READ_ERRORS as err:
         raise InputError(f"{spec}: read failed after {count} rows: {first_line(err)}") from None
