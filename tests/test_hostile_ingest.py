@@ -142,16 +142,23 @@ def test_disguised_binary_files_are_one_line(tmp_path, name, content, match):
 
 # 3. Concurrent writers of one --out; --out at a file.
 
-def test_two_cli_ingests_into_one_out_leave_a_readable_whole(tmp_path):
+def test_concurrent_ingests_into_one_out_leave_a_readable_whole(tmp_path):
+    """Three trials of two writers in threads (their writes interleave), then two CLI processes."""
+    from sft_pipeline.cli import main as cli_main
+
     data = tmp_path / "data.jsonl"
-    data.write_text(rows_text(20_000) + "not json\n" * 10)
-    cmd = [sys.executable, "-m", "sft_pipeline.cli", "ingest", str(data), "--out", str(tmp_path / "o")]
+    data.write_text(rows_text(5_000) + "not json\n" * 10)
+    args = ["ingest", str(data), "--out", str(tmp_path / "o")]
     for trial in range(3):
-        procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-        results = [(p.wait(timeout=TIMEOUT_S), p.stderr.read()) for p in procs]
-        assert [rc for rc, _ in results] == [0, 0], results
-        assert table_rows(tmp_path / "o") == (20_000, 10), trial
-        assert pq.read_table(tmp_path / "o" / CONVERSATIONS_FILE).num_rows == 20_000
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(cli_main(args))) for _ in range(2)]
+        [t.start() for t in threads]
+        [t.join(TIMEOUT_S) for t in threads]
+        assert results == [0, 0] and table_rows(tmp_path / "o") == (5_000, 10), trial
+    cmd = [sys.executable, "-m", "sft_pipeline.cli", *args]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [(p.wait(timeout=TIMEOUT_S), p.stderr.read()) for p in procs] == [(0, b""), (0, b"")]
+    assert pq.read_table(tmp_path / "o" / CONVERSATIONS_FILE).num_rows == 5_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "o"]  # no temporary folders left
 
 
