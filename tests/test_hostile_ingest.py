@@ -69,6 +69,11 @@ def test_fifo_is_read_once_without_hanging(tmp_path, name):
     assert table_rows(tmp_path / "o") == (300, 0)
 
 
+def test_endless_devices_are_refused_at_once(tmp_path):
+    proc = cli("ingest", "/dev/zero", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr == b"error: /dev/zero: a device, not a data file or pipe\n"
+
+
 def test_run_refuses_a_pipe_source_at_load(tmp_path):
     """`run` digests sources for its cache key before reading them: a pipe cannot be read twice."""
     fifo = tmp_path / "feed.jsonl"

@@ -1,7 +1,8 @@
 """Open a local source for reading, whatever its name says.
 
-* A pipe, FIFO or device (``/dev/stdin``) is read once, into a temporary file, so that
-  sniffing never consumes rows and nothing is opened twice (a FIFO would wait forever).
+* A pipe or FIFO (``/dev/stdin`` fed by ``cat``) is read once, into a temporary file, so
+  that sniffing never consumes rows and nothing is opened twice (a FIFO would wait forever
+  for a second writer). Devices are refused: ``/dev/zero`` never ends.
 * Compression is recognised by its magic bytes (gzip, bzip2, xz), not by the file name.
 * A UTF-16 or UTF-32 byte order mark makes the text be transcoded: readers always get
   UTF-8 bytes (a UTF-8 BOM is left for them to strip).
@@ -14,11 +15,14 @@ import gzip
 import io
 import lzma
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
+
+from sft_pipeline.errors import InputError
 
 COMPRESSIONS: dict[bytes, Callable[..., IO[bytes]]] = {
     b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open,
@@ -120,13 +124,24 @@ class Utf8Recoder(io.RawIOBase):
 
 
 def is_stream(path: Path) -> bool:
-    """True for an existing path that is neither a regular file nor a folder (pipe, FIFO, device)."""
-    return path.exists() and not (path.is_file() or path.is_dir())
+    """True for a pipe, FIFO or socket (``/dev/stdin`` fed by ``cat``): readable once only.
+
+    >>> is_stream(Path("/dev/null")), is_stream(Path(__file__))
+    (False, False)
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 @contextmanager
-def readable_path(path: Path) -> Iterator[Path]:
-    """``path`` itself, or for a stream a temporary copy (same name) read from it exactly once."""
+def readable_path(path: Path, spec: str) -> Iterator[Path]:
+    """``path`` itself, or for a stream a temporary copy (same name) read from it exactly once.
+    Devices (a terminal on stdin, ``/dev/zero``, a disk) are refused: they need not ever end."""
+    if path.is_char_device() or path.is_block_device():
+        raise InputError(f"{spec}: a device, not a data file or pipe")
     if not is_stream(path):
         yield path
         return

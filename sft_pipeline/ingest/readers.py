@@ -248,7 +248,7 @@ def read_source(spec: str, path: Path | None, *, split: str, max_row_bytes: int,
 
 
 def _read_file(path: Path, spec: str, max_row_bytes: int, batch_rows: int) -> Iterator[RawRow]:
-    with readable_path(path) as local:
+    with readable_path(path, spec) as local:
         try:
             kind, layout = sniff_kind(local, spec)
         except READ_ERRORS as err:
