@@ -202,6 +202,7 @@ def test_gzip_utf16_and_wrapper_files_are_read(tmp_path):
         "wrap_gz.json": gzip.compress(json.dumps({"data": records}, indent=1).encode("utf-16")),
         "jq.json": "\n".join(json.dumps(r, indent=2) for r in records).encode(),  # `jq . rows.jsonl`
         "empty_first.json": json.dumps({"tags": ["a"], "data": records, "n": [1]}, indent=2).encode(),
+        "bracket.csv": ("[id],prompt,completion\n" + "1,q,a\n" * 50).encode(),  # the name decides, not '['
     }
     paths = []
     for name, content in files.items():

@@ -1,12 +1,14 @@
 """Open one configured source and stream its records as :class:`RawRow` s.
 
-Supported: JSONL (``.jsonl``/``.ndjson``), JSON (an array, JSON lines, or a pretty-printed
-object wrapping one list of rows such as ``{"data": [...]}``), Parquet, CSV/TSV, a folder
+Supported: JSONL (``.jsonl``/``.ndjson``), JSON (an array, JSON lines, a pretty-printed
+object wrapping one list of rows such as ``{"data": [...]}``, or pretty-printed row objects
+one after another as ``jq`` writes them), Parquet, CSV/TSV, a folder
 written by ``datasets`` ``save_to_disk`` (Dataset, or DatasetDict + ``split``) and
-``hub:ORG/NAME[:CONFIG]`` (streamed with ``datasets.load_dataset``). The kind comes from the
-content where it can (Parquet and ZIP magic, ``[``/``{``), else from the name; gzip/bzip2/xz
-compression and UTF-16/32 byte order marks are recognised whatever the name (opening.py).
-Pipes, FIFOs and devices are read once into a temporary file first.
+``hub:ORG/NAME[:CONFIG]`` (streamed with ``datasets.load_dataset``). Parquet and ZIP magic
+bytes decide whatever the name; then a ``.csv``/``.tsv`` name; then the first character
+(``[`` or ``{``: JSON, see :func:`is_document`); gzip/bzip2/xz compression and UTF-16/32 byte
+order marks are recognised whatever the name (opening.py). Pipes and FIFOs are read once
+into a temporary file first; devices are refused.
 
 ``RawRow.index`` (stored as ``source_row``) is the 0-based record index: the line
 index for JSON lines (blank lines are not rows but do advance the index), the element
@@ -90,16 +92,16 @@ def sniff_kind(path: Path, spec: str) -> tuple[str, Layout]:
         raise InputError(f"{spec}: a ZIP archive (a spreadsheet or zipped folder?), not a data file: "
                          f"export or unzip it first")
     if head.startswith(PARQUET_MAGIC) or kind == PARQUET:
-        if layout.compression or layout.encoding:
+        if layout.compression:
             raise InputError(f"{spec}: compressed Parquet: decompress it first")
         return PARQUET, layout
     if b"\x00" in head and kind is not None:
         raise InputError(f"{spec}: binary data (NUL bytes), not {kind} text (UTF-16 needs a byte order mark)")
+    if kind in (CSV, TSV):
+        return kind, layout
     start = head.lstrip()[:1]
     if start == b"[" or (start == b"{" and is_document(head)):
         return JSON, layout
-    if kind in (CSV, TSV):
-        return kind, layout
     if start == b"{" or kind == JSONL:
         return JSONL, layout
     if kind == JSON:
