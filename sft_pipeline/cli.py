@@ -25,12 +25,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from sft_pipeline.config import IngestConfig, SourceConfig
-    from sft_pipeline.ingest import format_summary, ingest_sources
+    from sft_pipeline.ingest import format_summary
+    from sft_pipeline.ingest.output import ingest_into
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = IngestConfig(sources=[SourceConfig(path=p, format=args.format) for p in args.inputs])
-    print(format_summary(ingest_sources(cfg, out)))
+    print(format_summary(ingest_into(cfg, out)))
     print(f"wrote {out / C.CONVERSATIONS_FILE} and {out / C.REJECTS_FILE}")
     return 0
 

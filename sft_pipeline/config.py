@@ -19,6 +19,9 @@ from sft_pipeline.errors import ConfigError
 from sft_pipeline.urls import check_url, is_url
 
 
+SEED_LIMIT = 2**32  # run.seed must be below this
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -28,7 +31,7 @@ class RunConfig(Section):
     # then written to a local working copy (local_dir; default under ~/.cache/sft-pipeline) and published.
     output_dir: str = "runs"
     local_dir: str | None = None
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, lt=SEED_LIMIT)  # numpy, torch and CUDA seeds must fit 32 unsigned bits
     # Prefect results and cache records: an fsspec URL (s3://bucket/prefix) or a saved storage
     # block's slug (remote-file-system/shared); default: <output_dir>/.prefect-results.
     result_storage: str | None = None
@@ -65,6 +68,9 @@ class ModelConfig(Section):
 # Canonical field names a source's field_map may rename (see sft_pipeline.ingest.formats).
 MappableField = Literal["instruction", "input", "output", "system", "history", "conversations", "messages",
                         "prompt", "completion", "role", "content"]
+
+
+HUB_SCHEME = "hub:"  # prefix of a source streamed from the hub with datasets.load_dataset
 
 
 class SourceConfig(Section):
@@ -297,16 +303,42 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     origin = str(path) if path else "<defaults>"
     if path is not None:
         try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            tree = yaml.safe_load(read_config_text(path)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     for item in overrides or []:
         apply_override(tree, *parse_override(item))
-    return validate_config(tree, origin)
+    cfg = validate_config(tree, origin)
+    check_source_files(cfg, origin)
+    return cfg
+
+
+def read_config_text(path: str | Path) -> str:
+    """The config file's text; a missing, unreadable or non-UTF-8 file is one ConfigError line."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+
+
+def check_source_files(cfg: PipelineConfig, origin: str) -> None:
+    """Refuse local sources that are pipes, FIFOs or devices: a run digests each source for its cache
+    key before ingest reads it, and a retry reads it again; a stream cannot be read twice."""
+    for i, src in enumerate(cfg.ingest.sources):
+        if src.path.startswith((HUB_SCHEME, C.PACKAGE_SCHEME)):  # a hub id, or a file inside a package
+            continue
+        path = Path(src.path).expanduser()
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            raise ConfigError(f"{origin}: ingest.sources.{i}.path: {src.path} is not a regular file (a pipe or "
+                              "device cannot be read twice); save it to a file, or use `sft-pipeline ingest`")
 
 
 def validate_config(tree: dict, origin: str = "<config>") -> PipelineConfig:

@@ -1,7 +1,14 @@
-"""Resolve paths that point inside installed packages (``package:NAME/rel/path``)."""
+"""Resolve paths that point inside installed packages (``package:NAME/rel/path``).
+
+``NAME`` must be the top-level import name of an installed distribution (``pip show`` lists it;
+the standard library does not count) and is located without being imported; the resolved
+path must stay inside that package's own folder (no ``..``, absolute parts or symlinks out).
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
@@ -27,20 +34,41 @@ def is_package_path(spec: str) -> bool:
     return spec.startswith(PACKAGE_SCHEME)
 
 
+@functools.cache
+def _distribution_packages() -> frozenset[str]:
+    """Top-level import names provided by installed distributions."""
+    return frozenset(importlib.metadata.packages_distributions())
+
+
+def package_root(spec: str, package: str) -> Path:
+    """The folder of the installed, distributed package ``package``, found without importing it."""
+    if not package.isidentifier():
+        raise InputError(f"{spec}: {package!r} is not a package name (one top-level name, no dots)")
+    if package not in _distribution_packages():
+        _distribution_packages.cache_clear()  # installed since the first look-up?
+        if package not in _distribution_packages():
+            raise InputError(f"{spec}: package '{package}' is not installed: no installed distribution "
+                             f"provides it (see README set-up)")
+    spec_found = importlib.util.find_spec(package)  # a top-level name: located, not imported
+    if spec_found is None or not spec_found.submodule_search_locations:
+        raise InputError(f"{spec}: package '{package}' is not installed as a folder (see README set-up)")
+    return Path(list(spec_found.submodule_search_locations)[0]).resolve()
+
+
 def resolve_path(spec: str | Path) -> Path:
     """Turn ``package:NAME/rel`` into a real path inside the installed package ``NAME``.
 
-    Plain paths are returned as given (expanded). Raises InputError when the package
-    is not installed or the file is missing.
+    Plain paths are returned as given (expanded). Raises InputError when the package is not
+    an installed distribution, the path leaves the package's folder, or the file is missing.
     """
     spec = str(spec)
     if not is_package_path(spec):
         return Path(spec).expanduser()
     package, _, rel = spec[len(PACKAGE_SCHEME):].partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise InputError(f"{spec}: package '{package}' is not installed (see README set-up)")
-    path = Path(list(found.submodule_search_locations)[0]) / rel
+    root = package_root(spec, package)
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise InputError(f"{spec}: resolves to {path}, outside package '{package}' ({root})")
     if not path.exists():
         raise InputError(f"{spec}: no such file in package '{package}'")
     return path

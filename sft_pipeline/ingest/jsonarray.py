@@ -6,6 +6,13 @@ broken element ends (the next ``,`` or ``]`` at depth 0), so one bad element bec
 one reject and parsing resumes after it; an element longer than ``max_row_chars`` is
 skipped by the scanner without being held in memory; the unterminated tail of a cut
 file becomes one ``truncated_json`` reject.
+
+A top-level object is either a wrapper of rows, such as ``{"version": 1, "data": [...]}``
+(its one list of objects, under a name that is not a row field such as ``messages``, is
+streamed as the array of rows; its other members are dropped), or the first of a sequence
+of objects that are rows themselves (``jq``'s pretty-printed output). A wrapper with a
+second list of objects, or a damaged object in such a sequence, is a :class:`WrapperError`: one line
+for the whole file, since the rows it would hold cannot be counted.
 """
 
 from __future__ import annotations
@@ -15,12 +22,17 @@ import re
 from typing import Iterator, TextIO
 
 from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest.formats import ROW_FIELDS
 from sft_pipeline.ingest.reasons import RawRow, RowReject
 
 CHUNK_CHARS = 1 << 20
 _SPECIAL = re.compile(r'["\\\[\]{},]')
 _WS = re.compile(r"[ \t\r\n]*")
 _DECODER = json.JSONDecoder()
+
+
+class WrapperError(ValueError):
+    """A top-level JSON object that does not wrap exactly one list of rows."""
 
 
 class SeparatorScanner:
@@ -93,31 +105,89 @@ class JsonArrayStream:
                 return self.buf[self.pos:self.pos + 1]
 
     def __iter__(self) -> Iterator[RawRow]:
-        if self._peek() != "[":
-            raise ValueError("not a JSON array")
-        self.pos += 1
-        index = 0
-        if self._peek() == "]":
-            self.pos += 1
+        first = self._peek()
+        if first == "[":
+            index = yield from self._array(0)
+        elif first == "{":
+            index = yield from self._objects()
         else:
-            comma = True
-            while True:
-                if not self._peek():  # file ends right after a comma: nothing was lost
-                    return
-                row = self._element(index)
-                if not comma and row.reject is None:
-                    row = row._replace(reject=RowReject(R.INVALID_JSON, "invalid JSON: missing ',' before element"))
-                yield row
-                index += 1
-                nxt = self._peek()
-                comma = nxt == ","
-                if comma or nxt == "]":
-                    self.pos += 1
-                if nxt == "]" or not nxt:  # closed, or the file ends after a complete element
-                    break
+            raise ValueError("not a JSON array")
         if self._peek():
             tail = self.buf[self.pos:self.pos + self.max_row_chars]
-            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, "data after the closing ']'"))
+            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, "data after the end of the JSON document"))
+
+    def _array(self, index: int) -> Iterator[RawRow]:
+        """The elements of the array opening at ``self.pos``; returns the next row index."""
+        self.pos += 1
+        if self._peek() == "]":
+            self.pos += 1
+            return index
+        comma = True
+        while self._peek():  # the file may end right after a comma: nothing was lost
+            row = self._element(index)
+            if not comma and row.reject is None:
+                row = row._replace(reject=RowReject(R.INVALID_JSON, "invalid JSON: missing ',' before element"))
+            yield row
+            index += 1
+            nxt = self._peek()
+            comma = nxt == ","
+            if comma or nxt == "]":
+                self.pos += 1
+            if nxt == "]" or not nxt:  # closed, or the file ends after a complete element
+                break
+        return index
+
+    def _objects(self) -> Iterator[RawRow]:
+        """A wrapper's rows, or each object of a sequence as one row; returns the next row index."""
+        index = 0
+        while self._peek() == "{":
+            record, index = yield from self._object(index)
+            if record is None:  # a wrapper: its rows were streamed
+                break
+            yield RawRow(index, record)
+            index += 1
+        return index
+
+    def _object(self, index: int) -> Iterator[RawRow]:
+        """Parse the object at ``self.pos``. Returns (None, next index) when it wrapped rows, which
+        were streamed, or (the object, index) when it is a row itself."""
+        self.pos += 1
+        members, rows_key = {}, None
+        while (nxt := self._peek()) and nxt != "}":
+            if nxt == ",":
+                self.pos += 1
+                continue
+            key = self._member_value("a member name")
+            if not isinstance(key, str) or self._peek() != ":":
+                raise WrapperError("a JSON object whose members are not \"name\": value")
+            self.pos += 1
+            is_list = self._peek() == "["
+            if is_list and rows_key is None and index == 0 and key not in ROW_FIELDS and self._rows_follow():
+                rows_key = key
+                index = yield from self._array(index)
+            elif is_list and rows_key is not None and self._rows_follow():
+                raise WrapperError(f"a JSON object with more than one list of objects ({rows_key!r}, {key!r}): "
+                                   f"which holds the rows? keep one")
+            else:
+                members[key] = self._member_value(f"member {key!r}")
+        self.pos += 1 if nxt else 0
+        return (None if rows_key is not None else members), index
+
+    def _rows_follow(self) -> bool:
+        """Whether a list of objects (or an empty list) starts at the next character."""
+        if self._peek() != "[":
+            return False
+        while True:
+            after = _WS.match(self.buf, self.pos + 1).end()
+            if after < len(self.buf) or not self._fill():
+                return self.buf[after:after + 1] in ("{", "]")
+
+    def _member_value(self, what: str) -> object:
+        """Parse and return one non-row value of the wrapper (a name or another member's value)."""
+        row = self._element(-1)
+        if row.reject is not None:
+            raise WrapperError(f"{what}: {row.reject.message}")
+        return row.record
 
     def _element(self, index: int) -> RawRow:
         """Parse one element at ``self.pos``, refilling the buffer as needed."""

@@ -1,9 +1,14 @@
 """Open one configured source and stream its records as :class:`RawRow` s.
 
-Supported: JSONL (``.jsonl``/``.ndjson``), JSON array or JSON lines (``.json``), Parquet,
-CSV/TSV (optionally ``.gz``-compressed text), a folder written by ``datasets``
-``save_to_disk`` (Dataset, or DatasetDict + ``split``) and ``hub:ORG/NAME[:CONFIG]``
-(streamed with ``datasets.load_dataset``). Files of other names are sniffed.
+Supported: JSONL (``.jsonl``/``.ndjson``), JSON (an array, JSON lines, a pretty-printed
+object wrapping one list of rows such as ``{"data": [...]}``, or pretty-printed row objects
+one after another as ``jq`` writes them), Parquet, CSV/TSV, a folder
+written by ``datasets`` ``save_to_disk`` (Dataset, or DatasetDict + ``split``) and
+``hub:ORG/NAME[:CONFIG]`` (streamed with ``datasets.load_dataset``). Parquet and ZIP magic
+bytes decide whatever the name; then a ``.csv``/``.tsv`` name; then the first character
+(``[`` or ``{``: JSON, see :func:`is_document`); gzip/bzip2/xz compression and UTF-16/32 byte
+order marks are recognised whatever the name (opening.py). Pipes and FIFOs are read once
+into a temporary file first; devices are refused.
 
 ``RawRow.index`` (stored as ``source_row``) is the 0-based record index: the line
 index for JSON lines (blank lines are not rows but do advance the index), the element
@@ -14,69 +19,91 @@ for Parquet and ``datasets``. A source that cannot be read at all raises InputEr
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import zlib
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from sft_pipeline.config import HUB_SCHEME
 from sft_pipeline.errors import InputError
 from sft_pipeline.ingest import reasons as R
-from sft_pipeline.ingest.jsonarray import JsonArrayStream
-from sft_pipeline.ingest.reasons import RawRow, RowReject
+from sft_pipeline.ingest.columnar import read_parquet, table_rows
+from sft_pipeline.ingest.jsonarray import JsonArrayStream, WrapperError
+from sft_pipeline.ingest.opening import SNIFF_BYTES, ZIP_MAGIC, Layout, open_utf8, readable_path, sniff_layout
+from sft_pipeline.ingest.reasons import RawRow, RowReject, first_line
 
-HUB_SCHEME = "hub:"
 JSONL, JSON, PARQUET, CSV, TSV = "jsonl", "json", "parquet", "csv", "tsv"
 SUFFIX_KINDS = {".jsonl": JSONL, ".ndjson": JSONL, ".json": JSON, ".parquet": PARQUET, ".pq": PARQUET,
                 ".csv": CSV, ".tsv": TSV}
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 PARQUET_MAGIC = b"PAR1"
 BOM = b"\xef\xbb\xbf"
-SNIFF_BYTES = 4096
 SKIP_CHUNK = 1 << 20
 TEXT_ENCODING = "utf-8-sig"  # strips a leading BOM
-READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException)
+READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowException, UnicodeDecodeError)
+DOCUMENT_LINE_ENDS = (b"{", b"[", b":", b",")  # a first line ending so opens a pretty-printed document
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (never empty).
-
-    >>> first_line(ValueError("bad thing\\nmore detail"))
-    'bad thing'
-    """
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def open_text(path: Path) -> IO[str]:
+def open_text(path: Path, layout: Layout) -> IO[str]:
     """Text with a BOM stripped; undecodable bytes survive as surrogates (rejected per row later)."""
-    return io.TextIOWrapper(open_binary(path), encoding=TEXT_ENCODING, errors="surrogateescape", newline="")
+    return io.TextIOWrapper(open_utf8(path, layout), encoding=TEXT_ENCODING, errors="surrogateescape", newline="")
 
 
-def sniff_kind(path: Path, spec: str) -> str:
-    """The file kind from its suffix (ignoring ``.gz``), refined or guessed from its first bytes."""
-    suffix = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
-    kind = SUFFIX_KINDS.get(suffix.lower())
-    with open_binary(path) as fh:
-        head = fh.read(SNIFF_BYTES)
-    if not head.removeprefix(BOM).strip():
+def name_kind(path: Path) -> str | None:
+    """The kind a file's name announces, ignoring a compression suffix.
+
+    >>> name_kind(Path("a.jsonl.gz")), name_kind(Path("b.CSV")), name_kind(Path("stdin"))
+    ('jsonl', 'csv', None)
+    """
+    suffix = Path(path.stem).suffix if path.suffix in COMPRESSED_SUFFIXES else path.suffix
+    return SUFFIX_KINDS.get(suffix.lower())
+
+
+def is_document(head: bytes) -> bool:
+    """Whether text starting with ``{`` is one pretty-printed JSON document rather than JSON lines:
+    its first line does not parse and ends where a document's opening line does.
+
+    >>> is_document(b'{\\n  "data": [\\n'), is_document(b'{"a": 1}\\n{"a": 2}\\n'), is_document(b'{"a": [1,')
+    (True, False, False)
+    """
+    text = head.lstrip()
+    if b"\n" not in text:
+        return False
+    first = text.split(b"\n", 1)[0].strip()
+    try:
+        orjson.loads(first)
+        return False
+    except orjson.JSONDecodeError:
+        return first.endswith(DOCUMENT_LINE_ENDS)
+
+
+def sniff_kind(path: Path, spec: str) -> tuple[str, Layout]:
+    """The file kind (from its content, else its name) and how to open it."""
+    kind, layout = name_kind(path), sniff_layout(path)
+    head = layout.head.removeprefix(BOM)
+    if not head.strip():
         raise InputError(f"{spec}: file is empty")
-    if kind in (PARQUET, CSV, TSV) or (kind is None and head.startswith(PARQUET_MAGIC)):
-        return kind or PARQUET
-    start = head.removeprefix(BOM).lstrip()[:1]
-    if start == b"[":
-        return JSON
+    if head.startswith(ZIP_MAGIC):
+        raise InputError(f"{spec}: a ZIP archive (a spreadsheet or zipped folder?), not a data file: "
+                         f"export or unzip it first")
+    if head.startswith(PARQUET_MAGIC) or kind == PARQUET:
+        if layout.compression:
+            raise InputError(f"{spec}: compressed Parquet: decompress it first")
+        return PARQUET, layout
+    if b"\x00" in head and kind is not None:
+        raise InputError(f"{spec}: binary data (NUL bytes), not {kind} text (UTF-16 needs a byte order mark)")
+    if kind in (CSV, TSV):
+        return kind, layout
+    start = head.lstrip()[:1]
+    if start == b"[" or (start == b"{" and is_document(head)):
+        return JSON, layout
     if start == b"{" or kind == JSONL:
-        return JSONL
+        return JSONL, layout
     if kind == JSON:
         raise InputError(f"{spec}: not a JSON array or JSON lines file (starts with {start!r})")
     raise InputError(f"{spec}: unsupported file type (expected .jsonl, .json, .parquet, .csv, .tsv "
@@ -124,19 +151,22 @@ def _parse_json_line(index: int, line: bytes) -> RawRow:
     return RawRow(index, raw=line, reject=reject)
 
 
-def read_json(path: Path, kind: str, max_row_bytes: int) -> Iterator[RawRow]:
-    """A ``[...]`` array (streamed element by element) or JSON lines."""
+def read_json(path: Path, spec: str, kind: str, layout: Layout, max_row_bytes: int) -> Iterator[RawRow]:
+    """JSON lines, a ``[...]`` array or a wrapper object around one (streamed element by element)."""
     if kind == JSONL:
-        with open_binary(path) as fh:
+        with open_utf8(path, layout) as fh:
             yield from read_jsonl(fh, max_row_bytes)
         return
-    with open_text(path) as fh:
-        yield from JsonArrayStream(fh, max_row_bytes)
+    with open_text(path, layout) as fh:
+        try:
+            yield from JsonArrayStream(fh, max_row_bytes)
+        except WrapperError as err:
+            raise InputError(f"{spec}: {err}") from None
 
 
-def read_csv(path: Path, spec: str, delimiter: str, max_row_bytes: int) -> Iterator[RawRow]:
+def read_csv(path: Path, spec: str, delimiter: str, layout: Layout, max_row_bytes: int) -> Iterator[RawRow]:
     """Rows as ``{header: value}``; a malformed record or wrong field count is a ``bad_csv_row``."""
-    with open_text(path) as fh, _csv_field_limit(max_row_bytes):
+    with open_text(path, layout) as fh, _csv_field_limit(max_row_bytes):
         reader = csv.reader(fh, delimiter=delimiter, strict=True)
         try:
             header = next(reader)
@@ -174,23 +204,7 @@ def _csv_field_limit(limit: int) -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-def read_parquet(path: Path, spec: str, batch_rows: int) -> Iterator[RawRow]:
-    try:
-        pf = pq.ParquetFile(path)
-    except READ_ERRORS as err:
-        raise InputError(f"{spec}: not a readable Parquet file: {first_line(err)}") from None
-    yield from _table_rows(pf.iter_batches(batch_size=batch_rows))
-
-
-def _table_rows(batches: Iterator[pa.RecordBatch | pa.Table]) -> Iterator[RawRow]:
-    index = 0
-    for batch in batches:
-        for record in batch.to_pylist():
-            yield RawRow(index, record)
-            index += 1
-
-
-def read_datasets_dir(path: Path, spec: str, split: str, batch_rows: int) -> Iterator[RawRow]:
+def read_datasets_dir(path: Path, spec: str, split: str, batch_rows: int, max_row_bytes: int) -> Iterator[RawRow]:
     """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
     import datasets
 
@@ -205,7 +219,7 @@ def read_datasets_dir(path: Path, spec: str, split: str, batch_rows: int) -> Ite
         if split not in ds:
             raise InputError(f"{spec}: no split {split!r} (available: {', '.join(ds)})")
         ds = ds[split]
-    yield from _table_rows(ds.with_format("arrow").iter(batch_size=batch_rows))
+    yield from table_rows(ds.with_format("arrow").iter(batch_size=batch_rows), max_row_bytes)
 
 
 def read_hub(spec: str, split: str) -> Iterator[RawRow]:
@@ -229,30 +243,33 @@ def read_source(spec: str, path: Path | None, *, split: str, max_row_bytes: int,
     elif path is None or not path.exists():
         raise InputError(f"{spec}: no such file or directory")
     elif path.is_dir():
-        rows = read_datasets_dir(path, spec, split, batch_rows)
+        rows = read_datasets_dir(path, spec, split, batch_rows, max_row_bytes)
     else:
         rows = _read_file(path, spec, max_row_bytes, batch_rows)
     return _guarded(rows, spec)
 
 
 def _read_file(path: Path, spec: str, max_row_bytes: int, batch_rows: int) -> Iterator[RawRow]:
-    try:
-        kind = sniff_kind(path, spec)
-    except READ_ERRORS as err:
-        raise InputError(f"{spec}: cannot read: {first_line(err)}") from None
-    if kind == PARQUET:
-        return read_parquet(path, spec, batch_rows)
-    if kind in (CSV, TSV):
-        return read_csv(path, spec, "\t" if kind == TSV else ",", max_row_bytes)
-    return read_json(path, kind, max_row_bytes)
+    with readable_path(path, spec) as local:
+        try:
+            kind, layout = sniff_kind(local, spec)
+        except READ_ERRORS as err:
+            raise InputError(f"{spec}: cannot read: {first_line(err)}") from None
+        if kind == PARQUET:
+            yield from read_parquet(local, spec, batch_rows, max_row_bytes)
+        elif kind in (CSV, TSV):
+            yield from read_csv(local, spec, "\t" if kind == TSV else ",", layout, max_row_bytes)
+        else:
+            yield from read_json(local, spec, kind, layout, max_row_bytes)
 
 
 def _guarded(rows: Iterator[RawRow], spec: str) -> Iterator[RawRow]:
     """Turn an I/O or decoding failure in the middle of a source into a one-line InputError."""
     count = 0
     try:
-        for row in rows:
-            count += 1
-            yield row
+        with closing(rows):
+            for row in rows:
+                count += 1
+                yield row
     except READ_ERRORS as err:
         raise InputError(f"{spec}: read failed after {count} rows: {first_line(err)}") from None

@@ -3,6 +3,12 @@
 Rows stream through reader -> format conversion -> validation -> a batched Parquet
 writer, so memory stays bounded by ``batch_rows``. Every row read is either accepted or
 rejected with a reason; the returned summary proves it per source and in total.
+
+Where rows can be counted, damage is per row: a bad row, a row too large, an undecodable
+Parquet row group (its rows) are rejects. Where they cannot (a missing, empty, binary or
+ZIP file, a Parquet footer that does not parse, a compressed stream cut short), the whole
+stage stops with one InputError line naming the source and writes nothing: a run never
+trains on a silently partial corpus.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,20 +82,21 @@ def ingest_source(src: SourceConfig, cfg: IngestConfig, convs: BatchWriter, reje
     path = None if src.path.startswith(HUB_SCHEME) else resolve_path(src.path)
     rows = read_source(src.path, path, split=src.split, max_row_bytes=cfg.max_row_bytes, batch_rows=cfg.batch_rows)
     keys, stats = MessageKeys(src.field_map), SourceStats(src.path)
-    for row in itertools.islice(rows, src.limit):
-        stats.rows_read += 1
-        try:
-            fmt, messages, metadata = convert_row(row, src, keys, cfg)
-        except RowReject as rej:
-            rejects.append(source=src.path, source_row=row.index, reason=rej.reason, message=rej.message,
-                           raw=raw_text(row))
-            stats.rows_rejected += 1
-            stats.rejects_by_reason[rej.reason] += 1
-            continue
-        convs.append(id=conversation_id(messages), source=src.path, source_row=row.index, format=fmt,
-                     messages=messages, metadata=metadata_json(metadata))
-        stats.rows_accepted += 1
-        stats.formats[fmt] += 1
+    with closing(rows):  # at `limit`, close the reader now (its file, a pipe's temporary copy)
+        for row in itertools.islice(rows, src.limit):
+            stats.rows_read += 1
+            try:
+                fmt, messages, metadata = convert_row(row, src, keys, cfg)
+            except RowReject as rej:
+                rejects.append(source=src.path, source_row=row.index, reason=rej.reason, message=rej.message,
+                               raw=raw_text(row))
+                stats.rows_rejected += 1
+                stats.rejects_by_reason[rej.reason] += 1
+                continue
+            convs.append(id=conversation_id(messages), source=src.path, source_row=row.index, format=fmt,
+                         messages=messages, metadata=metadata_json(metadata))
+            stats.rows_accepted += 1
+            stats.formats[fmt] += 1
     return stats
 
 

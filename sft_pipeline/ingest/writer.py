@@ -47,6 +47,21 @@ def excerpt(raw: Any, limit: int = RAW_EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...[truncated]"
 
 
+def encodable(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8 (lone surrogates become ``\\udXXX`` escapes).
+
+    >>> encodable({"k\\ud800": ["ok", "\\udcff"]})
+    {'k\\\\ud800': ['ok', '\\\\udcff']}
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encodable(v) for v in value]
+    return value
+
+
 class BatchWriter:
     """Buffer rows as columns and write one Parquet row group every ``batch_rows`` rows."""
 
@@ -67,7 +82,10 @@ class BatchWriter:
         n = len(self._columns[self.schema.names[0]])
         if not n:
             return
-        table = pa.Table.from_pydict(self._columns, schema=self.schema)
+        try:
+            table = pa.Table.from_pydict(self._columns, schema=self.schema)
+        except UnicodeEncodeError:  # a lone surrogate in a name or message: escape, never lose the row
+            table = pa.Table.from_pydict(encodable(self._columns), schema=self.schema)
         self._writer.write_table(table)
         self.rows_written += n
         self._columns = {name: [] for name in self.schema.names}
