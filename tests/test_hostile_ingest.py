@@ -230,8 +230,8 @@ def test_documents_that_are_not_one_list_of_rows(tmp_path):
 
 
 def test_hostile_sources_through_the_stage_runner(tmp_path):
-    """`run` goes through stages.run_ingest: the same rows are rejects there, not a traceback."""
-    from sft_pipeline import stages
+    """`run` goes through the stage runner: the same rows are rejects there, not a traceback."""
+    from sft_pipeline import cache, stages
     from sft_pipeline.config import validate_config
 
     sur = tmp_path / "sur.jsonl"
@@ -240,7 +240,7 @@ def test_hostile_sources_through_the_stage_runner(tmp_path):
     latin.write_bytes(b"x\xe9,y\n1,2\n")
     sources = [{"path": str(sur)}, {"path": str(latin)}]
     cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": sources}})
-    counts = stages.run_ingest(cfg).counts
+    counts = cache.run(stages.get("ingest"), cfg).counts
     assert (counts["rows_read"], counts["rows_accepted"], counts["rows_rejected"]) == (4, 2, 2)
 
 
