@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 COMPLETED = "Completed"  # a flow state named otherwise carries the evaluation's verdict
@@ -12,7 +13,33 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "TOKENIZERS_PARALLELISM": "false",
+    # Prefect's temporary server must answer within this many seconds (its default of 20 is too short
+    # for a busy 2-core machine, where it failed with a traceback).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (Prefect marks the run crashed, the temporary server is stopped), then exit."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_now() -> None:
+    """Stop Prefect's temporary server (if this process started one) and exit at once, with one line.
+
+    Exiting normally would first wait for the task threads to finish their work (a training run).
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().stop()  # the temporary server's singleton, as Prefect's own fixtures stop it
+    print("error: terminated (SIGTERM); the run was stopped, completed stages stay cached", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(EXIT_TERMINATED)
 
 
 def quiet() -> None:
@@ -101,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--apply", action="store_true", help="write CONFIG.recommended.yaml with the recommended setting")
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
-    return cli.run_command(args.func, args)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return cli.run_command(args.func, args)
+    except Terminated:
+        stop_now()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""`sft-pipeline run` stopped with SIGTERM exits promptly, with one line, and leaves no Prefect server behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "deployments" / "configs" / "tiny.yaml"
+STARTED = "Task run 'ingest"  # the flow is running, so the temporary server is up
+WAIT_S = 300
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_run_and_its_temporary_server(tiny_model_dir, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--config", str(TINY), "--set", f"run.output_dir={tmp_path}",
+           "--set", f"model.name_or_path={tiny_model_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, deadline = [], time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and not any(STARTED in line for line in lines):
+        lines.append(proc.stdout.readline())
+    assert any(STARTED in line for line in lines), "".join(lines)
+    server = children(proc.pid)
+    assert server, "no temporary Prefect server was started"
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    rest, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert rest.strip().splitlines()[-1] == ("error: terminated (SIGTERM); the run was stopped, "
+                                              "completed stages stay cached")
+    time.sleep(2)
+    assert not [pid for pid in server if alive(pid)], "the temporary server outlived the run"
