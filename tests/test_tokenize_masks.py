@@ -229,3 +229,21 @@ def test_template_without_any_assistant_content_is_refused(tok):
     tokenizer = with_template(tok, "smolvlm")
     with pytest.raises(ConfigError, match="does not appear in its rendering"):
         learn_template(tokenizer)
+
+
+def test_template_without_any_end_of_turn_marker_is_refused(tok):
+    tokenizer = copy.deepcopy(tok)
+    # Nothing but whitespace after any assistant turn: no stop marker to supervise or to append.
+    tokenizer.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    with pytest.raises(ConfigError, match="no end-of-turn marker after non-final assistant turns"):
+        learn_template(tokenizer)
+
+
+def test_appended_marker_only_after_a_final_assistant_turn(tok):
+    tokenizer = with_template(copy.deepcopy(tok), "glm4moe")
+    info = learn_template(tokenizer)
+    assert (info.appended, info.mid_marker, info.last_marker) == ("<|user|>",) * 3
+    ends_with_user = CONVERSATION[1:4]
+    text = tokenizer.apply_chat_template(ends_with_user, tokenize=False)
+    assert info.finish(text, ends_with_user) == text
+    assert supervised_texts(tokenizer, encode_conversation(ends_with_user, tokenizer)) == [f"{SENTINELS[0]}<|user|>"]
