@@ -138,7 +138,8 @@ def conversation(i: int, answers: list[int]) -> list[dict]:
     """Row ``i`` with one user/assistant pair per entry of ``answers`` (answer lengths in words)."""
     msgs = []
     for k, n in enumerate(answers):
-        msgs += [{"role": "user", "content": words(i, 2 * k, 5)}, {"role": "assistant", "content": words(i, 2 * k + 1, n)}]
+        msgs += [{"role": "user", "content": words(i, 2 * k, 5)},
+                 {"role": "assistant", "content": words(i, 2 * k + 1, n)}]
     return msgs
 
 

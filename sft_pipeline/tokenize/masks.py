@@ -183,7 +183,8 @@ def token_end(encoding, span: Span, length: int) -> int:
     return length if last is None else last + 1
 
 
-def encode_one(ids: list[int], encoding, turns: Sequence[Span], info: TemplateInfo, settings: EncodeSettings) -> Encoded:
+def encode_one(ids: list[int], encoding, turns: Sequence[Span], info: TemplateInfo,
+               settings: EncodeSettings) -> Encoded:
     """Ids and labels of one tokenized rendering, its assistant ``turns`` given as character spans."""
     shift = 0 if info.bos_id is None else 1
     full, limit, kept = len(ids) + shift, settings.max_length, len(turns)
