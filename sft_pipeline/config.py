@@ -169,8 +169,9 @@ class FilterConfig(Section):
 
 class TokenizeConfig(Section):
     max_length: int = Field(default=1024, ge=8)
-    # keep_start: keep the first max_length tokens; drop: drop longer rows (both counted)
-    truncation: Literal["keep_start", "drop"] = "keep_start"
+    # whole_turns: keep whole turns up to the last assistant turn ending inside max_length (rows whose first
+    # answer does not fit are dropped); keep_start: the first max_length tokens; drop: drop longer rows (all counted)
+    truncation: Literal["whole_turns", "keep_start", "drop"] = "whole_turns"
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     packing: bool = False  # best-fit-decreasing, padding-free (seq_lengths + position_ids)
     heldout_fraction: float = Field(default=0.05, ge=0, lt=1)  # by row-id hash

@@ -28,7 +28,6 @@ CONVERSATION = [
 ]
 
 # What closes an assistant turn, written by hand from each template's source (mid turn, final turn).
-# None: the template writes nothing after the final turn, so it must be refused.
 EOS = "<|im_end|>"  # the tiny tokenizer's eos_token, which Phi-3 templates append at the very end
 EXPECTED_EOT = {
     "cohere2": ("<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",) * 2,
@@ -38,7 +37,7 @@ EXPECTED_EOT = {
     "gemma4": ("<turn|>",) * 2,
     "gemma": ("<end_of_turn>",) * 2,
     "glm4moe_training": ("<|user|>",) * 2,
-    "glm4moe": None,
+    "glm4moe": ("<|user|>",) * 2,  # nothing after the final turn: we append the mid-turn marker there
     "gptoss": ("<|end|>", "<|return|>"),
     "lfm2": ("<|im_end|>",) * 2,
     "llama3": ("<|eot_id|>",) * 2,
@@ -47,6 +46,10 @@ EXPECTED_EOT = {
     "phi3": ("<|end|>", "<|end|>\n" + EOS),
     "qwen": ("<|im_end|>",) * 2,
 }
+
+
+# Templates that write nothing after the final assistant turn, and the stop marker appended after it by us.
+APPENDED = {"glm4moe": "<|user|>"}
 
 
 def expected_eot(name: str):
@@ -109,13 +112,13 @@ def test_every_trl_template_supervises_exactly_contents_and_end_of_turn(tok, nam
     if conv is None:
         pytest.skip(f"{name}: {text}")
     expected = expected_eot(name)
-    if expected is None:
-        with pytest.raises(ConfigError, match="writes nothing after the final assistant turn"):
-            encode_conversation(conv, tokenizer)
-        return
     enc = encode_conversation(conv, tokenizer)
-    # Same tokens as tokenizing the whole rendering once.
-    assert enc["input_ids"] == tokenizer.apply_chat_template(conv, tokenize=True)["input_ids"]
+    if name in APPENDED:  # the rendering ends right after the final content; our stop marker follows it
+        assert text.endswith(SENTINELS[1])
+        text += APPENDED[name]
+        assert enc["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:  # Same tokens as tokenizing the whole rendering once.
+        assert enc["input_ids"] == tokenizer.apply_chat_template(conv, tokenize=True)["input_ids"]
     assert all(lab in (IGNORE_INDEX, tok_id) for lab, tok_id in zip(enc["labels"], enc["input_ids"]))
     spans = runs(enc["labels"])
     assert len(spans) == 2, supervised_texts(tokenizer, enc)
@@ -226,3 +229,21 @@ def test_template_without_any_assistant_content_is_refused(tok):
     tokenizer = with_template(tok, "smolvlm")
     with pytest.raises(ConfigError, match="does not appear in its rendering"):
         learn_template(tokenizer)
+
+
+def test_template_without_any_end_of_turn_marker_is_refused(tok):
+    tokenizer = copy.deepcopy(tok)
+    # Nothing but whitespace after any assistant turn: no stop marker to supervise or to append.
+    tokenizer.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    with pytest.raises(ConfigError, match="no end-of-turn marker after non-final assistant turns"):
+        learn_template(tokenizer)
+
+
+def test_appended_marker_only_after_a_final_assistant_turn(tok):
+    tokenizer = with_template(copy.deepcopy(tok), "glm4moe")
+    info = learn_template(tokenizer)
+    assert (info.appended, info.mid_marker, info.last_marker) == ("<|user|>",) * 3
+    ends_with_user = CONVERSATION[1:4]
+    text = tokenizer.apply_chat_template(ends_with_user, tokenize=False)
+    assert info.finish(text, ends_with_user) == text
+    assert supervised_texts(tokenizer, encode_conversation(ends_with_user, tokenizer)) == [f"{SENTINELS[0]}<|user|>"]

@@ -105,7 +105,8 @@ def test_heldout_rows_sharing_an_ngram_with_train_are_removed(tmp_path, tiny_tok
 def test_truncation_keep_start_and_drop(tmp_path, tiny_tokenizer):
     convs = [conversation(i, turns=1, answer_words=4 + 10 * (i % 4)) for i in range(30)]  # 92 to 290 tokens
     convs.append([{"role": "user", "content": words(99, 0, 200)}, {"role": "assistant", "content": "Fine."}])
-    keep, out = run(tmp_path, tiny_tokenizer, convs, name="keep", max_length=128, heldout_fraction=0.0)
+    keep, out = run(tmp_path, tiny_tokenizer, convs, name="keep", max_length=128, heldout_fraction=0.0,
+                    truncation="keep_start")
     lengths = [len(x) for x in pq.read_table(out / C.TRAIN_TOKENS_FILE).column("input_ids").to_pylist()]
     assert max(lengths) == 128 and keep["truncated_rows"] == sum(n == 128 for n in lengths) > 0
     assert keep["dropped_no_supervised_tokens"] == 1  # its only answer lies past max_length

@@ -10,19 +10,13 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from typing import Sequence
 
-from sft_pipeline.tokenize.masks import Encoded, SpanError, encode_rendered, locate_spans, render_batch
+from sft_pipeline.tokenize.masks import EncodeSettings, Encoded, SpanError, encode_rendered, locate_turns, render_batch
 from sft_pipeline.tokenize.template import TemplateInfo
 
 FORK, SPAWN = "fork", "spawn"
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    max_length: int | None
-    train_on: str
+__all__ = ["EncodeSettings", "encode_all", "encode_many"]
 
 
 def _render_rows(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str | Exception]:
@@ -54,21 +48,22 @@ def encode_many(conversations: Sequence[Sequence[dict]], tokenizer, info: Templa
                 settings: EncodeSettings) -> list[Encoded | str]:
     """Encode rows; a row that cannot be encoded gets a one-line problem string instead."""
     results: list[Encoded | str] = []
-    texts, spans, slots = [], [], []
+    texts, turns, slots = [], [], []
     for conv, text in zip(conversations, _render_rows(tokenizer, conversations)):
         if isinstance(text, Exception):
             results.append(f"chat template cannot render it: {first_line(text)}")
             continue
+        text = info.finish(text, conv)
         try:
-            row_spans = locate_spans(text, conv, info, settings.train_on)
+            row_turns = locate_turns(text, conv, info)
         except SpanError as exc:
             results.append(str(exc))
             continue
         slots.append(len(results))
         results.append("")
         texts.append(text)
-        spans.append(row_spans)
-    for slot, enc in zip(slots, encode_rendered(texts, spans, tokenizer, info, settings.max_length)):
+        turns.append(row_turns)
+    for slot, enc in zip(slots, encode_rendered(texts, turns, tokenizer, info, settings)):
         results[slot] = enc
     return results
 

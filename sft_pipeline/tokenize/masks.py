@@ -7,10 +7,16 @@ conversation. Each assistant turn's content is located in the rendered text
 its character span is extended over that marker, and the fast tokenizer's offsets turn
 character spans into token spans. Every assistant turn is supervised, earlier ones
 included, unless ``train_on="last_assistant"``.
+
+Rows longer than ``max_length``: ``keep_start`` (and ``drop``, which the stage then
+drops) keeps the first ``max_length`` tokens; ``whole_turns`` keeps the tokens up to
+the end of the last assistant turn whose end-of-turn marker lies inside the window
+(none when the first one does not fit), so no supervised turn is ever cut.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,12 +25,22 @@ from sft_pipeline.tokenize.template import TemplateInfo, learn_template
 
 TRAIN_ALL = "all_assistant"
 TRAIN_LAST = "last_assistant"
+TRUNCATE_KEEP_START = "keep_start"  # the first max_length tokens, wherever the cut falls
+TRUNCATE_WHOLE_TURNS = "whole_turns"  # up to the last assistant turn that ends inside max_length
+TRUNCATE_DROP = "drop"  # longer rows are dropped (encoded as keep_start, dropped by the stage)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 Span = tuple[int, int]
 
 
 class SpanError(ValueError):
     """An assistant turn could not be located in the rendered conversation."""
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    max_length: int | None
+    train_on: str
+    truncation: str = TRUNCATE_KEEP_START
 
 
 @dataclass
@@ -34,10 +50,22 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     full_length: int
+    turns: int = 0  # assistant turns in the conversation
+    turns_kept: int | None = None  # whole_turns: assistant turns kept whole (0: the first does not fit)
 
     @property
     def truncated(self) -> bool:
         return len(self.input_ids) < self.full_length
+
+    @property
+    def cut_inside_turn(self) -> bool:
+        """Cut at ``max_length`` wherever it fell (keep_start), not at the end of a turn."""
+        return self.truncated and self.turns_kept is None
+
+    @property
+    def turns_dropped(self) -> int:
+        """Assistant turns left out by whole_turns (0 under the other policies)."""
+        return 0 if self.turns_kept is None else self.turns - self.turns_kept
 
     @property
     def supervised(self) -> int:
@@ -94,20 +122,32 @@ def assistant_span(text: str, content: str, cursor: int, markers: Sequence[str])
                     "not found in the rendered conversation")
 
 
-def locate_spans(text: str, messages: Sequence[dict], info: TemplateInfo, train_on: str = TRAIN_ALL) -> list[Span]:
-    """Character spans to supervise in ``text``, the rendering of ``messages``."""
-    last_assistant = max((i for i, m in enumerate(messages) if m["role"] == ROLE_ASSISTANT), default=-1)
-    if last_assistant < 0:
-        raise SpanError("no assistant turn")
+def select_turns(spans: Sequence[Span], train_on: str) -> list[Span]:
+    """The spans of the turns ``train_on`` supervises.
+
+    >>> select_turns([(1, 2), (5, 6)], "last_assistant"), select_turns([(1, 2), (5, 6)], "all_assistant")
+    ([(5, 6)], [(1, 2), (5, 6)])
+    """
+    return list(spans) if train_on == TRAIN_ALL else list(spans[-1:])
+
+
+def locate_turns(text: str, messages: Sequence[dict], info: TemplateInfo) -> list[Span]:
+    """Character spans of every assistant turn (content + end-of-turn marker) in ``text``."""
     spans, cursor = [], 0
     for i, msg in enumerate(messages):
         if msg["role"] != ROLE_ASSISTANT:
             cursor = _find_message(text, msg["content"], cursor)
             continue
         start, cursor = assistant_span(text, msg["content"], cursor, info.markers(i == len(messages) - 1))
-        if train_on == TRAIN_ALL or i == last_assistant:
-            spans.append((start, cursor))
+        spans.append((start, cursor))
+    if not spans:
+        raise SpanError("no assistant turn")
     return spans
+
+
+def locate_spans(text: str, messages: Sequence[dict], info: TemplateInfo, train_on: str = TRAIN_ALL) -> list[Span]:
+    """Character spans to supervise in ``text``, the rendering of ``messages``."""
+    return select_turns(locate_turns(text, messages, info), train_on)
 
 
 def _first_token(encoding, start: int, stop: int, step: int) -> int | None:
@@ -128,38 +168,65 @@ def token_labels(ids: list[int], encoding, spans: Sequence[Span]) -> list[int]:
     return labels
 
 
+def turns_that_fit(turn_ends: Sequence[int], max_length: int) -> int:
+    """How many leading turns end (marker included) within ``max_length`` tokens.
+
+    >>> turns_that_fit([40, 90, 300], 256), turns_that_fit([300, 400], 256), turns_that_fit([256], 256)
+    (2, 0, 1)
+    """
+    return bisect_right(list(turn_ends), max_length)
+
+
+def token_end(encoding, span: Span, length: int) -> int:
+    """Index after the last token overlapping ``span`` (``length`` if no token does)."""
+    last = _first_token(encoding, span[1] - 1, span[0] - 1, -1)
+    return length if last is None else last + 1
+
+
+def encode_one(ids: list[int], encoding, turns: Sequence[Span], info: TemplateInfo,
+               settings: EncodeSettings) -> Encoded:
+    """Ids and labels of one tokenized rendering, its assistant ``turns`` given as character spans."""
+    shift = 0 if info.bos_id is None else 1
+    full, limit, kept = len(ids) + shift, settings.max_length, len(turns)
+    whole = settings.truncation == TRUNCATE_WHOLE_TURNS
+    if whole and limit is not None and full > limit:
+        ends = [token_end(encoding, span, len(ids)) + shift for span in turns]
+        kept = turns_that_fit(ends, limit)
+        limit = ends[kept - 1] if kept else 0
+    labels = token_labels(ids, encoding, select_turns(turns[:kept], settings.train_on))
+    if shift:
+        ids, labels = [info.bos_id, *ids], [IGNORE_INDEX, *labels]
+    if limit is not None and full > limit:
+        ids, labels = ids[:limit], labels[:limit]
+    return Encoded(ids, labels, full, turns=len(turns), turns_kept=kept if whole else None)
+
+
 def render_batch(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str]:
     return tokenizer.apply_chat_template(list(conversations), tokenize=False)
 
 
-def encode_rendered(
-    texts: Sequence[str], spans: Sequence[Sequence[Span]], tokenizer, info: TemplateInfo, max_length: int | None
-) -> list[Encoded]:
-    """Tokenize many rendered conversations in one call and build their labels."""
+def encode_rendered(texts: Sequence[str], turns: Sequence[Sequence[Span]], tokenizer, info: TemplateInfo,
+                    settings: EncodeSettings) -> list[Encoded]:
+    """Tokenize many rendered conversations in one call; ``turns``: each row's assistant spans."""
     batch = tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False)
-    out = []
-    for ids, encoding, row_spans in zip(batch["input_ids"], batch.encodings, spans):
-        labels = token_labels(ids, encoding, row_spans)
-        if info.bos_id is not None:
-            ids, labels = [info.bos_id, *ids], [IGNORE_INDEX, *labels]
-        full = len(ids)
-        if max_length is not None and full > max_length:
-            ids, labels = ids[:max_length], labels[:max_length]
-        out.append(Encoded(ids, labels, full))
-    return out
+    return [encode_one(ids, encoding, row_turns, info, settings)
+            for ids, encoding, row_turns in zip(batch["input_ids"], batch.encodings, turns)]
 
 
 def encode_conversation(
-    messages: Sequence[dict], tokenizer, *, max_length: int | None = None, train_on: str = TRAIN_ALL
+    messages: Sequence[dict], tokenizer, *, max_length: int | None = None, train_on: str = TRAIN_ALL,
+    truncation: str = TRUNCATE_KEEP_START,
 ) -> dict:
     """Token ids and labels of one conversation (labels: IGNORE_INDEX outside assistant turns).
 
     Supervised: every token of each assistant turn's content and the end-of-turn token(s)
     that close it; role headers, prompts and generation prompts are not. With
-    ``train_on="last_assistant"`` only the final assistant turn is supervised.
-    ``max_length`` keeps the first ``max_length`` tokens.
+    ``train_on="last_assistant"`` only the final (kept) assistant turn is supervised.
+    ``max_length`` keeps the first ``max_length`` tokens, or with ``truncation="whole_turns"``
+    the whole turns that fit (empty lists when the first assistant turn does not).
     """
     info = learn_template(tokenizer)
-    text = render_batch(tokenizer, [messages])[0]
-    enc = encode_rendered([text], [locate_spans(text, messages, info, train_on)], tokenizer, info, max_length)[0]
+    text = info.finish(render_batch(tokenizer, [messages])[0], messages)
+    settings = EncodeSettings(max_length=max_length, train_on=train_on, truncation=truncation)
+    enc = encode_rendered([text], [locate_turns(text, messages, info)], tokenizer, info, settings)[0]
     return {"input_ids": enc.input_ids, "labels": enc.labels}

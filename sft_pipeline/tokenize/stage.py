@@ -2,7 +2,8 @@
 
 Every input row ends up in exactly one place: ``train.parquet``, ``heldout.parquet``
 or ``tokenize_dropped.parquet`` (with its reason). Nothing is written unless every kept
-row passes the label-mask gate.
+row passes the label-mask gate; under ``whole_turns`` the gate also requires every row to
+supervise at least one end-of-turn marker.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sft_pipeline import constants as C
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import InputError, VerificationError
 from sft_pipeline.tokenize.encode import EncodeSettings, encode_all
-from sft_pipeline.tokenize.masks import Encoded
+from sft_pipeline.tokenize.masks import TRUNCATE_DROP, TRUNCATE_WHOLE_TURNS, Encoded
 from sft_pipeline.tokenize.packing import list_array, pack_rows, packing_efficiency
 from sft_pipeline.tokenize.preview import mask_preview
 from sft_pipeline.tokenize.split import Split, decontaminate, split_rows
@@ -30,7 +31,7 @@ DROP_DECONTAMINATED = "heldout_ngram_overlap_with_train"
 DROP_NOT_SELECTED = "not_in_max_rows_subset"
 DROP_TOO_LONG = "longer_than_max_length"
 DROP_NO_SUPERVISION = "no_supervised_tokens_after_truncation"
-TRUNCATE_DROP = "drop"
+DROP_FIRST_TURN_TOO_LONG = "first_assistant_turn_longer_than_max_length"
 REQUIRED_COLUMNS = ("id", "messages")
 PERCENTILES = (50, 95)
 
@@ -77,6 +78,8 @@ def _apply_policy(indices: Sequence[int], encoded: Sequence[Encoded], cfg: Token
     for pos, enc in enumerate(encoded):
         if enc.truncated and cfg.truncation == TRUNCATE_DROP:
             drops += _drops(ids, [indices[pos]], split, DROP_TOO_LONG)
+        elif enc.turns_kept == 0:  # whole_turns: the first assistant turn does not fit; never cut
+            drops += _drops(ids, [indices[pos]], split, DROP_FIRST_TURN_TOO_LONG)
         elif enc.truncated and enc.supervised == 0:
             drops += _drops(ids, [indices[pos]], split, DROP_NO_SUPERVISION)
         else:
@@ -86,7 +89,7 @@ def _apply_policy(indices: Sequence[int], encoded: Sequence[Encoded], cfg: Token
 
 def _encode_parts(split: Split, ids, conversations, tokenizer, info, cfg) -> dict[str, tuple[list, list]]:
     """Encode the train and held-out rows; VerificationError naming every row that cannot be encoded."""
-    settings = EncodeSettings(max_length=cfg.max_length, train_on=cfg.train_on)
+    settings = EncodeSettings(max_length=cfg.max_length, train_on=cfg.train_on, truncation=cfg.truncation)
     parts, failures = {}, []
     for name, indices in ((SPLIT_TRAIN, split.train), (SPLIT_HELDOUT, split.heldout)):
         results = encode_all([conversations[i] for i in indices], tokenizer, info, settings,
@@ -132,9 +135,7 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
         positions, split_drops = _apply_policy(indices, encoded, cfg, ids, name)
         kept[name] = ([indices[p] for p in positions], [encoded[p] for p in positions])
         drops += split_drops
-    check_rows([(ids[i], e.input_ids, e.labels, e.truncated, target_turns(conversations[i], cfg.train_on))
-                for idx, enc in kept.values() for i, e in zip(idx, enc)],
-               tokenizer, (info.mid_marker, info.last_marker))
+    train_eot = _verify(kept, ids, conversations, tokenizer, info, cfg)[SPLIT_TRAIN]
 
     stats = _write_outputs(out_dir, table, ids, conversations, kept, drops, tokenizer, info, cfg)
     reasons = [d["reason"] for d in drops]
@@ -142,9 +143,47 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
     stats.update(rows_in=len(ids), heldout_decontaminated=len(split.decontaminated),
                  not_selected_by_max_rows=len(split.not_selected), dropped_too_long=reasons.count(DROP_TOO_LONG),
                  dropped_no_supervised_tokens=reasons.count(DROP_NO_SUPERVISION),
+                 rows_dropped_first_turn_too_long=reasons.count(DROP_FIRST_TURN_TOO_LONG),
+                 **_truncation_stats(kept[SPLIT_TRAIN][1]), **eot_stats(train_eot),
                  eot_marker_mid=info.mid_marker, eot_marker_last=info.last_marker,
                  bos_prepended=info.bos_id is not None)
     return stats
+
+
+def _verify(kept, ids, conversations, tokenizer, info, cfg) -> dict[str, list[tuple[int, bool]]]:
+    """The label-mask gate over every kept row; per split, each row's (end-of-turn count, ends with one)."""
+    rows = {name: [(ids[i], e.input_ids, e.labels, e.cut_inside_turn,
+                    target_turns(conversations[i], cfg.train_on, e.turns_kept)) for i, e in zip(idx, enc)]
+            for name, (idx, enc) in kept.items()}
+    eots = check_rows([r for part in rows.values() for r in part], tokenizer, (info.mid_marker, info.last_marker),
+                      require_eot=cfg.truncation == TRUNCATE_WHOLE_TURNS)
+    train_count = len(rows[SPLIT_TRAIN])
+    return {SPLIT_TRAIN: eots[:train_count], SPLIT_HELDOUT: eots[train_count:]}
+
+
+def _truncation_stats(encoded: Sequence[Encoded]) -> dict:
+    """Train rows shortened to whole turns and the assistant turns that left out (whole_turns)."""
+    return {"rows_shortened": sum(e.truncated and not e.cut_inside_turn for e in encoded),
+            "assistant_turns_dropped": sum(e.turns_dropped for e in encoded),
+            "assistant_turns_kept": sum(e.turns if e.turns_kept is None else e.turns_kept for e in encoded)}
+
+
+def eot_stats(eots: Sequence[tuple[int, bool]]) -> dict:
+    """Supervised end-of-turn markers per train row.
+
+    >>> eot_stats([(2, True), (0, False), (1, True), (1, False)])["eot_per_row_mean"]
+    1.0
+    >>> eot_stats([(2, True), (0, False), (1, True), (1, False)])["pct_rows_ending_in_eot"]
+    50.0
+    """
+    counts = np.array([c for c, _ in eots], dtype=np.int64)
+    if not len(counts):
+        return {"eot_supervised": 0, "eot_per_row_min": 0, "eot_per_row_mean": 0.0, "eot_per_row_max": 0,
+                "rows_without_eot": 0, "pct_rows_ending_in_eot": 0.0}
+    return {"eot_supervised": int(counts.sum()), "eot_per_row_min": int(counts.min()),
+            "eot_per_row_mean": round(float(counts.mean()), 3), "eot_per_row_max": int(counts.max()),
+            "rows_without_eot": int((counts == 0).sum()),
+            "pct_rows_ending_in_eot": round(100.0 * sum(last for _, last in eots) / len(eots), 2)}
 
 
 def _write_outputs(out_dir, table, ids, conversations, kept, drops, tokenizer, info, cfg) -> dict:

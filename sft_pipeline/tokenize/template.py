@@ -5,6 +5,11 @@ probe conversation (the text that follows an assistant message, up to the next
 turn's header), so the same code serves ChatML, Llama 3, Gemma, Phi-3, GPT-OSS,
 DeepSeek, Cohere and any new template. Results are cached per template text and
 special tokens.
+
+A template that writes nothing after the final assistant turn (e.g. TRL's ``glm4moe``)
+would never teach the model to stop; for it we append, after a final assistant turn,
+the marker the template writes after earlier assistant turns (``TemplateInfo.appended``),
+so the model's own stop token is supervised there too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ class TemplateInfo:
     mid_marker: str  # closes an assistant turn that more messages follow
     last_marker: str  # closes the conversation's final assistant turn
     bos_id: int | None  # BOS id to prepend to the token ids (the template does not write it), else None
+    appended: str = ""  # written by us after a final assistant turn (the template writes nothing there)
+
+    def finish(self, text: str, messages) -> str:
+        """The rendered ``text`` of ``messages`` with ``appended`` after a final assistant turn.
+
+        >>> info = TemplateInfo(mid_marker="<|user|>", last_marker="<|user|>", bos_id=None, appended="<|user|>")
+        >>> info.finish("<|assistant|>\\nHi\\n", [{"role": "assistant", "content": "Hi"}])
+        '<|assistant|>\\nHi<|user|>'
+        """
+        if not self.appended or not messages or messages[-1]["role"] != ROLE_ASSISTANT:
+            return text
+        return text.rstrip() + self.appended
 
     def markers(self, is_last: bool) -> tuple[str, ...]:
         """Markers to try after an assistant turn, the likelier first."""
@@ -169,11 +186,6 @@ def _probe(tokenizer, adds_bos: bool) -> TemplateInfo:
     u2 = _find(text, PROBE_USERS[1], a1, name)
     a2 = _find(text, PROBE_ANSWERS[1], u2 + len(PROBE_USERS[1]), name) + len(PROBE_ANSWERS[1])
     last_marker = text[a2:].rstrip()
-    if not last_marker:
-        raise ConfigError(
-            f"chat template of {name}: writes nothing after the final assistant turn, so the model cannot "
-            "learn to stop; use a template that closes turns (e.g. its TRL '*_training' variant)"
-        )
     user_only = [{"role": ROLE_USER, "content": PROBE_USERS[0]}]
     try:
         plain = render(tokenizer, user_only + [{"role": ROLE_ASSISTANT, "content": PROBE_ANSWERS[0]}])
@@ -183,7 +195,9 @@ def _probe(tokenizer, adds_bos: bool) -> TemplateInfo:
     mid_marker = turn_end(text[a1:u2], last_marker, user_prefix, _gen_prompt(tokenizer, user_only))
     if not mid_marker:
         raise ConfigError(f"chat template of {name}: no end-of-turn marker after non-final assistant turns")
+    # Nothing after the final turn: the marker it writes after earlier turns is appended there by us.
+    appended = "" if last_marker else mid_marker
     # The tokenizer's BOS is prepended unless the template already writes it.
     writes_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
     bos_id = tokenizer.bos_token_id if adds_bos and not writes_bos else None
-    return TemplateInfo(mid_marker=mid_marker, last_marker=last_marker, bos_id=bos_id)
+    return TemplateInfo(mid_marker=mid_marker, last_marker=last_marker or appended, bos_id=bos_id, appended=appended)

@@ -1,9 +1,11 @@
 """Verification gate on label masks, checked from the token ids alone before anything is written.
 
 For every row: labels equal the input ids where supervised; at least one token is
-supervised; and unless the row was truncated, there is one supervised run per target
-assistant turn, each decoding to that turn's content and ending with the template's
-end-of-turn marker. A violation stops the stage with the offending row ids.
+supervised; and unless the row was cut inside a turn, there is one supervised run per
+target assistant turn, each decoding to that turn's content and ending with the
+template's end-of-turn marker. With ``require_eot`` a row must also supervise at least
+one end-of-turn marker. A violation stops the stage with the offending row ids.
+The gate returns each row's count of supervised end-of-turn markers.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ def supervised_runs(labels: Sequence[int]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
 
 
-def target_turns(messages: Sequence[dict], train_on: str) -> list[str]:
-    """Contents of the assistant turns that must be supervised.
+def target_turns(messages: Sequence[dict], train_on: str, kept: int | None = None) -> list[str]:
+    """Contents of the assistant turns that must be supervised, of the first ``kept`` (default: all).
 
-    >>> target_turns([{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"},
-    ...               {"role": "assistant", "content": "b"}], "last_assistant")
-    ['b']
+    >>> msgs = [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"},
+    ...         {"role": "assistant", "content": "b"}]
+    >>> target_turns(msgs, "last_assistant"), target_turns(msgs, "last_assistant", 1), target_turns(msgs, "x", 1)
+    (['b'], ['a'], ['a'])
     """
-    turns = [m["content"] for m in messages if m["role"] == ROLE_ASSISTANT]
+    turns = [m["content"] for m in messages if m["role"] == ROLE_ASSISTANT][:kept]
     return turns[-1:] if train_on == TRAIN_LAST else turns
 
 
@@ -61,7 +64,14 @@ def _starts_with_content(text: str, content: str) -> bool:
 
 
 def _ends_with_marker(text: str, markers: Sequence[str]) -> bool:
-    return any(m in text[-(len(m) + SLACK_CHARS):] for m in markers)
+    return any(m in text[-(len(m) + SLACK_CHARS):] for m in markers if m)
+
+
+def eot_flags(input_ids: Sequence[int], labels: Sequence[int], markers: Sequence[str],
+              decode: Callable[[Sequence[int]], str]) -> list[bool]:
+    """For each supervised run, whether it ends with an end-of-turn marker (only its tail is decoded)."""
+    tail = max(map(len, markers)) + SLACK_CHARS
+    return [_ends_with_marker(decode(input_ids[max(a, b - tail) : b]), markers) for a, b in supervised_runs(labels)]
 
 
 def row_problem(input_ids: Sequence[int], labels: Sequence[int], *, truncated: bool, turns: Sequence[str],
@@ -87,8 +97,10 @@ def row_problem(input_ids: Sequence[int], labels: Sequence[int], *, truncated: b
 
 
 def check_rows(rows: Sequence[tuple[str, Sequence[int], Sequence[int], bool, Sequence[str]]], tokenizer,
-               markers: Sequence[str]) -> None:
-    """Raise VerificationError naming every row (id, problem) that fails; rows: (id, ids, labels, truncated, turns)."""
+               markers: Sequence[str], *, require_eot: bool = False) -> list[tuple[int, bool]]:
+    """Raise VerificationError naming every row (id, problem) that fails; rows: (id, ids, labels, truncated, turns)
+    where ``truncated`` means cut inside a turn. Returns, per row, its count of supervised end-of-turn markers
+    and whether its last supervised run ends with one."""
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
 
@@ -97,12 +109,18 @@ def check_rows(rows: Sequence[tuple[str, Sequence[int], Sequence[int], bool, Seq
             return backend.decode(list(ids), skip_special_tokens=False)
         return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    bad = []
+    bad, eots = [], []
     for row_id, ids, labels, truncated, turns in rows:
         problem = row_problem(ids, labels, truncated=truncated, turns=turns, markers=markers, decode=decode)
+        # An uncut row that passes has one marker-ending run per turn; only cut rows need decoding.
+        flags = eot_flags(ids, labels, markers, decode) if truncated else [True] * len(supervised_runs(labels))
+        eots.append((sum(flags), bool(flags) and flags[-1]))
+        if not problem and require_eot and not eots[-1][0]:
+            problem = "no supervised end-of-turn token"
         if problem:
             bad.append(f"{row_id} ({problem})")
     if bad:
         more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise VerificationError(f"tokenize: label-mask check failed for {len(bad)} row(s): "
                                 f"{'; '.join(bad[:MAX_LISTED])}{more}")
+    return eots
