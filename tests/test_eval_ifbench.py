@@ -102,6 +102,14 @@ def test_a_checker_crash_on_degenerate_text_is_a_failed_instruction():
     assert score_response(case, 'He said "yes" and left.')["inst_strict"] == [True]
 
 
+def test_the_one_known_verdict_change_of_if_verifiable():
+    """IFBench's original fails a paragraph of only punctuation (a '---' rule); if-verifiable skips it."""
+    case = row("words:paragraph_last_first")
+    assert score_response(case, "Go home and go.\n\nStay here, stay.")["prompt_strict"] is True
+    assert score_response(case, "Go home and go.\n---\nStay here, stay.")["prompt_strict"] is True
+    assert score_response(case, "Go home and go.\nStay here, go.\nRun fast, run.")["prompt_loose"] is False
+
+
 def test_a_missing_nltk_resource_still_raises(monkeypatch):
     import nltk
     import nltk.tag
@@ -218,7 +226,8 @@ for r, x in zip(rows, responses):
     for mode in ib.MODES:
         example = ib._input_example(lib, r)
         example.kwargs = [ib.given_kwargs(k) for k in example.kwargs]
-        verdict[mode] = getattr(lib, "test_instruction_following_" + mode)(example, {r["prompt"]: x}).follow_instruction_list
+        test = getattr(lib, "test_instruction_following_" + mode)
+        verdict[mode] = test(example, {r["prompt"]: x}).follow_instruction_list
     theirs.append(verdict)
 print(json.dumps({"ids": sorted(original.INSTRUCTION_DICT) == sorted(ib.instruction_registry()),
                   "ours": [[v["inst_strict"], v["inst_loose"]] for v in ours],

