@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from sft_pipeline.errors import InputError
-from sft_pipeline.evaluate.ifeval import PROMPT_KEYS, aggregate
+from sft_pipeline.evaluate.ifeval import PROMPT_KEYS, RESULT_NAMES, aggregate
 from sft_pipeline.evaluate.prompts import iter_jsonl
 
 IFBENCH_PROMPTS = "package:ifbench/data/IFBench_test.jsonl"
@@ -183,7 +183,7 @@ def score_response(row: dict, response: str) -> dict[str, Any]:
         out = test(example, prompt_to_response)
         verdict[f"prompt_{mode}"] = bool(out.follow_all_instructions)
         verdict[f"inst_{mode}"] = [bool(x) for x in out.follow_instruction_list]
-    return {name: verdict[name] for name in ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")}
+    return {name: verdict[name] for name in RESULT_NAMES.values()}
 
 
 def evaluate_ifbench(rows: list[dict], responses: list[str]) -> tuple[dict[str, float], list[dict]]:
