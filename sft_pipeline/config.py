@@ -35,6 +35,7 @@ class RunConfig(Section):
     # Score pass 1 split over row groups on a Dask cluster (prefect-dask); output is identical to 1 shard.
     score_shards: int = Field(default=1, ge=1, le=1024)
     dask_address: str | None = None  # scheduler address, e.g. tcp://host:8786; None: a local cluster
+    tracking_uri: str | None = None  # MLflow tracking store (sqlite:///runs/mlflow.db, file:, http://); None: off
 
     @field_validator("output_dir")
     @classmethod
