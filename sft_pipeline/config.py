@@ -180,7 +180,7 @@ class TokenizeConfig(Section):
 class LoraSection(Section):
     r: int = Field(default=16, ge=1)
     alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1, allow_inf_nan=False)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -189,10 +189,10 @@ class LoraSection(Section):
 class TrainConfig(Section):
     method: Literal["qlora", "lora", "full"] = "qlora"
     lora: LoraSection = Field(default_factory=LoraSection)
-    learning_rate: float = Field(default=2e-5, gt=0)
+    learning_rate: float = Field(default=2e-5, gt=0, allow_inf_nan=False)
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    num_epochs: float = Field(default=1.0, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, allow_inf_nan=False)
+    num_epochs: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     max_steps: int = Field(default=-1, ge=-1)  # -1: run num_epochs
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation: int = Field(default=4, ge=1)

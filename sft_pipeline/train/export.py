@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from sft_pipeline.constants import ADAPTER_DIR, LOSS_CURVE_FILE, MERGED_DIR, METRICS_FILE
 from sft_pipeline.artifacts import atomic_dir, write_json
 from sft_pipeline.errors import VerificationError
+from sft_pipeline.models import NonFiniteError, check_finite_tensors
 from sft_pipeline.train import metrics as measures
 from sft_pipeline.train.ranks import sum_and_max
 
@@ -80,6 +82,15 @@ def save_trained(trainer, out_dir: Path) -> Path:
     if trainer.is_world_process_zero() and not any(target.glob("*.safetensors")):
         raise VerificationError(f"train: the trainer saved no weights under {target}")
     return target
+
+
+def refuse_non_finite(adapter: Path) -> None:
+    """Delete and refuse saved weights holding NaN or infinite values (``NonFiniteError``, one line)."""
+    try:
+        check_finite_tensors(adapter)
+    except NonFiniteError:
+        shutil.rmtree(adapter, ignore_errors=True)
+        raise
 
 
 def check_inputs(data, rows: int = MERGE_CHECK_ROWS, tokens: int = MERGE_CHECK_TOKENS) -> list[list[int]]:

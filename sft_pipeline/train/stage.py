@@ -5,7 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from sft_pipeline.config import PipelineConfig
+from sft_pipeline.errors import InputError
 from sft_pipeline.train.job import TrainJob
+
+
+def make_output_folder(path: Path) -> Path:
+    """Create ``path`` (and its parents); a name the file system refuses is one :class:`InputError` line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the train output folder ({exc.strerror or exc})") from None
+    return path
 
 
 def train_stage(cfg: PipelineConfig, tokenized_dir: str | Path, out_dir: str | Path, *,
@@ -19,6 +29,7 @@ def train_stage(cfg: PipelineConfig, tokenized_dir: str | Path, out_dir: str | P
     from sft_pipeline.train import launch, trainer  # at call time: launch imports this module
 
     job = TrainJob.from_config(cfg, tokenized_dir, out_dir, checkpoint_url=checkpoint_url)
+    make_output_folder(job.out_dir)
     if job.train.num_processes > 1:
         return launch.launch_training(job)
     return trainer.train_model(job)

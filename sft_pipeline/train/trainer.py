@@ -28,6 +28,7 @@ from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, compute_dtyp
 from sft_pipeline.train import ranks
 from sft_pipeline.train.data import TrainData, load_train_data
 from sft_pipeline.train.failures import RankOutOfMemory, back_off, is_oom, is_transient
+from sft_pipeline.train.guards import FiniteGuard, StopWhenComplete, TrainingComplete, finished_output
 from sft_pipeline.train.job import Batch, TrainJob
 from sft_pipeline.train.metrics import TokenCounter, reset_peak_memory
 from sft_pipeline.train.resume import (CheckpointMirror, CompleteMarker, latest_complete_checkpoint, remove_incomplete,
@@ -119,6 +120,7 @@ def training_args(job: TrainJob, data: TrainData, batch: Batch):
         fp16=False,
         logging_strategy=STEPS,
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a diverged loss is logged as it is, for FiniteGuard to stop the run
         save_strategy=STEPS,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -161,8 +163,9 @@ def _counting_trainer_class():
 
 
 def stage_callbacks(job: TrainJob) -> list:
-    """Callbacks every run has: checkpoint completion markers (first), then the checkpoint mirror."""
-    return [CompleteMarker(), *([CheckpointMirror(job.checkpoint_url)] if job.checkpoint_url else [])]
+    """Callbacks every run has: guards, checkpoint completion markers, then the checkpoint mirror."""
+    mirror = [CheckpointMirror(job.checkpoint_url)] if job.checkpoint_url else []
+    return [StopWhenComplete(), FiniteGuard(), CompleteMarker(), *mirror]
 
 
 def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callbacks: Sequence = ()):
@@ -202,7 +205,10 @@ def run_attempt(job: TrainJob, batch: Batch, data: TrainData, tokenizer, callbac
         log.info("resuming from %s (step %d)", resume.name, resumed_from)
     reset_peak_memory()
     trainer = build_trainer(job, data, tokenizer, batch, callbacks)
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except TrainingComplete:
+        output = finished_output(trainer.state)
     return trainer, output, resumed_from
 
 
@@ -248,12 +254,13 @@ def train_model(job: TrainJob, *, callbacks: Sequence = ()) -> dict:
         (trainer, output, resumed_from), attempts = back_off(
             job.batch, rank_attempt(job, data, tokenizer, callbacks), release)
         metrics = export.collect_metrics(trainer, output, job.train, data, resumed_from=resumed_from, attempts=attempts)
-        export.save_trained(trainer, job.out_dir)
+        adapter = export.save_trained(trainer, job.out_dir)
         main_process = trainer.is_world_process_zero()
         del trainer, output
         release()
         if not main_process:
             return export.summary(metrics)
+        export.refuse_non_finite(adapter)
         if job.train.merge_export:
             metrics["merge"] = export.merge_export(job.model, job.out_dir, data, tokenizer)
         export.write_reports(metrics, job.out_dir)
