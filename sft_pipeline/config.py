@@ -35,12 +35,23 @@ class RunConfig(Section):
     # Score pass 1 split over row groups on a Dask cluster (prefect-dask); output is identical to 1 shard.
     score_shards: int = Field(default=1, ge=1, le=1024)
     dask_address: str | None = None  # scheduler address, e.g. tcp://host:8786; None: a local cluster
-    tracking_uri: str | None = None  # MLflow tracking store (sqlite:///runs/mlflow.db, file:, http://); None: off
+    tracking_uri: str | None = None  # MLflow tracking store (sqlite:///runs/mlflow.db, http://host:5000); None: off
 
     @field_validator("output_dir")
     @classmethod
     def _check_output_dir(cls, value: str) -> str:
         return check_url(value) if is_url(value) else value
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _check_tracking_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = re.match(r"([a-z][a-z0-9+.-]*):", value)
+        if not scheme or scheme.group(1) == "file":
+            raise ValueError(f"{value!r}: MLflow 3 refuses file stores; use a database URI such as "
+                             "sqlite:///runs/mlflow.db, or a server (http://host:5000)")
+        return value
 
     @field_validator("result_storage")
     @classmethod
@@ -198,6 +209,9 @@ class TrainConfig(Section):
     gradient_accumulation: int = Field(default=4, ge=1)
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=1, ge=1)
+    # Training curves: TensorBoard event files in <train output>/tensorboard; mlflow: to run.tracking_uri.
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    progress_steps: int = Field(default=5, ge=1)  # a progress log line every this many optimizer steps
     save_steps: int = Field(default=50, ge=1)
     save_total_limit: int | None = Field(default=2, ge=2)  # checkpoints kept (>= 2: a kill mid-save leaves one complete)
     merge_export: bool = False  # lora/qlora: also save the adapter merged into a 16-bit base under out_dir/merged

@@ -31,6 +31,8 @@ from sft_pipeline.train.failures import RankOutOfMemory, back_off, is_oom, is_tr
 from sft_pipeline.train.guards import FiniteGuard, StopWhenComplete, TrainingComplete, finished_output
 from sft_pipeline.train.job import Batch, TrainJob
 from sft_pipeline.train.metrics import TokenCounter, reset_peak_memory
+from sft_pipeline.train.progress import Progress
+from sft_pipeline.train.reporting import reporting_callbacks
 from sft_pipeline.train.resume import (CheckpointMirror, CompleteMarker, latest_complete_checkpoint, remove_incomplete,
                                        saved_step)
 
@@ -126,7 +128,8 @@ def training_args(job: TrainJob, data: TrainData, batch: Batch):
         save_total_limit=cfg.save_total_limit,
         seed=job.seed,
         data_seed=job.seed,
-        report_to=NO_REPORTING,
+        report_to=NO_REPORTING,  # train.report_to's callbacks are added by reporting.reporting_callbacks
+        run_name=f"train-{job.out_dir.name}",
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient (PEFT's DDP advice)
@@ -138,7 +141,6 @@ def training_args(job: TrainJob, data: TrainData, batch: Batch):
 
 
 def _counting_trainer_class():
-    from transformers import TrainerCallback
     from trl import SFTTrainer
 
     class CountingSFTTrainer(SFTTrainer):
@@ -152,14 +154,7 @@ def _counting_trainer_class():
             self.token_counter.add(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
-    class LogLines(TrainerCallback):
-        """Training logs as log records instead of printed dicts."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs and "loss" in logs:
-                log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
-
-    return CountingSFTTrainer, LogLines
+    return CountingSFTTrainer
 
 
 def stage_callbacks(job: TrainJob) -> list:
@@ -171,7 +166,7 @@ def stage_callbacks(job: TrainJob) -> list:
 def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callbacks: Sequence = ()):
     from transformers import PrinterCallback, set_seed
 
-    trainer_cls, log_lines = _counting_trainer_class()
+    trainer_cls = _counting_trainer_class()
     with one_line_errors("train"):
         args = training_args(job, data, batch)
     set_seed(job.seed)
@@ -185,7 +180,7 @@ def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callb
             train_dataset=data.dataset,
             processing_class=tokenizer,
             peft_config=lora_config(job.train.lora) if adapters else None,
-            callbacks=[*stage_callbacks(job), log_lines(), *callbacks],
+            callbacks=[*stage_callbacks(job), *callbacks],
         )
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -247,12 +242,13 @@ def train_model(job: TrainJob, *, callbacks: Sequence = ()) -> dict:
     """
     from sft_pipeline.train import export
 
-    with quiet_training():
+    with quiet_training(), reporting_callbacks(job) as reporters:
         data = load_train_data(job.train_file)
         with one_line_errors(f"model {job.model.name_or_path}"):
             tokenizer = load_tokenizer(job.model)
+        extra = [Progress(job.train.progress_steps), *reporters, *callbacks]
         (trainer, output, resumed_from), attempts = back_off(
-            job.batch, rank_attempt(job, data, tokenizer, callbacks), release)
+            job.batch, rank_attempt(job, data, tokenizer, extra), release)
         metrics = export.collect_metrics(trainer, output, job.train, data, resumed_from=resumed_from, attempts=attempts)
         adapter = export.save_trained(trainer, job.out_dir)
         main_process = trainer.is_world_process_zero()
