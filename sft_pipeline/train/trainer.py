@@ -1,4 +1,9 @@
-"""The train stage: TRL ``SFTTrainer`` on our pre-tokenized rows, with resume and OOM back-off.
+"""Training in this process: TRL ``SFTTrainer`` on our pre-tokenized rows, with resume and OOM back-off.
+
+:func:`train_model` takes one :class:`~sft_pipeline.train.job.TrainJob`; each attempt of
+:func:`~sft_pipeline.train.failures.back_off` runs it at one :class:`~sft_pipeline.train.job.Batch`.
+Every run carries the guards (:mod:`~sft_pipeline.train.guards`), checkpoint markers,
+progress lines (:mod:`~sft_pipeline.train.progress`) and ``train.report_to``'s reporters.
 
 The rows go to the trainer as they are (``skip_prepare_dataset``): TRL's
 ``DataCollatorForLanguageModeling`` pads them (or, for packed rows, flattens them
