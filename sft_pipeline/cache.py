@@ -174,6 +174,14 @@ def write_manifest(stage: Stage, folder: Path, key_: str, digests: Mapping[str, 
     return manifest
 
 
+def _make_parent(folder: Path) -> None:
+    """The stage's folder under the output root; a path the file system refuses is one line, not retried."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create the stage output folder ({exc.strerror or exc})") from None
+
+
 @contextlib.contextmanager
 def _in_place(folder: Path) -> Iterator[Path]:
     """The folder itself, without a stale manifest (a stage written in place keeps its checkpoints)."""
@@ -194,6 +202,7 @@ def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
     checkpoints = None if stage.atomic else storage.checkpoints_url(cfg.run, where)
     sources = {name: local_dir(cfg, result) for name, result in upstream.items()}
     started = time.time()
+    _make_parent(folder)
     with (atomic_dir(folder) if stage.atomic else _in_place(folder)) as out:
         summary = stage.function()(StageRun(cfg, out, sources, key_, checkpoints, extra))
         manifest = write_manifest(stage, out, key_, inputs(stage, cfg, upstream), config_part(stage, cfg),

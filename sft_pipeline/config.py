@@ -38,11 +38,23 @@ class RunConfig(Section):
     # Score pass 1 split over row groups on a Dask cluster (prefect-dask); output is identical to 1 shard.
     score_shards: int = Field(default=1, ge=1, le=1024)
     dask_address: str | None = None  # scheduler address, e.g. tcp://host:8786; None: a local cluster
+    tracking_uri: str | None = None  # MLflow tracking store (sqlite:///runs/mlflow.db, http://host:5000); None: off
 
     @field_validator("output_dir")
     @classmethod
     def _check_output_dir(cls, value: str) -> str:
         return check_url(value) if is_url(value) else value
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _check_tracking_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = re.match(r"([a-z][a-z0-9+.-]*):", value)
+        if not scheme or scheme.group(1) == "file":
+            raise ValueError(f"{value!r}: MLflow 3 refuses file stores; use a database URI such as "
+                             "sqlite:///runs/mlflow.db, or a server (http://host:5000)")
+        return value
 
     @field_validator("result_storage")
     @classmethod
@@ -186,7 +198,7 @@ class TokenizeConfig(Section):
 class LoraSection(Section):
     r: int = Field(default=16, ge=1)
     alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1, allow_inf_nan=False)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -195,15 +207,18 @@ class LoraSection(Section):
 class TrainConfig(Section):
     method: Literal["qlora", "lora", "full"] = "qlora"
     lora: LoraSection = Field(default_factory=LoraSection)
-    learning_rate: float = Field(default=2e-5, gt=0)
+    learning_rate: float = Field(default=2e-5, gt=0, allow_inf_nan=False)
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    num_epochs: float = Field(default=1.0, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, allow_inf_nan=False)
+    num_epochs: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     max_steps: int = Field(default=-1, ge=-1)  # -1: run num_epochs
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation: int = Field(default=4, ge=1)
     gradient_checkpointing: bool = False
     logging_steps: int = Field(default=1, ge=1)
+    # Training curves: TensorBoard event files in <train output>/tensorboard; mlflow: to run.tracking_uri.
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    progress_steps: int = Field(default=5, ge=1)  # a progress log line every this many optimizer steps
     save_steps: int = Field(default=50, ge=1)
     save_total_limit: int | None = Field(default=2, ge=2)  # checkpoints kept (>= 2: a kill mid-save leaves one complete)
     merge_export: bool = False  # lora/qlora: also save the adapter merged into a 16-bit base under out_dir/merged
@@ -213,8 +228,9 @@ class TrainConfig(Section):
     distributed: Literal["ddp", "fsdp"] = "ddp"  # strategy when num_processes > 1
 
     def outside_key(self) -> set[str]:
-        """Fields that do not change what is trained: where it runs, and launch settings of one process."""
-        return {"work_pool"} | ({"num_processes", "distributed"} if self.num_processes == 1 else set())
+        """Fields that do not change what is trained: where it runs, what it reports, launch settings of one process."""
+        single = {"num_processes", "distributed"} if self.num_processes == 1 else set()
+        return {"work_pool", "report_to", "progress_steps"} | single
 
     @model_validator(mode="after")
     def _check_merge(self) -> "TrainConfig":

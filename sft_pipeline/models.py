@@ -18,7 +18,7 @@ import torch
 from sft_pipeline.artifacts import atomic_dir, json_digest, path_digest
 from sft_pipeline.config import ModelConfig
 from sft_pipeline.constants import TESTING_SCHEME
-from sft_pipeline.errors import InputError
+from sft_pipeline.errors import InputError, VerificationError
 from sft_pipeline.resources import cache_root, resolve_path
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,12 @@ CONVERTED_DTYPE = torch.bfloat16
 # transformers 5 deprecated `is_gradient_checkpointing`, which PEFT and TRL still read when they
 # wrap a model: a FutureWarning on every run that says nothing about the user's job.
 GRADIENT_CHECKPOINTING_DEPRECATION = (FutureWarning, r".*is_gradient_checkpointing.*")
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHTS_GLOB = "*.safetensors"
+
+
+class NonFiniteError(VerificationError):
+    """Training diverged: a loss, gradient norm or saved weight is NaN or infinite (not retried)."""
 
 
 def _local_source(cfg: ModelConfig) -> Path | None:
@@ -82,7 +88,10 @@ def resolve_model(cfg: ModelConfig) -> str:
     local = _local_source(cfg)
     if local is None:
         return cfg.name_or_path
-    if local.is_file() and local.suffix == GGUF_SUFFIX:
+    if local.is_file():
+        if local.suffix != GGUF_SUFFIX:
+            raise InputError(f"model {cfg.name_or_path}: a file, but not a {GGUF_SUFFIX} file; "
+                             "name a model folder, a GGUF file or a hub id")
         return str(_convert_gguf(local))
     return str(local)
 
@@ -161,3 +170,69 @@ def ignoring(*warning_specs: tuple[type[Warning], str]):
         for category, pattern in warning_specs:
             warnings.filterwarnings("ignore", message=pattern, category=category)
         yield
+
+
+def check_finite_tensors(folder: Path) -> int:
+    """Raise :class:`NonFiniteError` naming the file and tensor if a saved weight is NaN or infinite.
+
+    Returns the number of tensors checked (all ``*.safetensors`` files in ``folder``).
+    """
+    from safetensors import safe_open
+
+    checked = 0
+    for path in sorted(Path(folder).glob(WEIGHTS_GLOB)):
+        with safe_open(str(path), framework="pt") as weights:
+            for name in weights.keys():
+                tensor = weights.get_tensor(name)
+                bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+                if bad:
+                    raise NonFiniteError(f"{path}: tensor {name} holds {bad} non-finite value(s) of {tensor.numel()}")
+                checked += 1
+    return checked
+
+
+def _adapter_problem(adapter_dir: Path) -> str | None:
+    """What makes ``adapter_dir`` unloadable as a PEFT adapter, read without loading it; None when it looks whole."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    config = adapter_dir / ADAPTER_CONFIG
+    if not config.is_file():
+        return f"no LoRA adapter ({ADAPTER_CONFIG} missing)"
+    try:
+        json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"{ADAPTER_CONFIG} is not valid JSON ({exc})"
+    weights = sorted(adapter_dir.glob(WEIGHTS_GLOB))
+    if not weights:
+        return "no adapter weights (*.safetensors)"
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    handle.get_slice(name)[:0]  # reads the header and checks each tensor's byte range
+        except (SafetensorError, OSError, ValueError) as exc:
+            return f"{path.name} is truncated or corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None
+
+
+def load_adapter(model, adapter_dir: str | Path):
+    """``model`` with the PEFT (LoRA) adapter in ``adapter_dir`` attached (not merged).
+
+    A missing, truncated or corrupt adapter, or one with NaN/inf weights, is one
+    :class:`InputError` / :class:`NonFiniteError` line naming the folder.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    problem = _adapter_problem(adapter_dir)
+    if problem:
+        raise InputError(f"{adapter_dir}: {problem}")
+    check_finite_tensors(adapter_dir)
+    try:
+        with ignoring(GRADIENT_CHECKPOINTING_DEPRECATION):
+            return PeftModel.from_pretrained(model, str(adapter_dir))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{adapter_dir}: cannot load the adapter ({first})") from exc

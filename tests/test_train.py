@@ -13,7 +13,8 @@ from transformers import TrainerCallback
 from sft_pipeline import constants as C
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError
-from sft_pipeline.train import train_model
+from sft_pipeline.train import TrainJob
+from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train.samples import labelled_rows, pack_rows, toy_conversations, write_rows
 
 MAX_LENGTH = 64
@@ -93,7 +94,7 @@ def tokenized(tmp_path_factory, rows):
 def _train(model_cfg, tokenized, out, **overrides):
     snap = Snapshot()
     cfg = TrainConfig(**{**FAST, **overrides})
-    return train_model(model_cfg, tokenized, out, cfg, seed=0, callbacks=[snap]), snap
+    return train_model(TrainJob(model_cfg, cfg, tokenized, out, seed=0), callbacks=[snap]), snap
 
 
 @pytest.fixture(scope="module")
@@ -222,17 +223,17 @@ def _bad_file(tmp_path, table):
 )
 def test_bad_tokenized_file_is_one_line_input_error(table, message, model_cfg, tmp_path):
     with pytest.raises(InputError, match=message) as err:
-        train_model(model_cfg, _bad_file(tmp_path, table), tmp_path / "out", TrainConfig(**FAST), seed=0)
+        train_model(TrainJob(model_cfg, TrainConfig(**FAST), _bad_file(tmp_path, table), tmp_path / "out", seed=0))
     assert "\n" not in str(err.value) and C.TRAIN_TOKENS_FILE in str(err.value)
 
 
 def test_missing_inputs_and_bad_lora_targets_are_one_line_errors(model_cfg, tokenized, tmp_path):
     with pytest.raises(InputError, match="tokenized training file not found"):
-        train_model(model_cfg, tmp_path / "nowhere", tmp_path / "out", TrainConfig(**FAST), seed=0)
+        train_model(TrainJob(model_cfg, TrainConfig(**FAST), tmp_path / "nowhere", tmp_path / "out", seed=0))
     with pytest.raises(InputError, match="no such file or folder"):
-        train_model(ModelConfig(name_or_path=str(tmp_path / "no-model")), tokenized, tmp_path / "out",
-                    TrainConfig(**FAST), seed=0)
+        train_model(TrainJob(ModelConfig(name_or_path=str(tmp_path / "no-model")), TrainConfig(**FAST), tokenized,
+                             tmp_path / "out", seed=0))
     cfg = TrainConfig(**FAST, method="lora", lora={"target_modules": ["not_a_layer"]})
     with pytest.raises(ConfigError, match="not_a_layer") as err:
-        train_model(model_cfg, tokenized, tmp_path / "out", cfg, seed=0)
+        train_model(TrainJob(model_cfg, cfg, tokenized, tmp_path / "out", seed=0))
     assert "\n" not in str(err.value)

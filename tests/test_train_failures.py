@@ -13,7 +13,8 @@ from transformers import TrainerCallback
 from sft_pipeline import constants as C
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
-from sft_pipeline.train import is_transient, train_model
+from sft_pipeline.train import TrainJob, is_transient
+from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -46,8 +47,8 @@ def _cfg(**kw):
 def test_oom_halves_micro_batch_and_doubles_accumulation(setup, tmp_path):
     model_cfg, tokenized = setup
     fail = FailFirstSteps(1, torch.OutOfMemoryError(OOM_MESSAGE))
-    result = train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=4, gradient_accumulation=2),
-                         seed=0, callbacks=[fail])
+    job = TrainJob(model_cfg, _cfg(batch_size=4, gradient_accumulation=2), tokenized, tmp_path / "out", seed=0)
+    result = train_model(job, callbacks=[fail])
     assert fail.seen[0] == (4, 2) and fail.seen[1] == (2, 4)
     assert (result["micro_batch"], result["gradient_accumulation"]) == (2, 4)
     assert result["steps"] == 2
@@ -60,8 +61,8 @@ def test_oom_at_micro_batch_one_is_a_clear_pipeline_error(setup, tmp_path):
     model_cfg, tokenized = setup
     fail = FailFirstSteps(99, torch.OutOfMemoryError(OOM_MESSAGE))
     with pytest.raises(PipelineError, match=r"out of memory even at micro-batch 1 \(effective batch 2\)") as err:
-        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=2, gradient_accumulation=1),
-                    seed=0, callbacks=[fail])
+        train_model(TrainJob(model_cfg, _cfg(batch_size=2, gradient_accumulation=1), tokenized, tmp_path / "out",
+                             seed=0), callbacks=[fail])
     assert fail.seen == [(2, 1), (1, 2)]
     assert "\n" not in str(err.value)
 
@@ -74,7 +75,7 @@ def test_one_rank_of_several_leaves_the_back_off_to_the_launcher(setup, tmp_path
     model_cfg, tokenized = setup
     fail = FailFirstSteps(1, torch.OutOfMemoryError(OOM_MESSAGE))
     with pytest.raises(RankOutOfMemory, match="micro-batch 4"):
-        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=4), seed=0, callbacks=[fail])
+        train_model(TrainJob(model_cfg, _cfg(batch_size=4), tokenized, tmp_path / "out", seed=0), callbacks=[fail])
     assert fail.seen == [(4, 4)]
 
 
@@ -82,7 +83,7 @@ def test_other_errors_are_not_retried(setup, tmp_path):
     model_cfg, tokenized = setup
     fail = FailFirstSteps(1, RuntimeError("shape mismatch in layer 3"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(batch_size=4), seed=0, callbacks=[fail])
+        train_model(TrainJob(model_cfg, _cfg(batch_size=4), tokenized, tmp_path / "out", seed=0), callbacks=[fail])
     assert fail.seen == [(4, 4)]
 
 
@@ -125,7 +126,8 @@ def test_missing_hub_model_is_deterministic(setup, tmp_path):
     """A hub id that cannot be resolved offline fails at once with one line."""
     _, tokenized = setup
     with pytest.raises(InputError, match="model org/does-not-exist-xyz") as err:
-        train_model(ModelConfig(name_or_path="org/does-not-exist-xyz"), tokenized, tmp_path / "out", _cfg(), seed=0)
+        train_model(TrainJob(ModelConfig(name_or_path="org/does-not-exist-xyz"), _cfg(), tokenized, tmp_path / "out",
+                             seed=0))
     assert "\n" not in str(err.value)
     assert not is_transient(err.value)
 
@@ -133,7 +135,7 @@ def test_missing_hub_model_is_deterministic(setup, tmp_path):
 def test_bad_scheduler_is_a_one_line_config_error(setup, tmp_path):
     model_cfg, tokenized = setup
     with pytest.raises(ConfigError, match="^train: .*not-a-schedule") as err:
-        train_model(model_cfg, tokenized, tmp_path / "out", _cfg(lr_scheduler="not-a-schedule"), seed=0)
+        train_model(TrainJob(model_cfg, _cfg(lr_scheduler="not-a-schedule"), tokenized, tmp_path / "out", seed=0))
     assert "\n" not in str(err.value)
 
 

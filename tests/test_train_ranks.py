@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sft_pipeline import constants as C
 from sft_pipeline.config import load_config
 from sft_pipeline.errors import ConfigError, PipelineError
-from sft_pipeline.train import launch
+from sft_pipeline.train import launch, train_stage
 from sft_pipeline.train.resume import COMPLETE_MARKER
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
 
@@ -46,13 +46,13 @@ def tokenized(tiny_tokenizer, tmp_path_factory):
 def two_ranks(tiny_model_dir, tokenized, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks") / "train"
     mirror = (out.parent / "mirror").as_uri()  # as with outputs on a URL: rank 0 uploads each checkpoint
-    return out, launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out,
+    return out, train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out,
                                    checkpoint_url=mirror)
 
 
 def test_two_ranks_train_like_one_process_at_the_same_effective_batch(two_ranks, tiny_model_dir, tokenized, tmp_path):
     out, result = two_ranks
-    launch.train_stage(_cfg(tiny_model_dir, "train.batch_size=4"), tokenized, tmp_path / "alone")
+    train_stage(_cfg(tiny_model_dir, "train.batch_size=4"), tokenized, tmp_path / "alone")
     ranked, single = _metrics(out), _metrics(tmp_path / "alone")
 
     assert result["num_processes"] == RANKS and single["num_processes"] == 1
@@ -83,7 +83,7 @@ def test_two_ranks_resume_from_the_last_complete_checkpoint(two_ranks, tiny_mode
     partial = out / C.CHECKPOINTS_DIR / f"checkpoint-{STEPS}"
     (partial / COMPLETE_MARKER).unlink()
 
-    resumed = launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
+    resumed = train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
 
     assert resumed["resumed_from_step"] == SAVE_STEPS and resumed["steps"] == STEPS
     assert resumed["final_loss"] == pytest.approx(result["final_loss"], rel=1e-4)
@@ -98,12 +98,12 @@ if os.environ.get("RANK") == "1" and os.environ.get("SFT_TEST_INJECT"):
     from sft_pipeline.train import trainer
     real = trainer.run_attempt
 
-    def run_attempt(*args, micro, **kwargs):
+    def run_attempt(job, batch, *args, **kwargs):
         if os.environ["SFT_TEST_INJECT"] == "bug":
             raise ValueError("injected bug on rank 1")
-        if micro > 1:
+        if batch.micro > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return real(*args, micro=micro, **kwargs)
+        return real(job, batch, *args, **kwargs)
 
     trainer.run_attempt = run_attempt
 """
@@ -122,7 +122,7 @@ def test_out_of_memory_on_one_rank_relaunches_all_with_half_the_micro_batch(rank
                                                                            tokenized, tmp_path):
     rank_one_fails("oom")
     out = tmp_path / "train"
-    result = launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
+    result = train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
 
     assert (result["micro_batch"], result["gradient_accumulation"], result["steps"]) == (1, 2, STEPS)
     metrics = _metrics(out)
@@ -138,7 +138,7 @@ def test_an_error_on_one_rank_is_raised_as_that_rank_saw_it(rank_one_fails, tiny
 
     rank_one_fails("bug")
     with pytest.raises(RuntimeError) as err:
-        launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, tmp_path / "train")
+        train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, tmp_path / "train")
     assert str(err.value).startswith("train: rank 1 failed: ValueError: injected bug on rank 1")
     assert not is_transient(err.value), "a bug must not be retried, whatever its peers printed"
 
@@ -154,7 +154,7 @@ def test_out_of_memory_at_micro_batch_one_is_one_clear_error(tiny_model_dir, tmp
 
     monkeypatch.setattr(launch, "run_logged", always_out_of_memory)
     with pytest.raises(PipelineError, match="out of memory even at micro-batch 1"):
-        launch.train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tmp_path, tmp_path / "out")
+        train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tmp_path, tmp_path / "out")
 
 
 def test_a_rank_reports_training_out_of_memory_and_nothing_else_as_such(monkeypatch, tmp_path, capsys):
@@ -185,7 +185,7 @@ def test_a_rank_error_is_raised_as_its_one_line(tmp_path, tokenized):
 
     cfg = _cfg(tmp_path / "no-such-model", f"train.num_processes={RANKS}")
     with pytest.raises(InputError) as err:
-        launch.train_stage(cfg, tokenized, tmp_path / "out")
+        train_stage(cfg, tokenized, tmp_path / "out")
     assert str(err.value).startswith("model ") and "no-such-model" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -222,7 +222,7 @@ CHILD = """
 import sys
 from pathlib import Path
 from sft_pipeline.config import PipelineConfig
-from sft_pipeline.train.launch import train_stage
+from sft_pipeline.train import train_stage
 cfg = PipelineConfig.model_validate_json(Path(sys.argv[1]).read_text())
 train_stage(cfg, sys.argv[2], sys.argv[3])
 """
@@ -258,7 +258,7 @@ def test_killing_the_task_process_stops_its_ranks_and_the_rerun_resumes(tiny_mod
     killed_at = saved_step(latest_complete_checkpoint(out / C.CHECKPOINTS_DIR))
     assert 0 < killed_at < KILL_STEPS
 
-    resumed = launch.train_stage(cfg, tokenized, out)
+    resumed = train_stage(cfg, tokenized, out)
 
     assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == KILL_STEPS
     assert [e["step"] for e in _metrics(out)["loss"]] == list(range(1, KILL_STEPS + 1))

@@ -14,7 +14,8 @@ import pytest
 
 from sft_pipeline import constants as C
 from sft_pipeline.config import ModelConfig, TrainConfig
-from sft_pipeline.train import train_model
+from sft_pipeline.train import TrainJob
+from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train.resume import COMPLETE_MARKER, latest_complete_checkpoint, saved_step
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
 
@@ -29,15 +30,17 @@ import sys, time
 from pathlib import Path
 from transformers import TrainerCallback
 from sft_pipeline.config import ModelConfig, TrainConfig
-from sft_pipeline.train import train_model
+from sft_pipeline.train import TrainJob
+from sft_pipeline.train.trainer import train_model
 
 class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         time.sleep(float(sys.argv[4]))
 
 model, tokenized, out, delay, cfg = sys.argv[1:6]
-train_model(ModelConfig(name_or_path=model), Path(tokenized), Path(out), TrainConfig.model_validate_json(cfg),
-            seed=0, callbacks=[Slow()])
+job = TrainJob(ModelConfig(name_or_path=model), TrainConfig.model_validate_json(cfg), Path(tokenized), Path(out),
+               seed=0)
+train_model(job, callbacks=[Slow()])
 """
 
 
@@ -87,8 +90,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tokenize
     partial.mkdir(exist_ok=True)
     (partial / "adapter_model.safetensors").write_bytes(b"truncated")
 
-    resumed = train_model(model_cfg, tokenized, out, cfg, seed=0)
-    reference = train_model(model_cfg, tokenized, tmp_path / "reference", cfg, seed=0)
+    resumed = train_model(TrainJob(model_cfg, cfg, tokenized, out, seed=0))
+    reference = train_model(TrainJob(model_cfg, cfg, tokenized, tmp_path / "reference", seed=0))
 
     assert resumed["resumed_from_step"] == killed_at
     assert reference["resumed_from_step"] is None

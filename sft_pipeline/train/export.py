@@ -12,14 +12,16 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 
-from sft_pipeline import constants as C
+from sft_pipeline.constants import ADAPTER_DIR, LOSS_CURVE_FILE, MERGED_DIR, METRICS_FILE
 from sft_pipeline.artifacts import atomic_dir, write_json
 from sft_pipeline.errors import VerificationError
-from sft_pipeline.train import metrics as M
+from sft_pipeline.models import NonFiniteError, check_finite_tensors
+from sft_pipeline.train import metrics as measures
 from sft_pipeline.train.ranks import sum_and_max
 
 log = logging.getLogger(__name__)
@@ -39,14 +41,14 @@ def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> di
     ``loss`` covers every step since the start (restored from the checkpoint's trainer state).
     Every rank must call this (the totals are a collective operation).
     """
-    memory, memory_kind = M.peak_memory()
+    memory, memory_kind = measures.peak_memory()
     (non_pad, supervised), (memory,) = sum_and_max(trainer.accelerator, list(trainer.token_counter.totals()), [memory])
     world = trainer.accelerator.num_processes
     runtime = float(output.metrics.get("train_runtime", 0.0))
-    device = M.device_name()
-    n_params = M.count_parameters(trainer.model)
-    peak = M.peak_flops(device)
-    history = M.loss_history(trainer.state.log_history)
+    device = measures.device_name()
+    n_params = measures.count_parameters(trainer.model)
+    peak = measures.peak_flops(device)
+    history = measures.loss_history(trainer.state.log_history)
     final = attempts[-1]
     return {
         "method": cfg.method,
@@ -68,18 +70,27 @@ def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> di
         "peak_memory_kind": memory_kind,
         "num_parameters": n_params,
         "peak_flops": peak,
-        "mfu": M.model_flops_utilisation(n_params, non_pad, runtime, peak * world if peak else None),
+        "mfu": measures.model_flops_utilisation(n_params, non_pad, runtime, peak * world if peak else None),
         "data": data.stats(),
     }
 
 
 def save_trained(trainer, out_dir: Path) -> Path:
     """Save the adapter (or the full model for ``full``) and the tokenizer."""
-    target = out_dir / C.ADAPTER_DIR
+    target = out_dir / ADAPTER_DIR
     trainer.save_model(str(target))  # also saves the processing class (tokenizer)
     if trainer.is_world_process_zero() and not any(target.glob("*.safetensors")):
         raise VerificationError(f"train: the trainer saved no weights under {target}")
     return target
+
+
+def refuse_non_finite(adapter: Path) -> None:
+    """Delete and refuse saved weights holding NaN or infinite values (``NonFiniteError``, one line)."""
+    try:
+        check_finite_tensors(adapter)
+    except NonFiniteError:
+        shutil.rmtree(adapter, ignore_errors=True)
+        raise
 
 
 def check_inputs(data, rows: int = MERGE_CHECK_ROWS, tokens: int = MERGE_CHECK_TOKENS) -> list[list[int]]:
@@ -120,7 +131,7 @@ def merge_export(model_cfg, out_dir: Path, data, tokenizer) -> dict:
         resolve_model(model_cfg), dtype=MERGE_DTYPE, revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code, device_map={"": device},
     )
-    model = PeftModel.from_pretrained(base, str(out_dir / C.ADAPTER_DIR)).eval()
+    model = PeftModel.from_pretrained(base, str(out_dir / ADAPTER_DIR)).eval()
     sequences = check_inputs(data)
     with_adapter = torch.cat([x.flatten() for x in _logits(model, sequences)])
     with model.disable_adapter():
@@ -139,7 +150,7 @@ def merge_export(model_cfg, out_dir: Path, data, tokenizer) -> dict:
             f"train: merged model logits differ from the adapter's by {check['merge_relative_error']:.4f} "
             f"(relative; allowed {MERGE_MAX_RELATIVE_ERROR})"
         )
-    with atomic_dir(out_dir / C.MERGED_DIR) as tmp:
+    with atomic_dir(out_dir / MERGED_DIR) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     log.info("merged model saved (logit relative error %.5f)", check["merge_relative_error"])
@@ -147,9 +158,9 @@ def merge_export(model_cfg, out_dir: Path, data, tokenizer) -> dict:
 
 
 def write_reports(metrics: dict, out_dir: Path) -> None:
-    write_json(out_dir / C.METRICS_FILE, metrics)
+    write_json(out_dir / METRICS_FILE, metrics)
     if metrics["loss"]:
-        M.plot_loss_curve(metrics["loss"], out_dir / C.LOSS_CURVE_FILE, f"SFT ({metrics['method']})")
+        measures.plot_loss_curve(metrics["loss"], out_dir / LOSS_CURVE_FILE, f"SFT ({metrics['method']})")
 
 
 SUMMARY_KEYS = (

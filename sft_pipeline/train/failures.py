@@ -1,8 +1,9 @@
 """Failure policy of the train stage: out-of-memory back-off and transient-error detection.
 
-* Out of memory: retry with a smaller micro-batch and proportionally more gradient
-  accumulation, so the effective batch (and so the run) stays the same, down to a
-  micro-batch of 1; then give up with one clear :class:`PipelineError`.
+* Out of memory: :func:`back_off` retries with a smaller micro-batch and proportionally
+  more gradient accumulation, so the effective batch (and so the run) stays the same,
+  down to a micro-batch of 1; then gives up with one clear :class:`PipelineError`. The
+  same driver runs training in this process and relaunches ranks.
 * Transient errors (network, interconnect): :func:`is_transient` tells the Prefect
   task's ``retry_condition_fn`` which failures a retry with back-off may fix.
   Everything else (bad config, missing model or data, OOM at micro-batch 1) fails
@@ -11,12 +12,17 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import logging
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from accelerate.utils.memory import should_reduce_batch_size
 
 from sft_pipeline.errors import PipelineError
+from sft_pipeline.train.job import OUTCOME_OK, OUTCOME_OOM, Batch
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 # Substrings of RuntimeError messages from flaky hardware or interconnects.
 TRANSIENT_MESSAGES = ("NCCL", "ECC error", "unspecified launch failure", "Connection reset", "timed out")
@@ -60,28 +66,50 @@ def smaller_micro_batch(micro: int, effective: int) -> int | None:
     return None
 
 
-def batch_schedule(micro: int, accumulation: int) -> Iterator[tuple[int, int]]:
-    """(micro-batch, gradient accumulation) pairs to try, all with the same effective batch.
+def batch_schedule(first: Batch) -> Iterator[Batch]:
+    """Batch shapes to try, all with the same effective batch, starting at ``first``.
 
-    >>> list(batch_schedule(4, 2))
+    >>> [(b.micro, b.accumulation) for b in batch_schedule(Batch(4, 2))]
     [(4, 2), (2, 4), (1, 8)]
-    >>> list(batch_schedule(1, 16))
-    [(1, 16)]
+    >>> list(batch_schedule(Batch(1, 16)))
+    [Batch(micro=1, accumulation=16)]
     """
-    effective = micro * accumulation
-    current: int | None = micro
+    current: int | None = first.micro
     while current is not None:
-        yield current, effective // current
-        current = smaller_micro_batch(current, effective)
+        yield Batch(current, first.effective // current)
+        current = smaller_micro_batch(current, first.effective)
 
 
-def oom_exhausted(cfg) -> PipelineError:
-    """The error once even a micro-batch of 1 ran out of memory (``cfg``: the train section)."""
-    effective = cfg.batch_size * cfg.gradient_accumulation
+def oom_exhausted(first: Batch) -> PipelineError:
+    """The error once even a micro-batch of 1 ran out of memory."""
     return PipelineError(
-        f"train: out of memory even at micro-batch 1 (effective batch {effective}); "
+        f"train: out of memory even at micro-batch 1 (effective batch {first.effective}); "
         "use a smaller model, train.method=qlora, train.gradient_checkpointing=true or a shorter tokenize.max_length"
     )
+
+
+def back_off(first: Batch, attempt: Callable[[Batch], Result],
+             release: Callable[[], None] = lambda: None) -> tuple[Result, list[dict]]:
+    """``attempt(batch)`` at ``first``, then at smaller micro-batches while it runs out of memory.
+
+    Returns the successful attempt's result and every attempt's record (``Batch.record``).
+    Any other error is raised at once. ``release`` runs between attempts, after the failed
+    attempt's frames are gone, to give its memory back.
+    """
+    records: list[dict] = []
+    for batch in batch_schedule(first):
+        try:
+            result = attempt(batch)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried here
+            if not is_oom(exc):
+                raise
+            records.append(batch.record(OUTCOME_OOM))
+            log.warning("out of memory at micro-batch %d; retrying with a smaller one", batch.micro)
+        else:
+            records.append(batch.record(OUTCOME_OK))
+            return result, records
+        release()
+    raise oom_exhausted(first)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

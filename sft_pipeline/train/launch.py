@@ -1,7 +1,7 @@
 """Training on several processes: ``accelerate launch`` (torchrun) with DDP or FSDP.
 
 ``train.num_processes: 1`` (the default) trains in the calling process. With N > 1,
-:func:`train_stage` runs ``accelerate launch --num_processes N -m sft_pipeline.train``
+:func:`launch_training` runs ``accelerate launch --num_processes N -m sft_pipeline.train``
 and waits: one rank per GPU, or N CPU ranks (gloo) on a machine without one. Every
 rank trains on its share of each batch, so the effective batch is
 ``batch_size * gradient_accumulation * num_processes``. Rank 0 writes metrics (token
@@ -10,7 +10,7 @@ ranks together and resumed the same way as in one process.
 
 Out of memory on any rank while training stops all of them (torchrun tears the
 group down); the launcher then starts them again with half the micro-batch and twice the gradient
-accumulation, down to 1, as the in-process trainer does. Each attempt's output is
+accumulation, down to 1: the same driver (``failures.back_off``) as in one process. Each attempt's output is
 kept in ``LAUNCH_DIR/attempt-<n>.log`` of the stage output and forwarded to the log;
 a failing rank reports its error in ``LAUNCH_DIR/rank-<n>.json``, and the report of
 the rank torchrun names as the root cause is the error the stage raises.
@@ -33,14 +33,15 @@ from typing import Literal, Sequence
 import torch
 
 import sft_pipeline
-from sft_pipeline import constants as C
 from sft_pipeline import errors
 from sft_pipeline.artifacts import write_json
+from sft_pipeline.constants import METRICS_FILE
 from sft_pipeline.errors import ConfigError, PipelineError
 from sft_pipeline.models import compute_dtype
 from sft_pipeline.train import ranks
-from sft_pipeline.train.failures import RankFailure, batch_schedule, oom_exhausted
-from sft_pipeline.train.resume import CheckpointMirror, remove_incomplete
+from sft_pipeline.train.failures import RankFailure, back_off
+from sft_pipeline.train.job import TrainJob
+from sft_pipeline.train.resume import remove_incomplete
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ FSDP_ARGS = (
     "--fsdp_cpu_ram_efficient_loading", "true",
     "--fsdp_reshard_after_forward", "true",
 )
-LAUNCH_DIR = "launch"  # in the train output: the config every rank loads, one log per attempt
-RANK_CONFIG = "config.json"
+LAUNCH_DIR = "launch"  # in the train output: the job every rank loads, one log per attempt
+RANK_JOB = "job.json"
 USE_CPU_ENV = "ACCELERATE_USE_CPU"  # makes transformers/accelerate run CPU ranks as DDP over gloo
 OOM_EXIT_CODE = 75  # a rank's exit status after running out of memory while training (EX_TEMPFAIL)
 PIPELINE_ERROR_EXIT_CODE = 2
@@ -66,24 +67,22 @@ EXCEPTION_LINE = re.compile(r"\b(?!ChildFailedError)(\w+(?:Error|Exception)): .+
 
 
 def accelerate_command(
-    config: str | Path,
+    job_file: str | Path,
     tokenized_dir: str | Path,
     out_dir: str | Path,
     *,
     num_processes: int,
     strategy: Literal["ddp", "fsdp"] = "ddp",
-    overrides: Sequence[str] = (),
     mixed_precision: str = "bf16",
     port: int | None = None,
-    checkpoint_url: str | None = None,
 ) -> list[str]:
-    """The ``accelerate launch`` argv running the train stage on ``num_processes`` ranks.
+    """The ``accelerate launch`` argv running the job in ``job_file`` (``TrainJob.spec``) on ``num_processes`` ranks.
 
-    >>> argv = accelerate_command("p.yaml", "tok", "out", num_processes=2, port=29501)
+    >>> argv = accelerate_command("job.json", "tok", "out", num_processes=2, port=29501)
     >>> argv[1:3], argv[argv.index("--num_processes") + 1], "--multi_gpu" in argv
     (['-m', 'accelerate.commands.launch'], '2', True)
-    >>> argv[argv.index("-m", 3):][:2], accelerate_command("p", "t", "o", num_processes=2, overrides=["a=1"])[-2:]
-    (['-m', 'sft_pipeline.train'], ['--set', 'a=1'])
+    >>> argv[argv.index("-m", 3):]
+    ['-m', 'sft_pipeline.train', '--job', 'job.json', '--tokenized', 'tok', '--out', 'out']
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
@@ -94,12 +93,8 @@ def accelerate_command(
     if port is not None:
         argv += ["--main_process_port", str(port)]
     argv += ["--multi_gpu"] if strategy == "ddp" else list(FSDP_ARGS)
-    argv += ["-m", "sft_pipeline.train", "--config", str(config), "--tokenized", str(tokenized_dir), "--out", str(out_dir)]
-    if checkpoint_url:
-        argv += ["--checkpoint-url", checkpoint_url]
-    for item in overrides:
-        argv += ["--set", item]
-    return argv
+    return argv + ["-m", "sft_pipeline.train", "--job", str(job_file), "--tokenized", str(tokenized_dir),
+                   "--out", str(out_dir)]
 
 
 def free_port() -> int:
@@ -211,83 +206,77 @@ def check_devices(train) -> None:
         raise ConfigError("train.distributed=fsdp needs GPUs; CPU ranks train with ddp only")
 
 
-def launch_training(cfg, tokenized_dir: str | Path, out_dir: str | Path, *, checkpoint_url: str | None = None) -> dict:
-    """Train with ``cfg.train.num_processes`` ranks; return the stage counts (as :func:`train_model` does)."""
+def launch_attempt(job: TrainJob, folder: Path) -> None:
+    """Train ``job`` (at its own batch shape) on its launched ranks; raise what the root-cause rank failed with.
+
+    Out of memory on a rank comes back as ``torch.OutOfMemoryError``, for :func:`back_off`.
+    """
+    log_path = next_log(folder)
+    ranks.clear_failures(folder)
+    write_json(folder / RANK_JOB, job.spec())
+    precision = "bf16" if compute_dtype() == torch.bfloat16 else "no"
+    argv = accelerate_command(folder / RANK_JOB, job.tokenized_dir, job.out_dir, num_processes=job.train.num_processes,
+                              strategy=job.train.distributed, mixed_precision=precision, port=free_port())
+    code = run_logged(argv, log_path)
+    if code == 0:
+        return
+    log_text = log_path.read_text(errors="replace")
+    cause = root_cause(log_text)
+    report = ranks.first_failure(folder, cause["rank"] if cause else None)
+    if report and report["out_of_memory"]:
+        raise torch.OutOfMemoryError(f"train: rank {report['rank']} ran out of memory at micro-batch "
+                                     f"{job.train.batch_size}; full output in {log_path}")
+    raise failure(code, log_path, log_text, report, cause)
+
+
+def launch_training(job: TrainJob) -> dict:
+    """Train ``job`` on ``job.train.num_processes`` ranks; return the stage counts (as ``train_model`` does)."""
     from sft_pipeline.train.export import summary
 
-    out_dir, train = Path(out_dir), cfg.train
-    check_devices(train)
-    folder = out_dir / LAUNCH_DIR
+    check_devices(job.train)
+    folder = job.out_dir / LAUNCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / RANK_CONFIG, cfg.model_dump(mode="json"))
-    remove_incomplete(out_dir / C.CHECKPOINTS_DIR)  # once, before any rank looks for a checkpoint
-    precision = "bf16" if compute_dtype() == torch.bfloat16 else "no"
-    attempts: list[dict] = []
-    for micro, accumulation in batch_schedule(train.batch_size, train.gradient_accumulation):
-        attempt = {"micro_batch": micro, "gradient_accumulation": accumulation}
-        log_path = next_log(folder)
-        ranks.clear_failures(folder)
-        argv = accelerate_command(
-            folder / RANK_CONFIG, tokenized_dir, out_dir, num_processes=train.num_processes,
-            strategy=train.distributed, mixed_precision=precision, port=free_port(), checkpoint_url=checkpoint_url,
-            overrides=[f"train.batch_size={micro}", f"train.gradient_accumulation={accumulation}"],
-        )
-        code = run_logged(argv, log_path)
-        if code == 0:
-            attempts.append({**attempt, "outcome": "ok"})
-            break
-        log_text = log_path.read_text(errors="replace")
-        cause = root_cause(log_text)
-        report = ranks.first_failure(folder, cause["rank"] if cause else None)
-        if not (report and report["out_of_memory"]):
-            raise failure(code, log_path, log_text, report, cause)
-        attempts.append({**attempt, "outcome": "oom"})
-        log.warning("a rank ran out of memory at micro-batch %d; relaunching with a smaller one", micro)
-    else:
-        raise oom_exhausted(train)
-    metrics = json.loads((out_dir / C.METRICS_FILE).read_text())
+    remove_incomplete(job.checkpoints_dir)  # once, before any rank looks for a checkpoint
+    _, attempts = back_off(job.batch, lambda batch: launch_attempt(job.with_batch(batch), folder))
+    metrics = json.loads((job.out_dir / METRICS_FILE).read_text())
     metrics["attempts"] = attempts
-    write_json(out_dir / C.METRICS_FILE, metrics)
+    write_json(job.out_dir / METRICS_FILE, metrics)
     return summary(metrics)
 
 
-def train_stage(cfg, tokenized_dir: str | Path, out_dir: str | Path, *, checkpoint_url: str | None = None) -> dict:
-    """The train stage's body: in this process, or on ``train.num_processes`` launched ranks.
+def job_from_args(args) -> TrainJob:
+    """The job a rank runs: the launcher's ``--job`` file, or a pipeline config (a launch by hand)."""
+    from sft_pipeline.config import load_config
 
-    ``checkpoint_url``: also upload every complete checkpoint there (see ``resume.CheckpointMirror``).
-    """
-    if cfg.train.num_processes > 1:
-        return launch_training(cfg, tokenized_dir, out_dir, checkpoint_url=checkpoint_url)
-    from sft_pipeline.train.trainer import train_model
-
-    return train_model(cfg.model, Path(tokenized_dir), Path(out_dir), cfg.train, seed=cfg.run.seed,
-                       callbacks=mirror_callbacks(checkpoint_url))
+    if args.job:
+        return TrainJob.load(args.job, args.tokenized, args.out)
+    cfg = load_config(args.config, args.set)
+    return TrainJob.from_config(cfg, args.tokenized, args.out, checkpoint_url=args.checkpoint_url)
 
 
-def mirror_callbacks(checkpoint_url: str | None) -> list:
-    return [CheckpointMirror(checkpoint_url)] if checkpoint_url else []
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sft_pipeline.train --config C --tokenized DIR --out DIR [--set k=v ...]`` (one rank)."""
+def parse_args(argv: Sequence[str] | None):
     import argparse
 
-    from sft_pipeline.config import load_config
-    from sft_pipeline.train.trainer import train_model
-
     parser = argparse.ArgumentParser(prog="python -m sft_pipeline.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="pipeline YAML config")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="pipeline YAML config")
+    source.add_argument("--job", help="train job JSON written by the launcher (TrainJob.spec)")
     parser.add_argument("--tokenized", required=True, help="tokenize stage output folder")
     parser.add_argument("--out", required=True, help="train stage output folder (checkpoints live here)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--checkpoint-url", help="also upload complete checkpoints to this fsspec URL")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sft_pipeline.train (--config C [--set k=v ...] | --job J) --tokenized DIR --out DIR`` (one rank)."""
+    from sft_pipeline.train import trainer
+
+    args = parse_args(argv)
     if ranks.is_main_rank():
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cfg = load_config(args.config, args.set)
-        counts = train_model(cfg.model, Path(args.tokenized), Path(args.out), cfg.train, seed=cfg.run.seed,
-                             callbacks=mirror_callbacks(args.checkpoint_url))
+        counts = trainer.train_model(job_from_args(args))
     except Exception as exc:
         report = ranks.report_failure(Path(args.out) / LAUNCH_DIR, exc)
         if report["out_of_memory"]:

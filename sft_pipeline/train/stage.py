@@ -1,5 +1,6 @@
-"""The train stage's entry (sft_pipeline.stages): resume from a mirrored checkpoint, train, tidy the adapter.
+"""The train stage: :func:`train_stage` (in this process or on launched ranks) and the stage's entry.
 
+The entry (sft_pipeline.stages) resumes from a mirrored checkpoint, trains, and tidies the adapter.
 Training writes in place (not atomically) so that checkpoints survive a retry. With outputs on
 a URL, complete checkpoints are mirrored there too (``run.checkpoint_url``), and a retry on any
 machine first downloads the newest one; they are deleted once the output is published.
@@ -14,8 +15,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import ADAPTER_DIR, CHECKPOINTS_DIR, STAGE_TOKENIZE
-from sft_pipeline.train.launch import train_stage
+from sft_pipeline.errors import InputError
+from sft_pipeline.train.job import TrainJob
 from sft_pipeline.train.resume import pull_latest
 
 if TYPE_CHECKING:
@@ -27,6 +30,32 @@ ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CARD = "README.md"
 BASE_MODEL_KEY = "base_model_name_or_path"
 UNREPRODUCIBLE = ("training_args.bin",)  # a pickle of the trainer's arguments: paths and times of this run
+
+
+def make_output_folder(path: Path) -> Path:
+    """Create ``path`` (and its parents); a name the file system refuses is one :class:`InputError` line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the train output folder ({exc.strerror or exc})") from None
+    return path
+
+
+def train_stage(cfg: PipelineConfig, tokenized_dir: str | Path, out_dir: str | Path, *,
+                checkpoint_url: str | None = None) -> dict:
+    """Train on the tokenize stage's output in ``tokenized_dir``; write adapter, metrics, loss curve to ``out_dir``.
+
+    Runs in this process, or on ``train.num_processes`` ranks started by ``accelerate launch``.
+    ``checkpoint_url``: also upload every complete checkpoint there (see ``resume.CheckpointMirror``).
+    Returns the counts recorded in the stage manifest.
+    """
+    from sft_pipeline.train import launch, trainer  # at call time: launch imports this module
+
+    job = TrainJob.from_config(cfg, tokenized_dir, out_dir, checkpoint_url=checkpoint_url)
+    make_output_folder(job.out_dir)
+    if job.train.num_processes > 1:
+        return launch.launch_training(job)
+    return trainer.train_model(job)
 
 
 def run_stage(run: StageRun) -> dict:

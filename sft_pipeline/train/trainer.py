@@ -1,4 +1,9 @@
-"""The train stage: TRL ``SFTTrainer`` on our pre-tokenized rows, with resume and OOM back-off.
+"""Training in this process: TRL ``SFTTrainer`` on our pre-tokenized rows, with resume and OOM back-off.
+
+:func:`train_model` takes one :class:`~sft_pipeline.train.job.TrainJob`; each attempt of
+:func:`~sft_pipeline.train.failures.back_off` runs it at one :class:`~sft_pipeline.train.job.Batch`.
+Every run carries the guards (:mod:`~sft_pipeline.train.guards`), checkpoint markers,
+progress lines (:mod:`~sft_pipeline.train.progress`) and ``train.report_to``'s reporters.
 
 The rows go to the trainer as they are (``skip_prepare_dataset``): TRL's
 ``DataCollatorForLanguageModeling`` pads them (or, for packed rows, flattens them
@@ -18,20 +23,23 @@ import contextlib
 import gc
 import logging
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from sft_pipeline import constants as C
 from sft_pipeline.config import LoraSection, ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, compute_dtype, ignoring, load_causal_lm, load_tokenizer
-from sft_pipeline.train import metrics as M
 from sft_pipeline.train import ranks
 from sft_pipeline.train.data import TrainData, load_train_data
-from sft_pipeline.train.failures import RankOutOfMemory, batch_schedule, is_oom, is_transient, oom_exhausted
-from sft_pipeline.train.resume import CompleteMarker, latest_complete_checkpoint, remove_incomplete, saved_step
+from sft_pipeline.train.failures import RankOutOfMemory, back_off, is_oom, is_transient
+from sft_pipeline.train.guards import FiniteGuard, StopWhenComplete, TrainingComplete, finished_output
+from sft_pipeline.train.job import Batch, TrainJob
+from sft_pipeline.train.metrics import TokenCounter, reset_peak_memory
+from sft_pipeline.train.progress import Progress
+from sft_pipeline.train.reporting import reporting_callbacks
+from sft_pipeline.train.resume import (CheckpointMirror, CompleteMarker, latest_complete_checkpoint, remove_incomplete,
+                                       saved_step)
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +109,14 @@ def load_model(model_cfg: ModelConfig, cfg: TrainConfig):
     return model
 
 
-def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int, micro: int, accumulation: int):
+def training_args(job: TrainJob, data: TrainData, batch: Batch):
     from trl import SFTConfig
 
+    cfg = job.train
     return SFTConfig(
-        output_dir=str(out_dir / C.CHECKPOINTS_DIR),
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
+        output_dir=str(job.checkpoints_dir),
+        per_device_train_batch_size=batch.micro,
+        gradient_accumulation_steps=batch.accumulation,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
@@ -118,12 +127,14 @@ def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int
         fp16=False,
         logging_strategy=STEPS,
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a diverged loss is logged as it is, for FiniteGuard to stop the run
         save_strategy=STEPS,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        seed=seed,
-        data_seed=seed,
-        report_to=NO_REPORTING,
+        seed=job.seed,
+        data_seed=job.seed,
+        report_to=NO_REPORTING,  # train.report_to's callbacks are added by reporting.reporting_callbacks
+        run_name=f"train-{job.out_dir.name}",
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient (PEFT's DDP advice)
@@ -135,7 +146,6 @@ def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int
 
 
 def _counting_trainer_class():
-    from transformers import TrainerCallback
     from trl import SFTTrainer
 
     class CountingSFTTrainer(SFTTrainer):
@@ -143,58 +153,62 @@ def _counting_trainer_class():
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.token_counter = M.TokenCounter()
+            self.token_counter = TokenCounter()
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.token_counter.add(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
-    class LogLines(TrainerCallback):
-        """Training logs as log records instead of printed dicts."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs and "loss" in logs:
-                log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
-
-    return CountingSFTTrainer, LogLines
+    return CountingSFTTrainer
 
 
-def build_trainer(model_cfg, cfg, out_dir, data, tokenizer, *, seed, micro, accumulation, callbacks=()):
+def stage_callbacks(job: TrainJob) -> list:
+    """Callbacks every run has: guards, checkpoint completion markers, then the checkpoint mirror."""
+    mirror = [CheckpointMirror(job.checkpoint_url)] if job.checkpoint_url else []
+    return [StopWhenComplete(), FiniteGuard(), CompleteMarker(), *mirror]
+
+
+def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callbacks: Sequence = ()):
     from transformers import PrinterCallback, set_seed
 
-    trainer_cls, log_lines = _counting_trainer_class()
+    trainer_cls = _counting_trainer_class()
     with one_line_errors("train"):
-        args = training_args(cfg, out_dir, data, seed=seed, micro=micro, accumulation=accumulation)
-    set_seed(seed)
-    with one_line_errors(f"model {model_cfg.name_or_path}"):
-        model = load_model(model_cfg, cfg)
-    with one_line_errors("train.lora" if cfg.method != "full" else "train"):
+        args = training_args(job, data, batch)
+    set_seed(job.seed)
+    with one_line_errors(f"model {job.model.name_or_path}"):
+        model = load_model(job.model, job.train)
+    adapters = job.train.method != "full"
+    with one_line_errors("train.lora" if adapters else "train"):
         trainer = trainer_cls(
             model=model,
             args=args,
             train_dataset=data.dataset,
             processing_class=tokenizer,
-            peft_config=lora_config(cfg.lora) if cfg.method != "full" else None,
-            callbacks=[CompleteMarker(), log_lines(), *callbacks],
+            peft_config=lora_config(job.train.lora) if adapters else None,
+            callbacks=[*stage_callbacks(job), *callbacks],
         )
     trainer.remove_callback(PrinterCallback)
     return trainer
 
 
-def run_attempt(model_cfg, cfg, out_dir, data, tokenizer, *, seed, micro, accumulation, callbacks=()):
-    """One training run at a given micro-batch, resuming from the latest complete checkpoint."""
-    ckpt_dir = out_dir / C.CHECKPOINTS_DIR
-    dropped = remove_incomplete(ckpt_dir) if ranks.is_main_rank() else []
+def run_attempt(job: TrainJob, batch: Batch, data: TrainData, tokenizer, callbacks: Sequence = ()):
+    """One training run at ``batch``, resuming from the latest complete checkpoint.
+
+    Returns the trainer, its ``TrainOutput`` and the step resumed from (None: from scratch).
+    """
+    dropped = remove_incomplete(job.checkpoints_dir) if ranks.is_main_rank() else []
     if dropped:
         log.warning("ignoring incomplete checkpoint(s) left by a killed run: %s", ", ".join(dropped))
-    resume = latest_complete_checkpoint(ckpt_dir)
+    resume = latest_complete_checkpoint(job.checkpoints_dir)
     resumed_from = saved_step(resume) if resume else None
     if resume:
         log.info("resuming from %s (step %d)", resume.name, resumed_from)
-    M.reset_peak_memory()
-    trainer = build_trainer(model_cfg, cfg, out_dir, data, tokenizer, seed=seed, micro=micro,
-                            accumulation=accumulation, callbacks=callbacks)
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    reset_peak_memory()
+    trainer = build_trainer(job, data, tokenizer, batch, callbacks)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except TrainingComplete:
+        output = finished_output(trainer.state)
     return trainer, output, resumed_from
 
 
@@ -205,67 +219,50 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def train_with_backoff(model_cfg, cfg, out_dir, data, tokenizer, *, seed, callbacks=()):
-    """Run training, halving the micro-batch (same effective batch) on out-of-memory errors.
+def rank_attempt(job: TrainJob, data: TrainData, tokenizer, callbacks: Sequence):
+    """The attempt :func:`back_off` drives in this process.
 
-    One rank of several re-raises the error instead: its peers cannot follow it, so the
-    launcher (:func:`sft_pipeline.train.launch.launch_training`) backs off for all of them.
+    One rank of several re-raises out-of-memory as :class:`RankOutOfMemory` instead: its
+    peers cannot follow it to a smaller batch, so the launcher backs off for all of them.
     """
-    attempts: list[dict] = []
-    for micro, accumulation in batch_schedule(cfg.batch_size, cfg.gradient_accumulation):
+
+    def attempt(batch: Batch):
         try:
-            trainer, output, resumed_from = run_attempt(
-                model_cfg, cfg, out_dir, data, tokenizer, seed=seed, micro=micro,
-                accumulation=accumulation, callbacks=callbacks,
-            )
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried here
-            if not is_oom(exc):
-                raise
-            if ranks.world_size() > 1:
-                raise RankOutOfMemory(f"out of memory at micro-batch {micro}") from exc
-            attempts.append({"micro_batch": micro, "gradient_accumulation": accumulation, "outcome": "oom"})
-            log.warning("out of memory at micro-batch %d; retrying with a smaller one", micro)
-        else:
-            attempts.append({"micro_batch": micro, "gradient_accumulation": accumulation, "outcome": "ok"})
-            return trainer, output, resumed_from, attempts
-        release()  # outside the handler, so the failed attempt's frames (and model) are gone
-    raise oom_exhausted(cfg)
+            return run_attempt(job, batch, data, tokenizer, callbacks)
+        except Exception as exc:
+            if is_oom(exc) and ranks.world_size() > 1:
+                raise RankOutOfMemory(f"out of memory at micro-batch {batch.micro}") from exc
+            raise
+
+    return attempt
 
 
-def train_model(
-    model_cfg: ModelConfig,
-    tokenized_dir: Path,
-    out_dir: Path,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    callbacks: Sequence = (),
-) -> dict:
-    """Train on ``tokenized_dir/TRAIN_TOKENS_FILE`` and write the adapter, metrics and loss curve to ``out_dir``.
+def train_model(job: TrainJob, *, callbacks: Sequence = ()) -> dict:
+    """Train in this process on ``job.train_file``; write the adapter, metrics and loss curve to ``job.out_dir``.
 
-    ``out_dir`` persists across retries: checkpoints in ``out_dir/CHECKPOINTS_DIR`` let a
+    ``job.out_dir`` persists across retries: checkpoints in ``job.checkpoints_dir`` let a
     re-run resume from the latest complete one. ``callbacks`` are extra
     ``transformers.TrainerCallback`` objects (progress reporting, tests).
     Returns the counts recorded in the stage manifest.
     """
     from sft_pipeline.train import export
 
-    out_dir = Path(out_dir)
-    with quiet_training():
-        data = load_train_data(Path(tokenized_dir) / C.TRAIN_TOKENS_FILE)
-        with one_line_errors(f"model {model_cfg.name_or_path}"):
-            tokenizer = load_tokenizer(model_cfg)
-        trainer, output, resumed_from, attempts = train_with_backoff(
-            model_cfg, cfg, out_dir, data, tokenizer, seed=seed, callbacks=callbacks
-        )
-        metrics = export.collect_metrics(trainer, output, cfg, data, resumed_from=resumed_from, attempts=attempts)
-        export.save_trained(trainer, out_dir)
+    with quiet_training(), reporting_callbacks(job) as reporters:
+        data = load_train_data(job.train_file)
+        with one_line_errors(f"model {job.model.name_or_path}"):
+            tokenizer = load_tokenizer(job.model)
+        extra = [Progress(job.train.progress_steps), *reporters, *callbacks]
+        (trainer, output, resumed_from), attempts = back_off(
+            job.batch, rank_attempt(job, data, tokenizer, extra), release)
+        metrics = export.collect_metrics(trainer, output, job.train, data, resumed_from=resumed_from, attempts=attempts)
+        adapter = export.save_trained(trainer, job.out_dir)
         main_process = trainer.is_world_process_zero()
         del trainer, output
         release()
         if not main_process:
             return export.summary(metrics)
-        if cfg.merge_export:
-            metrics["merge"] = export.merge_export(model_cfg, out_dir, data, tokenizer)
-        export.write_reports(metrics, out_dir)
+        export.refuse_non_finite(adapter)
+        if job.train.merge_export:
+            metrics["merge"] = export.merge_export(job.model, job.out_dir, data, tokenizer)
+        export.write_reports(metrics, job.out_dir)
     return export.summary(metrics)

@@ -1,0 +1,113 @@
+"""Experiment tracking against real stores: TensorBoard event files of a tiny training run, and MLflow
+(sqlite tracking store in a temporary folder) for the trainer's curves and the pipeline's run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sft_pipeline import constants as C
+from sft_pipeline.config import ModelConfig, TrainConfig, load_config
+from sft_pipeline.errors import ConfigError
+from sft_pipeline.tracking import EXPERIMENT_NAME, log_pipeline_run, read_run
+from sft_pipeline.train import TrainJob
+from sft_pipeline.train.reporting import TENSORBOARD_DIR
+from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
+from sft_pipeline.train.trainer import train_model
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+def _store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    """A lora run reporting to TensorBoard and MLflow."""
+    root = tmp_path_factory.mktemp("tracked")
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), root / "tok" / C.TRAIN_TOKENS_FILE)
+    cfg = TrainConfig(method="lora", max_steps=STEPS, batch_size=2, gradient_accumulation=1, learning_rate=1e-3,
+                      save_steps=STEPS, report_to=["tensorboard", "mlflow"])
+    job = TrainJob(ModelConfig(name_or_path=str(tiny_model_dir)), cfg, root / "tok", root / "out", seed=0,
+                   tracking_uri=_store(root))
+    return job, train_model(job)
+
+
+def test_training_writes_tensorboard_event_files_in_its_output(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    job, result = trained
+    events = EventAccumulator(str(job.out_dir / TENSORBOARD_DIR))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == list(range(1, STEPS + 1))
+    assert losses[-1].value == pytest.approx(result["final_loss"], rel=1e-5)
+
+
+def test_training_reports_its_curves_to_mlflow(trained):
+    from mlflow.tracking import MlflowClient
+
+    job, result = trained
+    client = MlflowClient(job.tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
+    assert max(history, key=lambda m: m.step).value == pytest.approx(result["final_loss"], rel=1e-5)
+    assert float(runs[0].data.params["learning_rate"]) == job.train.learning_rate
+
+
+def test_mlflow_reporting_needs_a_tracking_store(tiny_model_dir, tmp_path):
+    cfg = TrainConfig(method="lora", max_steps=1, report_to=["mlflow"])
+    with pytest.raises(ConfigError, match="train.report_to: mlflow needs run.tracking_uri"):
+        train_model(TrainJob(ModelConfig(name_or_path=str(tiny_model_dir)), cfg, tmp_path, tmp_path / "out", seed=0))
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "mlruns"])
+def test_file_stores_are_refused_at_load_time(uri):
+    with pytest.raises(ConfigError, match="run.tracking_uri: .*sqlite:///"):
+        load_config(REPO / "deployments/configs/tiny.yaml", [f"run.tracking_uri={uri}"])
+
+
+def test_one_mlflow_run_per_pipeline_run_holds_params_counts_and_metrics(tmp_path):
+    cfg = load_config(REPO / "deployments/configs/tiny.yaml", [f"run.tracking_uri={_store(tmp_path)}",
+                                                               "train.lora.r=8"])
+    results = {
+        "ingest": {"rows_read": 50, "rows_kept": 48, "rows_rejected": 2},
+        "train": {"steps": 4, "final_loss": 1.25, "method": "qlora", "mfu": None},
+        "evaluate": {"tuned/heldout_loss": 1.5, "delta/ifeval loose": -0.02, "promoted": True},
+    }
+    first = log_pipeline_run(cfg, results, "run-a")
+    second = log_pipeline_run(cfg, {"ingest": {"rows_read": 7}}, "run-b")
+
+    params, metrics, status = read_run(cfg.run.tracking_uri, first)
+    assert status == "FINISHED" and first != second
+    assert params["train.lora.r"] == "8" and params["train.method"] == "qlora" and params["run.seed"] == "0"
+    assert params["ingest.sources"].startswith('[{"') and "tiny_chat.jsonl" in params["ingest.sources"]
+    assert len(params) == len(_leaves(cfg.model_dump(mode="json")))
+    assert metrics == {"ingest/rows_read": 50.0, "ingest/rows_kept": 48.0, "ingest/rows_rejected": 2.0,
+                       "train/steps": 4.0, "train/final_loss": 1.25, "evaluate/tuned/heldout_loss": 1.5,
+                       "evaluate/delta/ifeval loose": -0.02, "evaluate/promoted": 1.0}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.run.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    names = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
+    assert names == ["run-a", "run-b"], "one run per pipeline run, in one experiment"
+
+
+def test_pipeline_tracking_needs_a_store():
+    cfg = load_config(REPO / "deployments/configs/tiny.yaml")
+    with pytest.raises(ConfigError, match="run.tracking_uri: not set"):
+        log_pipeline_run(cfg, {}, "x")
+
+
+def _leaves(tree: dict) -> list:
+    """Leaf values of a nested config dump (a non-empty mapping is a branch; anything else a leaf)."""
+    out = []
+    for value in tree.values():
+        out.extend(_leaves(value) if isinstance(value, dict) and value else [value])
+    return out
