@@ -235,7 +235,8 @@ def test_evaluate_run_writes_results_and_blocks(blocked_run, tiny_model, tiny_to
 
 
 def test_evaluate_run_promotes(tmp_path, tiny_model_dir, stage_dirs):
-    off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None)
+    off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None,
+                     primary_metric=None)
     summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "ok", off)
     assert summary["promoted"] is True and summary["failed_checks"] == []
     assert "Verdict: promoted" in (tmp_path / "ok" / C.REPORT_MD_FILE).read_text()
