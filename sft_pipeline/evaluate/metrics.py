@@ -19,10 +19,10 @@ EXP = "exp"  # transform: perplexity is exp(loss) of each resample
 TRANSFORMS = {EXP: np.exp}
 # Benchmark metric suffix -> label (all higher-is-better accuracies, lm-eval's four aggregates).
 BENCH_SUFFIXES = {
-    "prompt_strict": "prompt-level strict acc.",
-    "inst_strict": "instruction-level strict acc.",
-    "prompt_loose": "prompt-level loose acc.",
-    "inst_loose": "instruction-level loose acc.",
+    "prompt_strict": "prompt strict",
+    "inst_strict": "instruction strict",
+    "prompt_loose": "prompt loose",
+    "inst_loose": "instruction loose",
 }
 # Interval bounds copied into each metric's comparison entry.
 INTERVAL_FIELDS = ("low", "high", "base_low", "base_high", "tuned_low", "tuned_high")
@@ -43,12 +43,12 @@ HELDOUT = (
     Metric(HELDOUT_PERPLEXITY, "Held-out perplexity", LOWER, items=HELDOUT_LOSS, transform=EXP),
 )
 BEHAVIOUR = (
-    Metric("stop_rate", "Stop rate (ends before max_new_tokens)", HIGHER, rate=True),
+    Metric("stop_rate", "Stop rate", HIGHER, rate=True),  # ends before max_new_tokens
     Metric("repetition_rate", "Repeated n-gram rate", LOWER, rate=True),
     Metric("mean_new_tokens", "Mean new tokens", NEUTRAL),
     Metric("mean_words", "Mean words", NEUTRAL),
     Metric("sycophantic_rate", "Sycophantic opener rate", LOWER, rate=True),
-    Metric("too_short_rate", "Too-short response rate", LOWER, rate=True),
+    Metric("too_short_rate", "Too-short rate", LOWER, rate=True),
 )
 
 
@@ -58,7 +58,7 @@ def bench_metrics(name: str, title: str) -> tuple[Metric, ...]:
     >>> [m.name for m in bench_metrics("ifbench", "IFBench")][:2]
     ['ifbench_prompt_strict', 'ifbench_inst_strict']
     >>> bench_metrics("ifeval", "IFEval")[3].label
-    'IFEval instruction-level loose acc.'
+    'IFEval instruction loose'
     """
     return tuple(Metric(f"{name}_{suffix}", f"{title} {label}", HIGHER, rate=True)
                  for suffix, label in BENCH_SUFFIXES.items())

@@ -21,6 +21,8 @@ VERDICT_TEXT = {
     "inconclusive": "**Verdict: inconclusive, so NOT promoted.** The interval straddles the tolerance for "
                     "{why}: more data is needed to decide (see the gate table).",
 }
+FEW_ITEMS = 20  # below this many items a percentile bootstrap interval under-covers badly
+VERDICT_SHORT = {"no significant change": "n.s."}  # keeps the summary table narrow enough for Prefect's UI
 IMAGES = {C.METRIC_BARS_FILE: "Metrics base vs tuned, 95 % intervals",
           C.HISTOGRAM_FILE: "Quality score histogram", C.LOSS_CURVE_FILE: "Training loss curve"}
 
@@ -85,14 +87,32 @@ def comparison(results: dict) -> dict[str, dict]:
             for k in m["base"]}
 
 
+def sample_sizes(results: dict) -> str:
+    """What n was for each group of metrics.
+
+    >>> sample_sizes({"heldout": {"rows": 21}, "benchmarks": ["ifeval"], "ifeval": {"title": "IFEval",
+    ...               "prompts": [0] * 40}, "generations": [0] * 4})
+    'held-out loss: 21 rows; IFEval: 40 prompts; behaviour rates: 44 answers'
+    """
+    benches = [(results[b].get("title", b), len(results[b]["prompts"])) for b in results.get("benchmarks", [])]
+    answers = sum(n for _, n in benches) + len(results.get("generations") or [])
+    parts = [f"held-out loss: {fmt(results['heldout']['rows'])} rows"]
+    parts += [f"{md_inline(title)}: {fmt(n)} prompts" for title, n in benches]
+    return "; ".join(parts + [f"behaviour rates: {fmt(answers)} answers"])
+
+
 def summary_section(results: dict) -> str:
-    rows = [[e["label"], fmt(e["base"]), fmt(e["tuned"]), fmt(e["delta"], True), e.get("verdict") or MISSING,
-             interval(e.get("low"), e.get("high")), fmt(e.get("n"))] for e in comparison(results).values()]
-    note = ("Delta is tuned minus base; the interval is a paired bootstrap 95 % interval of the delta "
-            "(items resampled together for both models, seeded); the verdict is better / worse only when the "
-            "interval excludes 0, in the metric's good direction. n: items resampled (held-out rows, prompts).")
+    rows = [[e["label"], fmt(e["base"]), fmt(e["tuned"]), fmt(e["delta"], True),
+             VERDICT_SHORT.get(e.get("verdict"), e.get("verdict") or MISSING), interval(e.get("low"), e.get("high"))]
+            for e in comparison(results).values()]
+    note = ("Delta is tuned minus base; the 95 % interval of the delta is a paired bootstrap (items resampled "
+            "together for both models, seeded); the verdict says better or worse only when that interval excludes 0 "
+            f"(n.s.: no significant change; –: no good direction). Items: {sample_sizes(results)}.")
+    if any((e.get("n") or FEW_ITEMS) < FEW_ITEMS for e in comparison(results).values()):
+        note += (f" **Fewer than {FEW_ITEMS} items on some metrics: bootstrap intervals are too narrow on so few "
+                 "items; treat them as indicative only.**")
     return "## Summary: base vs tuned\n\n" + table(
-        ["metric", "base", "tuned", "delta", "verdict", "95 % interval", "n"], rows) + "\n\n" + note
+        ["metric", "base", "tuned", "delta", "verdict", "95 % interval"], rows) + "\n\n" + note
 
 
 def gate_section(results: dict) -> str:

@@ -65,10 +65,18 @@ def interval(low: float | None, high: float | None) -> str:
     return f"[{fmt(low, True)}, {fmt(high, True)}]"
 
 
-def label(key: str) -> str:
-    """A count's key as a label.
+SECONDS_SUFFIX = "_s"
 
-    >>> label("heldout_rows"), label("by_reason.too_long")
-    ('heldout rows', 'by reason · too long')
+
+def label(key: str) -> str:
+    """A count's key as a label (the unit suffix dropped or put in parentheses).
+
+    >>> label("heldout_rows"), label("by_reason.too_long"), label("peak_memory_bytes"), label("duration_s")
+    ('heldout rows', 'by reason · too long', 'peak memory', 'duration (s)')
     """
-    return key.replace("_", " ").replace(".", " · ")
+    unit = ""
+    if key.endswith(BYTES_SUFFIX):
+        key = key[: -len(BYTES_SUFFIX)]
+    elif key.endswith(SECONDS_SUFFIX):
+        key, unit = key[: -len(SECONDS_SUFFIX)], " (s)"
+    return key.replace("_", " ").replace(".", " · ") + unit

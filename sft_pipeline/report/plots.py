@@ -59,7 +59,7 @@ def metric_bars(entries: dict[str, dict], out: Path) -> Path:
     _bars(left, entries, rates, "Rates (error bars: 95 % bootstrap intervals)")
     left.set_ylim(0, 1.05)
     left.legend(fontsize=8)
-    _bars(right, entries, losses, "Held-out loss (lower is better)")
+    _bars(right, entries, losses, "Held-out loss\n(lower is better)")
     fig.tight_layout()
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
