@@ -68,6 +68,11 @@ def _benchmarks(inputs: Inputs) -> list[Benchmark]:
     return [b for b in BENCHMARKS if b.name in inputs.prompts]
 
 
+def _table(benches: list[Benchmark]) -> tuple:
+    """The compared metrics for these benchmarks, in report order."""
+    return metric_table([(b.name, b.title) for b in benches])
+
+
 def _score_benchmarks(ev: ModelEval, inputs: Inputs, records: list[dict]) -> list[dict]:
     """Score each benchmark's slice of ``records``; return the records left (the questions')."""
     for bench in _benchmarks(inputs):
@@ -133,7 +138,8 @@ def comparison(base: ModelEval, tuned: ModelEval, *, resamples: int, seed: int) 
     """(per-metric comparison with paired intervals, per-item values as saved in eval.json)."""
     items = {name: {BASE: values, TUNED: tuned.items[name][0], "weights": weights}
              for name, (values, weights) in base.items.items() if name in tuned.items}
-    return compare(METRIC_TABLE, base.metrics, tuned.metrics, items, resamples=resamples, seed=seed), items
+    table = _table([b for b in BENCHMARKS if b.name in base.verdicts])
+    return compare(table, base.metrics, tuned.metrics, items, resamples=resamples, seed=seed), items
 
 
 def _bench_results(bench: Benchmark, rows: list[dict], base: ModelEval, tuned: ModelEval) -> dict:
@@ -149,8 +155,9 @@ def _bench_results(bench: Benchmark, rows: list[dict], base: ModelEval, tuned: M
 def build_results(inputs: Inputs, base: ModelEval, tuned: ModelEval, gate: dict, extra: dict,
                   compared: tuple[dict, dict] = ({}, {})) -> dict:
     """Everything eval.json keeps: point metrics, intervals, gate, per-item records, side-by-side answers."""
-    ordered = {name: {m: ev.metrics.get(m) for m in METRICS} for name, ev in ((BASE, base), (TUNED, tuned))}
     benches = _benchmarks(inputs)
+    names = [m.name for m in _table(benches)]
+    ordered = {name: {m: ev.metrics.get(m) for m in names} for name, ev in ((BASE, base), (TUNED, tuned))}
     return {
         "metrics": {**ordered, "delta": delta(ordered[BASE], ordered[TUNED])},
         "comparison": [{"metric": name, **entry} for name, entry in compared[0].items()],  # in report order
