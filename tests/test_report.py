@@ -116,3 +116,16 @@ def test_bad_run_dir_is_a_one_line_error(tmp_path):
     (tmp_path / C.EVAL_RESULTS_FILE).write_text("[]")
     with pytest.raises(InputError, match="not an evaluation result file"):
         render_report(tmp_path)
+
+
+def test_inconclusive_gate_reads_as_not_promoted_with_the_items_needed(run_dir):
+    results = json.loads((run_dir / C.EVAL_RESULTS_FILE).read_text())
+    base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
+    straddling = {"heldout_loss": {"low": 0.1, "high": 0.9, "n": 3}}  # delta +0.5 vs tolerance 0.6
+    results["gate"] = run_gate(base, tuned, GateConfig(max_heldout_loss_increase=0.6), straddling)
+    write_json(run_dir / C.EVAL_RESULTS_FILE, results)
+    text = render_report(run_dir)[0].read_text()
+    assert "**Verdict: inconclusive, so NOT promoted.**" in text and "`heldout_loss`" in text
+    # n needed: the half-width 0.4 must shrink below |0.5 - 0.6| = 0.1, i.e. 16x the 3 rows.
+    assert "| inconclusive | 3 | 48 |" in text
+    assert "about 48 items (now 3)" in text
