@@ -27,6 +27,7 @@ from sft_pipeline.evaluate.ifeval import mean, per_instruction
 from sft_pipeline.evaluate.loss import heldout_loss, read_heldout
 from sft_pipeline.evaluate.metrics import HELDOUT_LOSS, bench_items, compare, metric_table
 from sft_pipeline.evaluate.prompts import load_questions
+from sft_pipeline.evaluate.stats import BETTER, WORSE
 from sft_pipeline.resources import resolve_path
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def summary(results: dict) -> dict:
     counts = {"heldout_rows": results["heldout"]["rows"], "heldout_tokens": results["heldout"]["tokens"],
               **{f"{b}_prompts": len(results[b]["prompts"]) for b in results["benchmarks"]},
               "generation_prompts": len(results["generations"]),
-              "metrics_better": verdicts.count("better"), "metrics_worse": verdicts.count("worse")}
+              "metrics_better": verdicts.count(BETTER), "metrics_worse": verdicts.count(WORSE)}
     return {**_numbers(results), **counts, "verdict": gate["verdict"], "promoted": gate["promoted"],
             "failed_checks": list(blocking)}
 

@@ -10,19 +10,21 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from sft_pipeline import constants as C
+from sft_pipeline.evaluate.gate import FAILED, INCONCLUSIVE, NOT_PROMOTED, PROMOTED
+from sft_pipeline.evaluate.stats import NO_CHANGE
 from sft_pipeline.report.escape import cell, code, fence, md_inline, md_text
 from sft_pipeline.report.numbers import MISSING, fmt, interval, label, quantity
 
 SIDES = ("base", "tuned")
 SWEEP_COLUMNS = ("threshold", "rows", "tokens")
 VERDICT_TEXT = {
-    "promoted": "**Verdict: promoted.** Every enabled gate check's 95 % interval lies within its tolerance.",
-    "not_promoted": "**Verdict: NOT promoted.** Significantly worse than tolerated: {why}.",
-    "inconclusive": "**Verdict: inconclusive, so NOT promoted.** The interval straddles the tolerance for "
+    PROMOTED: "**Verdict: promoted.** Every enabled gate check's 95 % interval lies within its tolerance.",
+    NOT_PROMOTED: "**Verdict: NOT promoted.** Significantly worse than tolerated: {why}.",
+    INCONCLUSIVE: "**Verdict: inconclusive, so NOT promoted.** The interval straddles the tolerance for "
                     "{why}: more data is needed to decide (see the gate table).",
 }
 FEW_ITEMS = 20  # below this many items a percentile bootstrap interval under-covers badly
-VERDICT_SHORT = {"no significant change": "n.s."}  # keeps the summary table narrow enough for Prefect's UI
+VERDICT_SHORT = {NO_CHANGE: "n.s."}  # keeps the summary table narrow enough for Prefect's UI
 IMAGES = {C.METRIC_BARS_FILE: "Metrics base vs tuned, 95 % intervals",
           C.HISTOGRAM_FILE: "Quality score histogram", C.LOSS_CURVE_FILE: "Training loss curve"}
 
@@ -70,8 +72,8 @@ def image(name: str) -> str:
 
 def _verdict(results: dict) -> str:
     gate = results["gate"]
-    verdict = gate.get("verdict") or ("promoted" if gate["promoted"] else "not_promoted")
-    status = {"not_promoted": "failed", "inconclusive": "inconclusive"}.get(verdict)
+    verdict = gate.get("verdict") or (PROMOTED if gate["promoted"] else NOT_PROMOTED)
+    status = {NOT_PROMOTED: FAILED, INCONCLUSIVE: INCONCLUSIVE}.get(verdict)
     why = "; ".join(f"{code(c['metric'])} (delta {fmt(c['delta'], True)}, 95 % interval "
                     f"{interval(c.get('low'), c.get('high'))}, needs {c['condition']})"
                     for c in gate.get("checks", []) if c["status"] == status)
