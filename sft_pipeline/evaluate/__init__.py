@@ -1,86 +1,116 @@
-"""EVALUATE stage: base vs tuned on held-out loss, IFEval checks and generation behaviour.
+"""EVALUATE stage: base vs tuned on held-out loss, prompt benchmarks and generation behaviour.
 
 The base model is loaded once (not quantised) and measured; the train stage's LoRA
 adapter is then attached and merged into it, and the tuned model is measured on
-exactly the same inputs. Results, the gate verdict, plots and the report are
-written into the stage's output folder.
+exactly the same inputs (same prompts, same decoding). Per-item results of both
+models are kept, every metric gets a paired bootstrap 95 % interval on its delta
+and a verdict, and the gate reads those intervals. Results (``eval.json``), plots
+and the report are written into the stage's output folder.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft_pipeline import constants as C
 from sft_pipeline.artifacts import write_json
 from sft_pipeline.config import EvalConfig, ModelConfig
 from sft_pipeline.errors import InputError
-from sft_pipeline.evaluate.behaviour import behaviour_metrics
-from sft_pipeline.evaluate.gate import run_gate
-from sft_pipeline.evaluate.generate import Generation, generate
-from sft_pipeline.evaluate.ifeval import evaluate_ifeval, load_ifeval_prompts, per_instruction
+from sft_pipeline.evaluate.behaviour import behaviour_items, response_record
+from sft_pipeline.evaluate.benchmarks import BENCHMARKS, Benchmark
+from sft_pipeline.evaluate.gate import NOT_PROMOTED, run_gate
+from sft_pipeline.evaluate.generate import generate
+from sft_pipeline.evaluate.ifeval import mean, per_instruction
 from sft_pipeline.evaluate.loss import heldout_loss, read_heldout
+from sft_pipeline.evaluate.metrics import HELDOUT_LOSS, bench_items, compare, metric_table
 from sft_pipeline.evaluate.prompts import load_questions
+from sft_pipeline.evaluate.stats import BETTER, WORSE
 from sft_pipeline.resources import resolve_path
 
 log = logging.getLogger(__name__)
 
 BASE, TUNED = "base", "tuned"
-IFEVAL_PREFIX = "ifeval_"
-# Metrics compared base vs tuned, in report order.
-METRICS = (
-    "heldout_loss", "heldout_perplexity",
-    "ifeval_prompt_strict", "ifeval_inst_strict", "ifeval_prompt_loose", "ifeval_inst_loose",
-    "stop_rate", "repetition_rate", "mean_new_tokens", "mean_words", "sycophantic_rate", "too_short_rate",
-)
+HELDOUT_SCALARS = ("heldout_loss", "heldout_perplexity", "heldout_tokens", "heldout_rows")
+# Metrics compared base vs tuned, in report order (one block of four per benchmark).
+METRIC_TABLE = metric_table([(b.name, b.title) for b in BENCHMARKS])
+METRICS = tuple(m.name for m in METRIC_TABLE)
 
 
 @dataclass
 class Inputs:
     heldout: list[dict]
-    ifeval: list[dict]
+    prompts: dict[str, list[dict]]  # benchmark name -> its prompt rows
     questions: list[dict]
 
 
 @dataclass
 class ModelEval:
     metrics: dict
-    ifeval_verdicts: list[dict] = field(default_factory=list)
-    ifeval_generations: list[Generation] = field(default_factory=list)
-    question_generations: list[Generation] = field(default_factory=list)
+    verdicts: dict[str, list[dict]] = field(default_factory=dict)  # benchmark -> per-prompt verdicts
+    responses: dict[str, list[dict]] = field(default_factory=dict)  # benchmark -> per-prompt response records
+    question_responses: list[dict] = field(default_factory=list)  # MT-Bench response records
+    items: dict[str, tuple[list, list]] = field(default_factory=dict)  # metric -> (values, weights)
     seconds: dict = field(default_factory=dict)  # per phase
 
 
 def load_inputs(stage_dirs: dict[str, Path], cfg: EvalConfig) -> Inputs:
     return Inputs(
         heldout=read_heldout(stage_dirs[C.STAGE_TOKENIZE] / C.HELDOUT_TOKENS_FILE, cfg.max_heldout_rows),
-        ifeval=load_ifeval_prompts(resolve_path(cfg.ifeval_prompts), cfg.num_ifeval_prompts),
+        prompts={b.name: b.load(resolve_path(getattr(cfg, b.prompts_key)), getattr(cfg, b.limit_key))
+                 for b in BENCHMARKS},
         questions=load_questions(resolve_path(cfg.generation_prompts), cfg.num_generation_prompts),
     )
 
 
+def _benchmarks(inputs: Inputs) -> list[Benchmark]:
+    return [b for b in BENCHMARKS if b.name in inputs.prompts]
+
+
+def _table(benches: list[Benchmark]) -> tuple:
+    """The compared metrics for these benchmarks, in report order."""
+    return metric_table([(b.name, b.title) for b in benches])
+
+
+def _score_benchmarks(ev: ModelEval, inputs: Inputs, records: list[dict]) -> list[dict]:
+    """Score each benchmark's slice of ``records``; return the records left (the questions')."""
+    for bench in _benchmarks(inputs):
+        rows = inputs.prompts[bench.name]
+        chunk, records = records[:len(rows)], records[len(rows):]
+        scores, verdicts = bench.score(rows, [r["text"] for r in chunk])
+        ev.metrics.update({f"{bench.name}_{k}": v for k, v in scores.items()})
+        ev.verdicts[bench.name], ev.responses[bench.name] = verdicts, chunk
+        for suffix in scores:
+            ev.items[f"{bench.name}_{suffix}"] = bench_items(verdicts, suffix)
+    return records
+
+
 def evaluate_model(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int) -> ModelEval:
-    """Every metric for one model on the shared inputs."""
+    """Every metric, and its per-item values, for one model on the shared inputs."""
     clock = [time.perf_counter()]
 
     def lap() -> float:
         clock.append(time.perf_counter())
         return round(clock[-1] - clock[-2], 1)
 
-    metrics = heldout_loss(model, inputs.heldout, batch_size=cfg.batch_size, pad_id=tokenizer.pad_token_id)
-    seconds = {"heldout_loss": lap()}
-    prompts = [row["prompt"] for row in inputs.ifeval] + [q["prompt"] for q in inputs.questions]
-    gens = generate(model, tokenizer, prompts, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                    do_sample=cfg.do_sample, temperature=cfg.temperature, seed=seed)
-    seconds["generation"] = lap()
-    if_gens, q_gens = gens[:len(inputs.ifeval)], gens[len(inputs.ifeval):]
-    scores, verdicts = evaluate_ifeval(inputs.ifeval, [g.text for g in if_gens])
-    seconds["ifeval_checks"] = lap()
-    metrics.update({IFEVAL_PREFIX + k: v for k, v in scores.items()})
-    metrics.update(behaviour_metrics(gens, ngram=cfg.repetition_ngram, min_words=cfg.min_response_words))
-    return ModelEval(metrics, verdicts, if_gens, q_gens, seconds=seconds)
+    loss = heldout_loss(model, inputs.heldout, batch_size=cfg.batch_size, pad_id=tokenizer.pad_token_id)
+    ev = ModelEval({k: loss[k] for k in HELDOUT_SCALARS}, seconds={"heldout_loss": lap()})
+    ev.items[HELDOUT_LOSS] = (loss["row_nll"], [float(n) for n in loss["row_tokens"]])
+    prompts = [r["prompt"] for b in _benchmarks(inputs) for r in inputs.prompts[b.name]]
+    gens = generate(model, tokenizer, prompts + [q["prompt"] for q in inputs.questions], batch_size=cfg.batch_size,
+                    max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
+                    seed=seed)
+    ev.seconds["generation"] = lap()
+    records = [{"text": g.text, **response_record(g, ngram=cfg.repetition_ngram, min_words=cfg.min_response_words)}
+               for g in gens]
+    ev.question_responses = _score_benchmarks(ev, inputs, records)
+    ev.seconds["checks"] = lap()
+    for metric, values in behaviour_items(records).items():
+        ev.metrics[metric] = mean(values)
+        ev.items[metric] = (values, [1.0] * len(values))
+    return ev
 
 
 def attach_adapter(model, adapter_dir: Path):
@@ -105,49 +135,74 @@ def delta(base: dict, tuned: dict) -> dict:
             for k in base}
 
 
-def _gen(g: Generation) -> dict:
-    return {k: v for k, v in asdict(g).items() if k != "prompt"}
+def comparison(base: ModelEval, tuned: ModelEval, *, resamples: int, seed: int) -> tuple[dict, dict]:
+    """(per-metric comparison with paired intervals, per-item values as saved in eval.json)."""
+    items = {name: {BASE: values, TUNED: tuned.items[name][0], "weights": weights}
+             for name, (values, weights) in base.items.items() if name in tuned.items}
+    table = _table([b for b in BENCHMARKS if b.name in base.verdicts])
+    return compare(table, base.metrics, tuned.metrics, items, resamples=resamples, seed=seed), items
 
 
-def _side_by_side(items: list[dict], base: list[Generation], tuned: list[Generation]) -> list[dict]:
-    return [{**item, BASE: _gen(b), TUNED: _gen(t)} for item, b, t in zip(items, base, tuned)]
+def _bench_results(bench: Benchmark, rows: list[dict], base: ModelEval, tuned: ModelEval) -> dict:
+    name = bench.name
+    prompts = [{**row, BASE: {**br, **bv}, TUNED: {**tr, **tv}}
+               for row, br, bv, tr, tv in zip(rows, base.responses[name], base.verdicts[name],
+                                              tuned.responses[name], tuned.verdicts[name])]
+    return {"title": bench.title, "checkers": bench.checkers, "prompts": prompts,
+            "per_instruction": {BASE: per_instruction(rows, base.verdicts[name]),
+                                TUNED: per_instruction(rows, tuned.verdicts[name])}}
 
 
-def build_results(inputs: Inputs, base: ModelEval, tuned: ModelEval, gate: dict, extra: dict) -> dict:
-    ordered = {name: {m: ev.metrics.get(m) for m in METRICS} for name, ev in ((BASE, base), (TUNED, tuned))}
-    ifeval_rows = [
-        {**row, BASE: {**_gen(bg), **bv}, TUNED: {**_gen(tg), **tv}}
-        for row, bg, bv, tg, tv in zip(inputs.ifeval, base.ifeval_generations, base.ifeval_verdicts,
-                                       tuned.ifeval_generations, tuned.ifeval_verdicts)
-    ]
+def build_results(inputs: Inputs, base: ModelEval, tuned: ModelEval, gate: dict, extra: dict,
+                  compared: tuple[dict, dict] = ({}, {})) -> dict:
+    """Everything eval.json keeps: point metrics, intervals, gate, per-item records, side-by-side answers."""
+    benches = _benchmarks(inputs)
+    names = [m.name for m in _table(benches)]
+    ordered = {name: {m: ev.metrics.get(m) for m in names} for name, ev in ((BASE, base), (TUNED, tuned))}
     return {
         "metrics": {**ordered, "delta": delta(ordered[BASE], ordered[TUNED])},
+        "comparison": [{"metric": name, **entry} for name, entry in compared[0].items()],  # in report order
         "gate": gate,
         "heldout": {"rows": base.metrics["heldout_rows"], "tokens": base.metrics["heldout_tokens"]},
-        "ifeval": {
-            "prompts": ifeval_rows,
-            "per_instruction": {BASE: per_instruction(inputs.ifeval, base.ifeval_verdicts),
-                                TUNED: per_instruction(inputs.ifeval, tuned.ifeval_verdicts)},
-        },
-        "generations": _side_by_side(inputs.questions, base.question_generations, tuned.question_generations),
+        "benchmarks": [b.name for b in benches],
+        **{b.name: _bench_results(b, inputs.prompts[b.name], base, tuned) for b in benches},
+        "generations": [{**q, BASE: b, TUNED: t}
+                        for q, b, t in zip(inputs.questions, base.question_responses, tuned.question_responses)],
+        "items": compared[1],
         "seconds": {BASE: base.seconds, TUNED: tuned.seconds},
         **extra,
     }
 
 
+def _numbers(results: dict) -> dict:
+    """Key metrics (base, tuned, interval of the delta) as plain numbers; None values left out."""
+    keys = [HELDOUT_LOSS, "stop_rate"] + [f"{b}_{s}" for b in results["benchmarks"]
+                                          for s in ("inst_loose", "prompt_strict")]
+    cmp, out = {e["metric"]: e for e in results.get("comparison") or []}, {}
+    for key in keys:
+        entry = cmp.get(key) or {}
+        out.update({f"{key}_{BASE}": results["metrics"][BASE].get(key),
+                    f"{key}_{TUNED}": results["metrics"][TUNED].get(key),
+                    f"{key}_delta_low": entry.get("low"), f"{key}_delta_high": entry.get("high")})
+    return {k: v for k, v in out.items() if isinstance(v, (int, float))}
+
+
 def summary(results: dict) -> dict:
-    """The small dict returned to the stage runner (goes into the manifest's counts)."""
-    m = results["metrics"]
-    keys = ("heldout_loss", "ifeval_inst_loose", "ifeval_prompt_strict", "stop_rate")
-    out = {f"{k}_{name}": m[name][k] for k in keys for name in (BASE, TUNED)}
-    return {**out, "promoted": results["gate"]["promoted"], "failed_checks": results["gate"]["failed_checks"],
-            "heldout_rows": results["heldout"]["rows"], "ifeval_prompts": len(results["ifeval"]["prompts"]),
-            "generation_prompts": len(results["generations"])}
+    """The stage's counts: numbers, plus ``verdict`` (promoted / not_promoted / inconclusive),
+    ``promoted`` (bool) and ``failed_checks`` (the metrics that kept the model from promotion)."""
+    gate, verdicts = results["gate"], [e.get("verdict") for e in results.get("comparison") or []]
+    blocking = gate["failed_checks"] if gate["verdict"] == NOT_PROMOTED else gate.get("inconclusive_checks", [])
+    counts = {"heldout_rows": results["heldout"]["rows"], "heldout_tokens": results["heldout"]["tokens"],
+              **{f"{b}_prompts": len(results[b]["prompts"]) for b in results["benchmarks"]},
+              "generation_prompts": len(results["generations"]),
+              "metrics_better": verdicts.count(BETTER), "metrics_worse": verdicts.count(WORSE)}
+    return {**_numbers(results), **counts, "verdict": gate["verdict"], "promoted": gate["promoted"],
+            "failed_checks": list(blocking)}
 
 
 def evaluate_run(model_cfg: ModelConfig, stage_dirs: dict[str, Path], out_dir: Path, cfg: EvalConfig, *,
                  seed: int) -> dict:
-    """Measure base and tuned, apply the gate, write results, plots and the report."""
+    """Measure base and tuned, compare them with paired intervals, gate, write results, plots and the report."""
     from sft_pipeline.models import load_causal_lm, load_tokenizer
     from sft_pipeline.report import render_report, write_run_file
 
@@ -156,15 +211,16 @@ def evaluate_run(model_cfg: ModelConfig, stage_dirs: dict[str, Path], out_dir: P
     adapter_dir = stage_dirs[C.STAGE_TRAIN] / C.ADAPTER_DIR
     tokenizer = load_tokenizer(model_cfg)
     model = load_causal_lm(model_cfg).eval()
-    log.info("evaluating base model: %d held-out rows, %d IFEval prompts, %d questions",
-             len(inputs.heldout), len(inputs.ifeval), len(inputs.questions))
+    log.info("evaluating base model: %d held-out rows, %s prompts, %d questions", len(inputs.heldout),
+             {k: len(v) for k, v in inputs.prompts.items()}, len(inputs.questions))
     base = evaluate_model(model, tokenizer, inputs, cfg, seed)
     model = attach_adapter(model, adapter_dir)
     log.info("evaluating tuned model (adapter %s)", adapter_dir)
     tuned = evaluate_model(model, tokenizer, inputs, cfg, seed)
-    gate = run_gate(base.metrics, tuned.metrics, cfg.gate)
+    compared = comparison(base, tuned, resamples=cfg.bootstrap_resamples, seed=seed)
+    gate = run_gate(base.metrics, tuned.metrics, cfg.gate, compared[0])
     extra = {"model": model_cfg.name_or_path, "seed": seed, "config": cfg.model_dump(mode="json")}
-    results = build_results(inputs, base, tuned, gate, extra)
+    results = build_results(inputs, base, tuned, gate, extra, compared)
     write_json(out_dir / C.EVAL_RESULTS_FILE, results)
     write_run_file(out_dir, stage_dirs)
     render_report(out_dir)

@@ -77,14 +77,28 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def response_record(gen: Generation, *, ngram: int = 3, min_words: int = 5) -> dict:
+    """One generation's per-item behaviour (kept in eval.json and resampled by the bootstrap).
+
+    >>> response_record(Generation("p", "Sure! Yes.", 4, True), ngram=2, min_words=5)
+    {'stopped': True, 'new_tokens': 4, 'words': 2, 'repetition': 0.0, 'sycophantic': True, 'too_short': True}
+    """
+    return {"stopped": gen.stopped, "new_tokens": gen.new_tokens, "words": len(words(gen.text)),
+            "repetition": ngram_repetition(gen.text, ngram), "sycophantic": is_sycophantic(gen.text),
+            "too_short": is_too_short(gen.text, min_words)}
+
+
+# behaviour metric -> the per-item record field it averages
+RECORD_FIELDS = {"stop_rate": "stopped", "repetition_rate": "repetition", "mean_new_tokens": "new_tokens",
+                 "mean_words": "words", "sycophantic_rate": "sycophantic", "too_short_rate": "too_short"}
+
+
+def behaviour_items(records: Sequence[dict]) -> dict[str, list[float]]:
+    """Per-generation values of each behaviour metric (the metric is their mean)."""
+    return {metric: [float(r[field]) for r in records] for metric, field in RECORD_FIELDS.items()}
+
+
 def behaviour_metrics(gens: Sequence[Generation], *, ngram: int = 3, min_words: int = 5) -> dict[str, float]:
     """Rates and means over one model's generations."""
-    texts = [g.text for g in gens]
-    return {
-        "stop_rate": rate(g.stopped for g in gens),
-        "repetition_rate": _mean([ngram_repetition(t, ngram) for t in texts]),
-        "mean_new_tokens": _mean([g.new_tokens for g in gens]),
-        "mean_words": _mean([len(words(t)) for t in texts]),
-        "sycophantic_rate": rate(is_sycophantic(t) for t in texts),
-        "too_short_rate": rate(is_too_short(t, min_words) for t in texts),
-    }
+    items = behaviour_items([response_record(g, ngram=ngram, min_words=min_words) for g in gens])
+    return {metric: _mean(values) for metric, values in items.items()}

@@ -1,8 +1,18 @@
-"""Regression gate: the tuned model is promoted only when no enabled check fails.
+"""Regression gate on the paired 95 % intervals of ``tuned - base``.
 
-Each rule compares ``tuned - base`` for one metric with a limit from
-:class:`~sft_pipeline.config.GateConfig`; a limit of ``None`` disables the rule, and a
-metric that could not be measured (e.g. no held-out rows) is *skipped*, not failed.
+Each rule compares one metric's delta with a tolerance from
+:class:`~sft_pipeline.config.GateConfig` (``None`` disables it; the primary metric is
+always checked, at tolerance 0 when its own rule is disabled). A check is
+
+- *failed* when the whole interval lies on the bad side of the tolerance (significantly worse),
+- *passed* when the whole interval lies on the good side,
+- *inconclusive* when the interval straddles the tolerance: the data cannot tell; the check
+  records how many items would make the interval narrow enough to decide,
+- *skipped* when the metric could not be measured (e.g. no held-out rows).
+
+Verdict: ``not_promoted`` if any check failed, else ``inconclusive`` if any check was
+inconclusive (an inconclusive gate does **not** promote), else ``promoted``. A metric
+without an interval (no per-item data) is judged on its point delta.
 """
 
 from __future__ import annotations
@@ -11,10 +21,13 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from sft_pipeline.config import GateConfig
+from sft_pipeline.evaluate.stats import samples_needed
 
 MAX_INCREASE = "max_increase"  # passes when delta <= limit
 MIN_DELTA = "min_delta"  # passes when delta >= limit
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+PASSED, FAILED, INCONCLUSIVE, SKIPPED = "passed", "failed", "inconclusive", "skipped"
+PROMOTED, NOT_PROMOTED = "promoted", "not_promoted"
+VERDICTS = (PROMOTED, NOT_PROMOTED, INCONCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -32,32 +45,74 @@ RULES = (
 )
 
 
-def check(rule: Rule, base: float | None, tuned: float | None, limit: float) -> dict:
-    """One check's record.
+def status(kind: str, low: float, high: float, limit: float) -> str:
+    """Where the interval ``[low, high]`` of the delta lies against the tolerance.
+
+    >>> status(MAX_INCREASE, 0.02, 0.05, 0.0), status(MAX_INCREASE, -0.3, -0.1, 0.0), status(MAX_INCREASE, -0.1, 0.1, 0.0)
+    ('failed', 'passed', 'inconclusive')
+    >>> status(MIN_DELTA, -0.3, -0.1, -0.05), status(MIN_DELTA, -0.04, 0.2, -0.05)
+    ('failed', 'passed')
+    """
+    bad_low, good_high = (low > limit, high <= limit) if kind == MAX_INCREASE else (high < limit, low >= limit)
+    return FAILED if bad_low else PASSED if good_high else INCONCLUSIVE
+
+
+def check(rule: Rule, base: float | None, tuned: float | None, limit: float, interval: Mapping | None = None) -> dict:
+    """One check's record; ``interval`` holds ``low``, ``high`` and ``n`` (None: the point delta alone).
 
     >>> r = Rule("max_heldout_loss_increase", "heldout_loss", MAX_INCREASE)
     >>> check(r, 2.0, 2.3, 0.1)["status"], check(r, 2.0, 1.9, 0.0)["status"]
     ('failed', 'passed')
+    >>> c = check(r, 2.0, 1.95, 0.0, {"low": -0.15, "high": 0.05, "n": 40})
+    >>> c["status"], c["needed_n"]
+    ('inconclusive', 160)
     >>> check(Rule("x", "stop_rate", MIN_DELTA), 0.5, None, -0.1)["status"]
     'skipped'
     """
     op = "<=" if rule.kind == MAX_INCREASE else ">="
-    record = {"metric": rule.metric, "setting": rule.setting, "base": base, "tuned": tuned,
-              "limit": limit, "condition": f"tuned - base {op} {limit:g}", "delta": None}
+    record = {"metric": rule.metric, "setting": rule.setting, "base": base, "tuned": tuned, "limit": limit,
+              "condition": f"tuned - base {op} {limit:g}", "delta": None, "low": None, "high": None,
+              "n": None, "needed_n": None}
     if base is None or tuned is None:
         return {**record, "status": SKIPPED}
     delta = tuned - base
-    ok = delta <= limit if rule.kind == MAX_INCREASE else delta >= limit
-    return {**record, "delta": delta, "status": PASSED if ok else FAILED}
+    interval = interval if interval and interval.get("low") is not None else None
+    low, high = (interval["low"], interval["high"]) if interval else (delta, delta)
+    result = status(rule.kind, low, high, limit)
+    n = interval.get("n") if interval else None
+    needed = samples_needed(n, low, high, abs(delta - limit)) if result == INCONCLUSIVE and n else None
+    return {**record, "delta": delta, "low": low, "high": high, "n": n, "needed_n": needed, "status": result}
 
 
-def run_gate(base: Mapping[str, float | None], tuned: Mapping[str, float | None],
-             gate: GateConfig) -> dict:
-    """All enabled checks, the verdict and the names of the metrics that failed."""
+def _limit(rule: Rule, gate: GateConfig) -> float | None:
+    limit = getattr(gate, rule.setting)
+    return 0.0 if limit is None and rule.metric == gate.primary_metric else limit
+
+
+def decide(checks: list[dict]) -> str:
+    """The gate's verdict from its checks' statuses.
+
+    >>> decide([{"status": "passed"}, {"status": "inconclusive"}]), decide([{"status": "skipped"}])
+    ('inconclusive', 'promoted')
+    >>> decide([{"status": "inconclusive"}, {"status": "failed"}])
+    'not_promoted'
+    """
+    found = {c["status"] for c in checks}
+    return NOT_PROMOTED if FAILED in found else INCONCLUSIVE if INCONCLUSIVE in found else PROMOTED
+
+
+def run_gate(base: Mapping[str, float | None], tuned: Mapping[str, float | None], gate: GateConfig,
+             intervals: Mapping[str, Mapping | None] | None = None) -> dict:
+    """All enabled checks, the verdict, and the metrics that failed / were inconclusive."""
+    intervals = intervals or {}
     checks = [
-        check(rule, base.get(rule.metric), tuned.get(rule.metric), getattr(gate, rule.setting))
+        {**check(rule, base.get(rule.metric), tuned.get(rule.metric), limit, intervals.get(rule.metric)),
+         "primary": rule.metric == gate.primary_metric}
         for rule in RULES
-        if getattr(gate, rule.setting) is not None
+        if (limit := _limit(rule, gate)) is not None
     ]
-    failed = [c["metric"] for c in checks if c["status"] == FAILED]
-    return {"promoted": not failed, "failed_checks": failed, "checks": checks}
+    verdict = decide(checks)
+    return {"verdict": verdict, "promoted": verdict == PROMOTED, "primary_metric": gate.primary_metric,
+            "failed_checks": [c["metric"] for c in checks if c["status"] == FAILED],
+            "inconclusive_checks": [c["metric"] for c in checks if c["status"] == INCONCLUSIVE],
+            "checks": checks}

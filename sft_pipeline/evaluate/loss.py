@@ -63,29 +63,40 @@ def pad_batch(rows: Sequence[dict], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.inference_mode()
-def batch_nll(model, rows: Sequence[dict], pad_id: int) -> tuple[float, int]:
-    """Summed NLL of next-token predictions on supervised positions, and their count."""
+def batch_nll(model, rows: Sequence[dict], pad_id: int) -> tuple[list[float], list[int]]:
+    """Per row: summed NLL of next-token predictions on supervised positions, and their count."""
     ids, labels, mask = pad_batch(rows, pad_id)
     device = model.device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     targets = labels[:, 1:].to(device)
     keep = targets != IGNORE_INDEX
-    picked = logits[:, :-1][keep].float()
-    nll = F.cross_entropy(picked, targets[keep], reduction="sum")
-    return float(nll), int(keep.sum())
+    picked = logits[:, :-1][keep].float()  # only supervised positions, as few logits as possible
+    nll = F.cross_entropy(picked, targets[keep], reduction="none")
+    row_of = keep.nonzero()[:, 0]
+    sums = torch.zeros(len(rows), dtype=nll.dtype, device=nll.device).index_add_(0, row_of, nll)
+    return sums.tolist(), keep.sum(dim=1).tolist()
 
 
 def heldout_loss(model, rows: Sequence[dict], *, batch_size: int, pad_id: int) -> dict:
-    """Token-weighted mean loss and perplexity over supervised tokens (None without any)."""
+    """Token-weighted mean loss and perplexity over supervised tokens (None without any).
+
+    ``row_nll`` and ``row_tokens`` keep each row's summed NLL and supervised-token count,
+    in the order of ``rows``, for the paired bootstrap.
+    """
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    total, count = 0.0, 0
+    row_nll, row_tokens = [0.0] * len(rows), [0] * len(rows)
     for start in range(0, len(order), batch_size):
-        nll, n = batch_nll(model, [rows[i] for i in order[start:start + batch_size]], pad_id)
-        total, count = total + nll, count + n
+        batch = order[start:start + batch_size]
+        nll, counts = batch_nll(model, [rows[i] for i in batch], pad_id)
+        for i, value, n in zip(batch, nll, counts):
+            row_nll[i], row_tokens[i] = value, n
+    total, count = sum(row_nll), sum(row_tokens)
     loss = total / count if count else None
     return {
         "heldout_loss": loss,
         "heldout_perplexity": math.exp(loss) if loss is not None else None,
         "heldout_tokens": count,
         "heldout_rows": len(rows),
+        "row_nll": row_nll,
+        "row_tokens": row_tokens,
     }

@@ -1,4 +1,4 @@
-"""Run report: Markdown (readable as text) and self-contained HTML (PNG plots inlined).
+"""Run report: Markdown (plots embedded as data: URIs at its end) and self-contained, sanitised HTML.
 
 At evaluation time :func:`write_run_file` snapshots what the report needs from the
 upstream stage folders (manifest summaries, threshold sweep, training loss log) into
@@ -17,8 +17,8 @@ from typing import Any
 from sft_pipeline import constants as C
 from sft_pipeline.artifacts import read_manifest, write_json
 from sft_pipeline.errors import InputError
-from sft_pipeline.report.html import markdown_to_html
-from sft_pipeline.report.markdown import build_markdown
+from sft_pipeline.report.html import data_uri, markdown_to_html
+from sft_pipeline.report.markdown import IMAGES, build_markdown, comparison
 from sft_pipeline.report.plots import loss_curve, metric_bars
 
 UPSTREAM = (C.STAGE_INGEST, C.STAGE_SCORE, C.STAGE_FILTER, C.STAGE_TOKENIZE, C.STAGE_TRAIN)
@@ -106,11 +106,10 @@ def render_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not isinstance(results, dict) or "metrics" not in results:
         raise InputError(f"{run_dir / C.EVAL_RESULTS_FILE}: not an evaluation result file")
     run = _read_json(run_dir / C.RUN_FILE) or {}
-    metric_bars(results["metrics"], run_dir / C.METRIC_BARS_FILE)
-    images = {name for name in (C.HISTOGRAM_FILE, C.LOSS_CURVE_FILE, C.METRIC_BARS_FILE)
-              if (run_dir / name).exists()}
+    metric_bars(comparison(results), run_dir / C.METRIC_BARS_FILE)
+    images = {name: data_uri(run_dir / name) for name in IMAGES if (run_dir / name).exists()}
     text = build_markdown(results, run, images)
     md_path, html_path = run_dir / C.REPORT_MD_FILE, run_dir / C.REPORT_HTML_FILE
     md_path.write_text(text, encoding="utf-8")
-    html_path.write_text(markdown_to_html(text, run_dir), encoding="utf-8")
+    html_path.write_text(markdown_to_html(text), encoding="utf-8")
     return md_path, html_path

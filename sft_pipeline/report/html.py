@@ -1,15 +1,24 @@
-"""Markdown report -> one self-contained HTML file (Python-Markdown; PNGs inlined as base64)."""
+"""Markdown report -> one self-contained HTML file (Python-Markdown, then sanitised with nh3).
+
+The Markdown already escapes every data-derived string; the HTML body is sanitised as well
+(defence in depth): only the tags and attributes the report uses survive, links must be
+http(s), and images must be embedded PNG ``data:`` URIs.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import re
 from pathlib import Path
 
 MARKDOWN_EXTENSIONS = ("tables", "fenced_code", "md_in_html")
-_IMG_SRC = re.compile(r'(<img[^>]*\bsrc=")([^"]+\.png)(")')
 TITLE = "SFT evaluation report"
+PNG_DATA_PREFIX = "data:image/png;base64,"
+LINK_SCHEMES = ("http://", "https://")
+ALLOWED_TAGS = {"h1", "h2", "h3", "h4", "p", "br", "hr", "strong", "em", "code", "pre", "blockquote", "ul", "ol",
+                "li", "table", "thead", "tbody", "tr", "th", "td", "div", "img", "a"}
+ALLOWED_ATTRIBUTES = {"div": {"class"}, "img": {"src", "alt", "title"}, "a": {"href", "title"},
+                      "code": {"class"}, "th": {"align"}, "td": {"align"}}
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
@@ -25,27 +34,43 @@ blockquote { border-left: 4px solid #ddd; margin: 0.5em 0; padding: 0 1em; color
 
 def data_uri(path: Path) -> str:
     """A ``data:`` URI holding a PNG file's bytes."""
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return PNG_DATA_PREFIX + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def inline_images(body: str, base_dir: Path) -> str:
-    """Replace ``src="x.png"`` (files in ``base_dir``) by data URIs; leave others as they are."""
+def allowed_url(element: str, attribute: str, value: str) -> str | None:
+    """nh3 attribute filter: links only to http(s), images only embedded PNGs; other attributes kept.
 
-    def swap(match: re.Match) -> str:
-        path = base_dir / match.group(2)
-        src = data_uri(path) if path.is_file() else match.group(2)
-        return match.group(1) + src + match.group(3)
+    >>> allowed_url("a", "href", "javascript:alert(1)"), allowed_url("a", "href", "https://x.org")
+    (None, 'https://x.org')
+    >>> allowed_url("img", "src", "data:image/png;base64,AAAA"), allowed_url("img", "src", "x.png")
+    ('data:image/png;base64,AAAA', None)
+    """
+    if element == "a" and attribute == "href":
+        return value if value.lower().startswith(LINK_SCHEMES) else None
+    if element == "img" and attribute == "src":
+        return value if value.startswith(PNG_DATA_PREFIX) else None
+    return value
 
-    return _IMG_SRC.sub(swap, body)
+
+def sanitize(body: str) -> str:
+    """The HTML body with everything outside the report's own vocabulary removed.
+
+    >>> sanitize('<p onclick="x()">a<script>b()</script><a href="javascript:c()">d</a></p>')
+    '<p>a<a rel="noopener noreferrer">d</a></p>'
+    """
+    import nh3
+
+    return nh3.clean(body, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes={"http", "https", "data"},
+                     attribute_filter=allowed_url, link_rel="noopener noreferrer")
 
 
-def markdown_to_html(text: str, base_dir: Path) -> str:
-    """A complete HTML page for the Markdown report; raw HTML inside ``text`` is kept."""
+def markdown_to_html(text: str) -> str:
+    """A complete, sanitised HTML page for the Markdown report."""
     import markdown
 
     body = markdown.markdown(text, extensions=list(MARKDOWN_EXTENSIONS))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(TITLE)}</title>\n<style>{CSS}</style>\n</head>\n"
-        f"<body>\n{inline_images(body, base_dir)}\n</body>\n</html>\n"
+        f"<body>\n{sanitize(body)}\n</body>\n</html>\n"
     )

@@ -1,30 +1,32 @@
-"""The report as Markdown: summary table first, then gate, data, training, IFEval, generations."""
+"""The report as Markdown: verdict and summary table first, then gate, data, training, benchmarks, generations.
+
+Every data-derived string is escaped (:mod:`sft_pipeline.report.escape`); plots are embedded
+as ``data:`` URIs in reference-style image links at the end, so the same file reads whole in
+a browser, in Prefect's artifact view and as text.
+"""
 
 from __future__ import annotations
 
-import html
 from typing import Any, Iterable, Sequence
 
 from sft_pipeline import constants as C
+from sft_pipeline.evaluate.gate import FAILED, INCONCLUSIVE, NOT_PROMOTED, PROMOTED
+from sft_pipeline.evaluate.stats import NO_CHANGE
+from sft_pipeline.report.escape import cell, code, fence, md_inline, md_text
+from sft_pipeline.report.numbers import MISSING, fmt, interval, label, quantity
 
-# metric -> (label, +1 if higher is better, -1 if lower is better, 0 if neither)
-METRIC_INFO = {
-    "heldout_loss": ("Held-out loss (assistant tokens)", -1),
-    "heldout_perplexity": ("Held-out perplexity", -1),
-    "ifeval_prompt_strict": ("IFEval prompt-level strict acc.", 1),
-    "ifeval_inst_strict": ("IFEval instruction-level strict acc.", 1),
-    "ifeval_prompt_loose": ("IFEval prompt-level loose acc.", 1),
-    "ifeval_inst_loose": ("IFEval instruction-level loose acc.", 1),
-    "stop_rate": ("Stop rate (ends before max_new_tokens)", 1),
-    "repetition_rate": ("Repeated n-gram rate", -1),
-    "mean_new_tokens": ("Mean new tokens", 0),
-    "mean_words": ("Mean words", 0),
-    "sycophantic_rate": ("Sycophantic opener rate", -1),
-    "too_short_rate": ("Too-short response rate", -1),
-}
-MISSING = "–"
 SIDES = ("base", "tuned")
 SWEEP_COLUMNS = ("threshold", "rows", "tokens")
+VERDICT_TEXT = {
+    PROMOTED: "**Verdict: promoted.** Every enabled gate check's 95 % interval lies within its tolerance.",
+    NOT_PROMOTED: "**Verdict: NOT promoted.** Significantly worse than tolerated: {why}.",
+    INCONCLUSIVE: "**Verdict: inconclusive, so NOT promoted.** The interval straddles the tolerance for "
+                    "{why}: more data is needed to decide (see the gate table).",
+}
+FEW_ITEMS = 20  # below this many items a percentile bootstrap interval under-covers badly
+VERDICT_SHORT = {NO_CHANGE: "n.s."}  # keeps the summary table narrow enough for Prefect's UI
+IMAGES = {C.METRIC_BARS_FILE: "Metrics base vs tuned, 95 % intervals",
+          C.HISTOGRAM_FILE: "Quality score histogram", C.LOSS_CURVE_FILE: "Training loss curve"}
 
 
 def ordered(keys: Iterable[str], preferred: Sequence[str]) -> list[str]:
@@ -37,57 +39,17 @@ def ordered(keys: Iterable[str], preferred: Sequence[str]) -> list[str]:
     return [k for k in preferred if k in keys] + [k for k in keys if k not in preferred]
 
 
-def fmt(value: Any, signed: bool = False) -> str:
-    """Compact number formatting for tables.
-
-    >>> fmt(0.12345), fmt(3), fmt(None), fmt(-0.5, signed=True), fmt(0.25, signed=True)
-    ('0.123', '3', '–', '-0.500', '+0.250')
-    """
-    if value is None:
-        return MISSING
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:+d}" if signed else str(value)
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def cell(value: Any) -> str:
-    """A value made safe for a Markdown table cell.
-
-    >>> cell("a|b\\nc")
-    'a\\\\|b c'
-    """
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-style Markdown table.
+    """A GitHub-style Markdown table; cells are escaped text.
 
-    >>> print(table(["a", "b"], [[1, "x"]]))
+    >>> print(table(["a", "b"], [[1, "x|y"]]))
     | a | b |
     | --- | --- |
-    | 1 | x |
+    | 1 | x\\|y |
     """
     lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def fence(text: str, lang: str = "text") -> str:
-    """A fenced code block whose fence is longer than any backtick run inside ``text``.
-
-    >>> print(fence("a ``` b"))
-    ````text
-    a ``` b
-    ````
-    """
-    longest, run = 0, 0
-    for ch in text:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
 def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -103,60 +65,97 @@ def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix[:-1], obj)]
 
 
+def image(name: str) -> str:
+    """A reference-style image; :func:`image_refs` defines the reference."""
+    return f"![{IMAGES[name]}][{name}]"
+
+
 def _verdict(results: dict) -> str:
     gate = results["gate"]
-    checks = gate.get("checks", [])
-    if gate["promoted"]:
-        return f"**Verdict: promoted.** All {len(checks)} enabled gate checks passed (or were skipped)."
-    failed = [c for c in checks if c["status"] == "failed"]
-    why = "; ".join(f"`{c['metric']}` (delta {fmt(c['delta'], True)}, needs {c['condition']})" for c in failed)
-    return f"**Verdict: NOT promoted.** Failed gate checks: {why}."
+    verdict = gate.get("verdict") or (PROMOTED if gate["promoted"] else NOT_PROMOTED)
+    status = {NOT_PROMOTED: FAILED, INCONCLUSIVE: INCONCLUSIVE}.get(verdict)
+    why = "; ".join(f"{code(c['metric'])} (delta {fmt(c['delta'], True)}, 95 % interval "
+                    f"{interval(c.get('low'), c.get('high'))}, needs {c['condition']})"
+                    for c in gate.get("checks", []) if c["status"] == status)
+    return VERDICT_TEXT[verdict].format(why=why)
 
 
-def _change(direction: int, delta: float | None) -> str:
-    if delta is None or direction == 0 or delta == 0:
-        return ""
-    return "better" if delta * direction > 0 else "worse"
+def comparison(results: dict) -> dict[str, dict]:
+    """Per-metric entries in report order; older eval.json files without intervals get point values only."""
+    if results.get("comparison"):
+        return {e["metric"]: e for e in results["comparison"]}
+    m = results["metrics"]
+    return {k: {"metric": k, "label": k, "base": m["base"][k], "tuned": m["tuned"][k], "delta": m["delta"][k]}
+            for k in m["base"]}
+
+
+def sample_sizes(results: dict) -> str:
+    """What n was for each group of metrics.
+
+    >>> sample_sizes({"heldout": {"rows": 21}, "benchmarks": ["ifeval"], "ifeval": {"title": "IFEval",
+    ...               "prompts": [0] * 40}, "generations": [0] * 4})
+    'held-out loss: 21 rows; IFEval: 40 prompts; behaviour rates: 44 answers'
+    """
+    benches = [(results[b].get("title", b), len(results[b]["prompts"])) for b in results.get("benchmarks", [])]
+    answers = sum(n for _, n in benches) + len(results.get("generations") or [])
+    parts = [f"held-out loss: {fmt(results['heldout']['rows'])} rows"]
+    parts += [f"{md_inline(title)}: {fmt(n)} prompts" for title, n in benches]
+    return "; ".join(parts + [f"behaviour rates: {fmt(answers)} answers"])
 
 
 def summary_section(results: dict) -> str:
-    m = results["metrics"]
-    rows = [[METRIC_INFO.get(k, (k, 0))[0], fmt(m["base"][k]), fmt(m["tuned"][k]), fmt(m["delta"][k], True),
-             _change(METRIC_INFO.get(k, (k, 0))[1], m["delta"][k])] for k in ordered(m["base"], list(METRIC_INFO))]
-    return "## Summary: base vs tuned\n\n" + table(["metric", "base", "tuned", "delta", "change"], rows)
+    rows = [[e["label"], fmt(e["base"]), fmt(e["tuned"]), fmt(e["delta"], True),
+             VERDICT_SHORT.get(e.get("verdict"), e.get("verdict") or MISSING), interval(e.get("low"), e.get("high"))]
+            for e in comparison(results).values()]
+    note = ("Delta is tuned minus base; the 95 % interval of the delta is a paired bootstrap (items resampled "
+            "together for both models, seeded); the verdict says better or worse only when that interval excludes 0 "
+            f"(n.s.: no significant change; –: no good direction). Items: {sample_sizes(results)}.")
+    if any((e.get("n") or FEW_ITEMS) < FEW_ITEMS for e in comparison(results).values()):
+        note += (f" **Fewer than {FEW_ITEMS} items on some metrics: bootstrap intervals are too narrow on so few "
+                 "items; treat them as indicative only.**")
+    return "## Summary: base vs tuned\n\n" + table(
+        ["metric", "base", "tuned", "delta", "verdict", "95 % interval"], rows) + "\n\n" + note
 
 
 def gate_section(results: dict) -> str:
-    rows = [[c["metric"], c["condition"], fmt(c["base"]), fmt(c["tuned"]), fmt(c["delta"], True), c["status"]]
-            for c in results["gate"].get("checks", [])]
-    body = table(["metric", "condition", "base", "tuned", "delta", "result"], rows) if rows else "No checks enabled."
-    return "## Regression gate\n\n" + body
+    gate = results["gate"]
+    rows = [[c["metric"] + (" (primary)" if c.get("primary") else ""), c["condition"], fmt(c["delta"], True),
+             interval(c.get("low"), c.get("high")), c["status"], fmt(c.get("n")), fmt(c.get("needed_n"))]
+            for c in gate.get("checks", [])]
+    if not rows:
+        return "## Regression gate\n\nNo checks enabled."
+    needs = [f"- {code(c['metric'])}: about {fmt(c['needed_n'])} items (now {fmt(c['n'])}) would make the "
+             f"interval narrower than the distance of the delta from the tolerance."
+             for c in gate["checks"] if c.get("needed_n")]
+    note = ("A check fails when its whole interval lies beyond the tolerance, passes when it lies wholly "
+            "within, and is inconclusive when it straddles it; an inconclusive gate does not promote.")
+    body = table(["metric", "condition", "delta", "95 % interval", "result", "n", "n needed"], rows)
+    return "\n\n".join(["## Regression gate", body, note] + (["\n".join(needs)] if needs else []))
 
 
-def counts_text(summary: dict | None) -> str:
-    """One stage's manifest counts on one line.
-
-    >>> counts_text({"counts": {"kept": 7, "by": {"a": 0.5}}}), counts_text(None)
-    ('kept: 7; by.a: 0.500', '–')
-    """
-    return "; ".join(f"{k}: {fmt(v)}" for k, v in flatten((summary or {}).get("counts") or {})) or MISSING
+def stage_table(summary: dict) -> str:
+    """One stage's manifest counts (and duration) as a labelled two-column table."""
+    pairs = flatten(summary.get("counts") or {})
+    if summary.get("duration_s") is not None:
+        pairs.append(("duration_s", summary["duration_s"]))
+    return table(["quantity", "value"], [[label(k), quantity(k, v)] for k, v in pairs])
 
 
 def data_section(run: dict, images: set[str]) -> str:
     parts = ["## Data"]
     stages = run.get("stages") or {}
-    rows = [[name, counts_text(stages[name])] for name in ordered(stages, C.STAGES) if name != C.STAGE_TRAIN]
-    if rows:
-        parts.append("### Stage counts\n\n" + table(["stage", "counts"], rows))
+    for name in ordered(stages, C.STAGES):
+        if name != C.STAGE_TRAIN and stages[name]:
+            parts.append(f"### Stage: {md_inline(name)}\n\n" + stage_table(stages[name]))
     sweep = run.get("sweep")
     if isinstance(sweep, list) and sweep:
         chosen = ((stages.get(C.STAGE_FILTER) or {}).get("config") or {}).get("threshold")
         keys = ordered(sweep[0].keys(), SWEEP_COLUMNS)
         sweep_rows = [[fmt(r.get(k)) + (" (used)" if k == "threshold" and r.get(k) == chosen else "")
                        for k in keys] for r in sweep]
-        parts.append("### Quality-threshold sweep\n\n" + table(keys, sweep_rows))
+        parts.append("### Quality-threshold sweep\n\n" + table([md_inline(k) for k in keys], sweep_rows))
     if C.HISTOGRAM_FILE in images:
-        parts.append(f"![Quality score histogram]({C.HISTOGRAM_FILE})")
+        parts.append(image(C.HISTOGRAM_FILE))
     return "\n\n".join(parts)
 
 
@@ -165,29 +164,32 @@ def training_section(run: dict, images: set[str]) -> str:
     train = (run.get("stages") or {}).get(C.STAGE_TRAIN) or {}
     scalars = {**dict(flatten(train.get("counts") or {})), **(run.get("train_metrics") or {})}
     if scalars:
-        parts.append(table(["quantity", "value"], [[k, fmt(v)] for k, v in scalars.items()]))
+        parts.append(table(["quantity", "value"], [[label(k), quantity(k, v)] for k, v in scalars.items()]))
     losses = run.get("train_loss") or []
     if losses:
         parts.append(f"Training loss {fmt(losses[0][1])} at step {losses[0][0]} -> "
                      f"{fmt(losses[-1][1])} at step {losses[-1][0]} ({len(losses)} logged steps).")
     if C.LOSS_CURVE_FILE in images:
-        parts.append(f"![Training loss curve]({C.LOSS_CURVE_FILE})")
+        parts.append(image(C.LOSS_CURVE_FILE))
     return "\n\n".join(parts) if len(parts) > 1 else "## Training\n\nNo training summary available."
 
 
-def ifeval_section(results: dict) -> str:
-    per = results["ifeval"]["per_instruction"]
+def bench_section(results: dict, name: str) -> str:
+    bench = results[name]
+    title = bench.get("title", name)
+    per = bench["per_instruction"]
     rows = [[inst, f"{b[0]}/{b[1]}", "{}/{}".format(*per["tuned"].get(inst, [0, 0]))]
             for inst, b in per["base"].items()]
-    intro = ("Checked by program with IFEval's checkers from lm-eval on "
-             f"{len(results['ifeval']['prompts'])} prompts; loose passes per instruction type.")
-    return "## Instruction following (IFEval checks)\n\n" + intro + "\n\n" + table(
+    checkers = bench.get("checkers", "its own checkers")
+    intro = (f"Checked by program with {md_inline(checkers)} on {fmt(len(bench['prompts']))} prompts; "
+             "loose passes per instruction type.")
+    return f"## Instruction following ({md_inline(title)} checks)\n\n" + intro + "\n\n" + table(
         ["instruction", "base", "tuned"], rows)
 
 
 def _reply(side: str, gen: dict) -> str:
     status = "stopped" if gen["stopped"] else "hit max_new_tokens"
-    return f'<div markdown="1">\n\n**{side.capitalize()}** ({gen["new_tokens"]} tokens, {status})\n\n' \
+    return f'<div markdown="1">\n\n**{side.capitalize()}** ({fmt(gen["new_tokens"])} tokens, {status})\n\n' \
            f'{fence(gen["text"] or "(empty)")}\n\n</div>'
 
 
@@ -197,26 +199,37 @@ def generations_section(results: dict) -> str:
         return "## Generations\n\nNo generation prompts configured."
     parts = [f"## Generations: base vs tuned ({len(gens)} MT-Bench first turns)"]
     for i, g in enumerate(gens, start=1):
-        quoted = "\n".join("> " + html.escape(line, quote=False) for line in g["prompt"].splitlines())
+        quoted = "\n".join("> " + md_text(line) for line in str(g["prompt"]).splitlines())
         pair = "\n\n".join(_reply(side, g[side]) for side in SIDES)
-        parts.append(f"### {i}. {g.get('category', '')} (question {g.get('id', '')})\n\n{quoted}\n\n"
-                     f'<div class="pair" markdown="1">\n\n{pair}\n\n</div>')
+        parts.append(f"### {i}. {md_inline(g.get('category', ''))} (question {md_inline(g.get('id', ''))})\n\n"
+                     f'{quoted}\n\n<div class="pair" markdown="1">\n\n{pair}\n\n</div>')
     return "\n\n".join(parts)
 
 
 def header(results: dict) -> str:
     cfg = results.get("config") or {}
-    decoding = "sampling (T={})".format(cfg.get("temperature")) if cfg.get("do_sample") else "greedy"
-    facts = [f"model `{results.get('model', '?')}`", f"seed {results.get('seed', '?')}",
-             f"held-out {results['heldout']['rows']} rows / {results['heldout']['tokens']} tokens",
-             f"decoding {decoding}, max_new_tokens {cfg.get('max_new_tokens', '?')}"]
+    decoding = "sampling (T={})".format(fmt(cfg.get("temperature"))) if cfg.get("do_sample") else "greedy"
+    facts = [f"model {code(results.get('model', '?'))}", f"seed {fmt(results.get('seed', '?'))}",
+             f"held-out {fmt(results['heldout']['rows'])} rows / {fmt(results['heldout']['tokens'])} tokens",
+             f"decoding {decoding}, max_new_tokens {fmt(cfg.get('max_new_tokens', '?'))}",
+             f"bootstrap resamples {fmt(cfg.get('bootstrap_resamples'))}"]
     return "# SFT evaluation report\n\n" + _verdict(results) + "\n\n" + " · ".join(facts)
 
 
-def build_markdown(results: dict, run: dict, images: set[str]) -> str:
+def image_refs(images: dict[str, str]) -> str:
+    """Reference definitions for the embedded images (``{file name: data URI}``), kept at the end."""
+    return "\n".join(f"[{name}]: {uri}" for name, uri in images.items())
+
+
+def build_markdown(results: dict, run: dict, images: dict[str, str]) -> str:
+    """The whole report; ``images`` maps the PNG file names present to their data URIs."""
     parts = [header(results), summary_section(results)]
     if C.METRIC_BARS_FILE in images:
-        parts.append(f"![Metrics base vs tuned]({C.METRIC_BARS_FILE})")
-    parts += [gate_section(results), data_section(run, images), training_section(run, images),
-              ifeval_section(results), generations_section(results)]
+        parts.append(image(C.METRIC_BARS_FILE))
+    benches = results.get("benchmarks") or [n for n in ("ifeval",) if n in results]
+    parts += [gate_section(results), data_section(run, set(images)), training_section(run, set(images))]
+    parts += [bench_section(results, name) for name in benches]
+    parts += [generations_section(results)]
+    if images:
+        parts.append(image_refs(images))
     return "\n\n".join(parts) + "\n"

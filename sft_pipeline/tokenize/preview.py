@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sft_pipeline.constants import IGNORE_INDEX
+from sft_pipeline.report.escape import code, fence
 from sft_pipeline.tokenize.verify import supervised_runs
 
 MAX_PREVIEW_TOKENS = 200
@@ -52,13 +53,14 @@ def supervised_text(input_ids: Sequence[int], labels: Sequence[int], tokenizer) 
 def mask_preview(rows: Sequence[tuple[str, Sequence[int], Sequence[int]]], tokenizer,
                  markers: tuple[str, str]) -> str:
     """Markdown: a summary line, then each row's text with supervised spans and its token table."""
+    mid, last = (code(repr(m)) for m in markers)
     parts = ["# Label-mask preview", "",
-             f"End-of-turn markers: `{markers[0]!r}` (mid-conversation), `{markers[1]!r}` (final turn). "
+             f"End-of-turn markers: {mid} (mid-conversation), {last} (final turn). "
              f"Supervised spans are shown as ⟦…⟧; in the tables, supervised tokens say {SUPERVISED_MARK}.", ""]
     for row_id, ids, labels in rows:
         supervised = len(labels) - list(labels).count(IGNORE_INDEX)
-        parts += [f"## `{row_id}`", "",
+        parts += [f"## {code(row_id)}", "",
                   f"{len(ids)} tokens, {supervised} supervised (label = token id), the rest {IGNORE_INDEX}.", "",
-                  "````text", supervised_text(ids, labels, tokenizer), "````", "",
+                  fence(supervised_text(ids, labels, tokenizer)), "",
                   row_table(ids, labels, tokenizer), ""]
     return "\n".join(parts)

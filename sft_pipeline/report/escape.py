@@ -1,0 +1,87 @@
+"""Putting data-derived text into Markdown safely: escaped prose, sized code spans and fences.
+
+Every string that comes from data (prompts, model output, ids, categories, stage counts' keys)
+goes through one of these before it reaches ``report.md`` or ``mask_preview.md``, so no
+renderer (Python-Markdown here, Prefect's UI for artifacts) turns it into HTML, a link or an
+image, and no backtick run inside it can close the code block around it.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# Inline Markdown punctuation escaped everywhere: brackets (links, images), code, emphasis, table
+# cells; "<", ">" and "&" become entities. Intra-word "_" and plain parentheses are left readable.
+INLINE_SPECIALS = "\\`*[]|"
+_INLINE_RE = re.compile("([" + re.escape(INLINE_SPECIALS) + "])")
+# Line starts that would open a block (heading, bullet, numbered list): the marker is escaped.
+_BLOCK_MARK_RE = re.compile(r"^(\s*)([#+-])", re.M)
+_ORDERED_RE = re.compile(r"^(\s*\d+)([.)])", re.M)
+_BACKTICKS_RE = re.compile(r"`+")
+
+
+def md_inline(text: object) -> str:
+    """Text escaped for use inside a line (a table cell, a heading): no HTML, links, emphasis or code.
+
+    >>> print(md_inline("1. <b>[x]</b> | y"))
+    1. &lt;b&gt;\\[x\\]&lt;/b&gt; \\| y
+    """
+    return _INLINE_RE.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def md_text(text: object) -> str:
+    """Plain text as Markdown that renders as exactly that text: no HTML, links, emphasis or blocks.
+
+    >>> print(md_text("<script>x</script> [a](javascript:b) *c* no_comma"))
+    &lt;script&gt;x&lt;/script&gt; \\[a\\](javascript:b) \\*c\\* no_comma
+    >>> print(md_text("# not a heading\\n1. nor a list"))
+    \\# not a heading
+    1\\. nor a list
+    """
+    escaped = md_inline(text)
+    for pattern in (_BLOCK_MARK_RE, _ORDERED_RE):
+        escaped = pattern.sub(r"\1\\\2", escaped)
+    return escaped
+
+
+def cell(value: object) -> str:
+    """Text for one Markdown table cell (escaped, on one line).
+
+    >>> cell("a|b\\nc")
+    'a\\\\|b c'
+    """
+    return md_inline(str(value).replace("\n", " "))
+
+
+def longest_backticks(text: str) -> int:
+    """Length of the longest run of backticks in ``text``.
+
+    >>> longest_backticks("a ``` b ` c"), longest_backticks("none")
+    (3, 0)
+    """
+    return max((len(m) for m in _BACKTICKS_RE.findall(text)), default=0)
+
+
+def fence(text: str, lang: str = "text") -> str:
+    """A fenced code block whose fence is longer than any backtick run inside ``text``.
+
+    >>> print(fence("a ``` b"))
+    ````text
+    a ``` b
+    ````
+    """
+    ticks = "`" * max(3, longest_backticks(text) + 1)
+    return f"{ticks}{lang}\n{text}\n{ticks}"
+
+
+def code(text: object) -> str:
+    """An inline code span that survives backticks inside ``text`` (one line).
+
+    >>> code("x"), code("a`b"), code("`")
+    ('`x`', '``a`b``', '`` ` ``')
+    """
+    text = str(text).replace("\n", " ")
+    ticks = "`" * (longest_backticks(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
