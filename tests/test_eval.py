@@ -200,7 +200,8 @@ def test_questions_cover_categories():
 def run_eval(tiny_model_dir, stage_dirs, out: Path, gate: GateConfig) -> dict:
     from sft_pipeline.evaluate import evaluate_run
 
-    cfg = EvalConfig(max_new_tokens=8, batch_size=8, num_generation_prompts=2, num_ifeval_prompts=6, gate=gate)
+    cfg = EvalConfig(max_new_tokens=8, batch_size=8, num_generation_prompts=2, num_ifeval_prompts=6,
+                     num_ifbench_prompts=4, gate=gate)
     out.mkdir()
     return evaluate_run(ModelConfig(name_or_path=str(tiny_model_dir)), stage_dirs, out, cfg, seed=0)
 
@@ -259,7 +260,7 @@ def test_eval_json_keeps_per_item_results_of_both_models(blocked_run, tiny_model
     for side in ("base", "tuned"):
         assert sum(loss[side]) / sum(loss["weights"]) == pytest.approx(metrics[side]["heldout_loss"], rel=1e-9)
         stops = items["stop_rate"][side]
-        assert len(stops) == 6 + 2 and sum(stops) / len(stops) == pytest.approx(metrics[side]["stop_rate"])
+        assert len(stops) == 6 + 4 + 2 and sum(stops) / len(stops) == pytest.approx(metrics[side]["stop_rate"])
     prompt = results["ifeval"]["prompts"][0]
     for side in ("base", "tuned"):
         record = prompt[side]
@@ -272,7 +273,8 @@ def test_eval_json_keeps_per_item_results_of_both_models(blocked_run, tiny_model
     assert [e["metric"] for e in results["comparison"]] == list(METRICS)  # a list: report order survives JSON
     for name, entry in entries.items():
         assert entry["low"] <= entry["delta"] + 1e-9 and entry["delta"] <= entry["high"] + 1e-9, name
-        assert entry["n"] == (5 if name.startswith("heldout") else 6 if name.startswith("ifeval") else 8)
+        expected = {"heldout": 5, "ifeval": 6, "ifbench": 4}.get(name.split("_")[0], 6 + 4 + 2)
+        assert entry["n"] == expected, name
     assert entries["heldout_loss"]["verdict"] in ("better", "worse", "no significant change")
     assert entries["mean_words"]["verdict"] is None  # no good direction
 
@@ -296,7 +298,7 @@ def test_a_second_benchmark_plugs_in_with_one_entry(monkeypatch, tmp_path, tiny_
 
     extra = Benchmark("ifcopy", "IFCopy", "ifeval_prompts", "num_ifeval_prompts", load_ifeval_prompts,
                       evaluate_ifeval, "a copy of IFEval")
-    monkeypatch.setattr(E, "BENCHMARKS", E.BENCHMARKS + (extra,))
+    monkeypatch.setattr(E, "BENCHMARKS", (E.BENCHMARKS[0], extra))  # IFEval and its copy only
     off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None,
                      primary_metric=None)
     summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "two", off)

@@ -114,15 +114,10 @@ def evaluate_model(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int)
 
 
 def attach_adapter(model, adapter_dir: Path):
-    """Base model + the LoRA adapter, merged for plain-speed inference."""
-    from peft import PeftModel
+    """Base model + the LoRA adapter (checked: one line if missing, damaged or not finite), merged for speed."""
+    from sft_pipeline.models import load_adapter
 
-    from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, ignoring
-
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise InputError(f"{adapter_dir}: no LoRA adapter (adapter_config.json missing)")
-    with ignoring(GRADIENT_CHECKPOINTING_DEPRECATION):
-        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+    return load_adapter(model, adapter_dir).merge_and_unload().eval()
 
 
 def delta(base: dict, tuned: dict) -> dict:

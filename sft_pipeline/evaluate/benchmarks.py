@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from sft_pipeline.evaluate.ifbench import evaluate_ifbench, load_ifbench_prompts
 from sft_pipeline.evaluate.ifeval import evaluate_ifeval, load_ifeval_prompts
 
 Loader = Callable[[str | Path, int | None], list[dict]]
@@ -35,7 +36,7 @@ class Benchmark:
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ifeval", "IFEval", "ifeval_prompts", "num_ifeval_prompts", load_ifeval_prompts, evaluate_ifeval,
               "IFEval's checkers from lm-eval"),
-    # Benchmark("ifbench", "IFBench", "ifbench_prompts", "num_ifbench_prompts", load_ifbench_prompts,
-    #           evaluate_ifbench, "IFBench's checkers from if-verifiable"),
+    Benchmark("ifbench", "IFBench", "ifbench_prompts", "num_ifbench_prompts", load_ifbench_prompts,
+              evaluate_ifbench, "IFBench's own evaluation code and checkers (if-verifiable's copy, no spaCy)"),
 )
 

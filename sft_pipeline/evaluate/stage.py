@@ -11,6 +11,4 @@ if TYPE_CHECKING:
 
 
 def run_stage(run: StageRun) -> dict:
-    summary = evaluate_run(run.cfg.model, dict(run.inputs), run.out, run.cfg.eval, seed=run.cfg.run.seed)
-    promoted = summary.pop("promoted")
-    return {**summary, "verdict": "promoted" if promoted else "not_promoted"}
+    return evaluate_run(run.cfg.model, dict(run.inputs), run.out, run.cfg.eval, seed=run.cfg.run.seed)

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from sft_pipeline import constants as C
+from sft_pipeline import stages
 from sft_pipeline.artifacts import read_manifest, write_json
 from sft_pipeline.errors import InputError
 from sft_pipeline.report.html import data_uri, markdown_to_html
 from sft_pipeline.report.markdown import IMAGES, build_markdown, comparison
 from sft_pipeline.report.plots import loss_curve, metric_bars
 
-UPSTREAM = (C.STAGE_INGEST, C.STAGE_SCORE, C.STAGE_FILTER, C.STAGE_TOKENIZE, C.STAGE_TRAIN)
-MANIFEST_FIELDS = ("key", "counts", "config", "duration_s")
+MANIFEST_FIELDS = ("key", "config", "duration_s")
+SHOWN = ("counts", "method", "verdict", "details")  # what a stage table shows of a manifest, merged
 
 
 def extract_loss_log(obj: Any) -> list[tuple[float, float]]:
@@ -59,7 +60,11 @@ def _stage_summary(stage_dir: Path) -> dict | None:
     if not (stage_dir / C.MANIFEST_FILE).exists():
         return None
     manifest = read_manifest(stage_dir)
-    return {k: manifest.get(k) for k in MANIFEST_FIELDS}
+    shown = {}
+    for name in SHOWN:
+        value = manifest.get(name)
+        shown.update(value if isinstance(value, dict) else {} if value is None else {name: value})
+    return {**{k: manifest.get(k) for k in MANIFEST_FIELDS}, "counts": shown}
 
 
 def _copy_if_exists(src: Path, dst_dir: Path) -> bool:
@@ -76,7 +81,7 @@ def write_run_file(out_dir: Path, stage_dirs: dict[str, Path]) -> dict:
     loss_log = extract_loss_log(train_metrics) if train_metrics is not None else []
     run = {
         "stage_dirs": {k: str(Path(v).resolve()) for k, v in stage_dirs.items()},
-        "stages": {k: _stage_summary(Path(stage_dirs[k])) for k in UPSTREAM if k in stage_dirs},
+        "stages": {k: _stage_summary(Path(stage_dirs[k])) for k in stages.NAMES[:-1] if k in stage_dirs},
         "sweep": _read_json(filter_dir / C.SWEEP_FILE) if filter_dir else None,
         "train_metrics": {k: v for k, v in (train_metrics or {}).items() if isinstance(v, (int, float, str))},
         "train_loss": loss_log,
