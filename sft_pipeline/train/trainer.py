@@ -31,6 +31,7 @@ from sft_pipeline.train import metrics as M
 from sft_pipeline.train import ranks
 from sft_pipeline.train.data import TrainData, load_train_data
 from sft_pipeline.train.failures import RankOutOfMemory, batch_schedule, is_oom, is_transient, oom_exhausted
+from sft_pipeline.train.levers import Levers, resolve_levers
 from sft_pipeline.train.resume import CompleteMarker, latest_complete_checkpoint, remove_incomplete, saved_step
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,12 @@ def lora_config(section: LoraSection):
     )
 
 
-def load_model(model_cfg: ModelConfig, cfg: TrainConfig):
+def load_model(model_cfg: ModelConfig, cfg: TrainConfig, levers: Levers = Levers()):
     """The base model prepared for ``cfg.method`` (adapters are added by the trainer)."""
     from peft import prepare_model_for_kbit_training
 
-    model = load_causal_lm(model_cfg, quantize_4bit=cfg.method == "qlora")
+    model = load_causal_lm(model_cfg, quantize_4bit=cfg.method == "qlora",
+                           attn_implementation=levers.attn_implementation)
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.method == "full" and model.dtype != torch.float32:
@@ -101,7 +103,8 @@ def load_model(model_cfg: ModelConfig, cfg: TrainConfig):
     return model
 
 
-def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int, micro: int, accumulation: int):
+def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int, micro: int, accumulation: int,
+                  levers: Levers = Levers()):
     from trl import SFTConfig
 
     return SFTConfig(
@@ -131,6 +134,7 @@ def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=data.packed,  # packed rows train padding-free; nothing is re-packed
         max_length=data.max_row_tokens if data.packed else None,
+        **levers.sft_kwargs(),  # padding-free unpacked rows, Liger kernels (sft_pipeline.train.levers)
     )
 
 
@@ -163,11 +167,12 @@ def build_trainer(model_cfg, cfg, out_dir, data, tokenizer, *, seed, micro, accu
     from transformers import PrinterCallback, set_seed
 
     trainer_cls, log_lines = _counting_trainer_class()
+    levers = resolve_levers(cfg)
     with one_line_errors("train"):
-        args = training_args(cfg, out_dir, data, seed=seed, micro=micro, accumulation=accumulation)
+        args = training_args(cfg, out_dir, data, seed=seed, micro=micro, accumulation=accumulation, levers=levers)
     set_seed(seed)
     with one_line_errors(f"model {model_cfg.name_or_path}"):
-        model = load_model(model_cfg, cfg)
+        model = load_model(model_cfg, cfg, levers)
     with one_line_errors("train.lora" if cfg.method != "full" else "train"):
         trainer = trainer_cls(
             model=model,
