@@ -213,3 +213,11 @@ def test_cuda_levers_train_like_the_defaults(levers, model_cfg, tokenized, tmp_p
     assert fast["non_pad_tokens"] == base["non_pad_tokens"]
     for a, b in zip(base["loss"], fast["loss"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=BF16_LOSS_RTOL)
+
+
+def test_gradient_checkpointing_goes_under_the_installed_transformers_name():
+    from transformers import TrainingArguments
+
+    for enabled in (True, False):
+        (key, value), = L.checkpointing_kwargs(enabled).items()
+        assert key in TrainingArguments.__dataclass_fields__ and value is enabled

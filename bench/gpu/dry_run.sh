@@ -15,7 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=${PYTHON:-/work/main/.venv/bin/python}
-py312=${PYTHON312:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)}
+py312=${PYTHON312:-}
+for candidate in python3.12 /usr/bin/python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
+  [ -n "$py312" ] && break
+  "$candidate" -V >/dev/null 2>&1 && py312=$candidate
+done
+[ -n "$py312" ] || { echo "no CPython 3.12 here (the GPU image's Python); set PYTHON312" >&2; exit 2; }
 site=$(mktemp -d /tmp/sft-dry-site.XXXX)
 trap 'rm -rf "$site"' EXIT
 

@@ -11,6 +11,7 @@ distribution. Exit status 1 when one is neither in ``bench/gpu/image_packages.tx
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.metadata as md
 import os
 import sys
@@ -64,39 +65,74 @@ def exercise(assets: Path) -> None:
         json.dumps({})
 
 
+class FirstImporter(importlib.abc.MetaPathFinder):
+    """Records, for each top-level module, the module whose code first imported it."""
+
+    def __init__(self):
+        self.by: dict[str, str] = {}
+
+    def find_spec(self, fullname, path=None, target=None):
+        top = fullname.split(".")[0]
+        if top not in self.by:
+            frame = sys._getframe(1)
+            while frame and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
+                frame = frame.f_back
+            self.by[top] = frame.f_globals.get("__name__", "?") if frame else "?"
+        return None
+
+
 def distribution_of(module: str, owners: dict[str, list[str]]) -> str | None:
     top = module.split(".")[0]
     names = owners.get(top)
     return canonicalize_name(names[0]) if names else None
 
 
+def classify(top: str, ctx: dict, seen: frozenset = frozenset()) -> str:
+    """Where a top-level module comes from on the GPU machine.
+
+    A module neither in the image nor carried is missing, unless an image package imported it (maybe
+    through other such modules): an image package's imports are its own business there, and this venv
+    may hold another version of it with other optional imports (huggingface_hub's HTTP client, torch's
+    optional redis cache, ...).
+    """
+    module = sys.modules.get(top)
+    if str(getattr(module, "__file__", "")).startswith(str(REPO)):
+        return "this checkout"
+    dist = distribution_of(top, ctx["owners"])
+    if dist is None:
+        return "no distribution (built in?)"
+    if dist in ctx["carried"]:
+        return f"{dist}: carried (.whl)"
+    if dist in ctx["image"]:
+        return f"{dist}: image"
+    importer = ctx["by"].get(top, "?").split(".")[0]
+    via = classify(importer, ctx, seen | {top}) if importer not in seen | {top, "?"} else "MISSING"
+    if via.endswith(": image") or via.startswith("not needed"):
+        return f"not needed: {dist}, imported by {ctx['by'][top]} (an image package's own import)"
+    return f"{dist}: MISSING (first imported by {ctx['by'].get(top, '?')})"
+
+
 def main() -> int:
     wheels = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / ".whl")
+    importers = FirstImporter()
+    sys.meta_path.insert(0, importers)
     for name in CHECK_MODULES:
         importlib.import_module(name)
     exercise(wheels / "assets")
     image, carried = image_packages(), {wheel_name(w)[0] for w in wheels.glob("*.whl")}
     owners = md.packages_distributions()
+    ctx = {"owners": owners, "image": image, "carried": carried, "by": importers.by}
     found: dict[str, str] = {}
     for module, obj in list(sys.modules.items()):
         top = module.split(".")[0]
         if top in sys.stdlib_module_names or top in found or not getattr(obj, "__file__", None):
             continue
-        dist = distribution_of(module, owners)
-        if dist is None:
-            where = "this checkout" if str(REPO) in str(obj.__file__) else "no distribution (built in?)"
-        elif dist in carried:
-            where = "carried (.whl)"
-        elif dist in image:
-            where = "image"
-        else:
-            where = "MISSING"
-        found[top] = f"{dist or '-'}: {where}"
-    missing = sorted(k for k, v in found.items() if v.endswith("MISSING"))
+        found[top] = classify(top, ctx)
+    missing = sorted(k for k, v in found.items() if "MISSING" in v)
     for top in sorted(found):
-        print(f"  {top:28} {found[top]}")
+        print(f"  {top:30} {found[top]}")
     print(f"{len(found)} top-level modules imported; "
-          + (f"MISSING from image and .whl: {', '.join(missing)}" if missing else "every one is in the image or carried"))
+          + (f"MISSING from image and .whl: {', '.join(missing)}" if missing else "none is missing (each is in the image, carried, this checkout, or an image package's own import)"))
     return 1 if missing else 0
 
 

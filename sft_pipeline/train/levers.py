@@ -45,6 +45,9 @@ PADDING_FREE_ON = "on"
 PADDING_FREE_OFF = "off"
 PADDING_FREE_SETTINGS = (PADDING_FREE_AUTO, PADDING_FREE_ON, PADDING_FREE_OFF)
 
+ACTIVATION_CHECKPOINTING = "activation_checkpointing"
+GRADIENT_CHECKPOINTING = "gradient_checkpointing"
+
 LIGER_MODULE = "liger_kernel"
 # Liger's layer kernels only: TRL's SFTTrainer already fuses the LM head with the loss (chunked
 # log-probabilities, no full logits tensor) and refuses Liger's fused linear cross-entropy.
@@ -113,6 +116,19 @@ def _liger(requested: bool, cuda: bool) -> bool:
     if not has_module(LIGER_MODULE):
         raise ConfigError("train.liger_kernels=true: the liger-kernel package is not installed")
     return True
+
+
+def checkpointing_kwargs(enabled: bool) -> dict:
+    """``TrainingArguments``' gradient-checkpointing switch under the installed transformers' name for it.
+
+    ``activation_checkpointing`` in recent transformers 5 (``gradient_checkpointing`` its deprecated
+    alias); older ones, such as the GPU image's 5.17, know only ``gradient_checkpointing``.
+    """
+    from transformers import TrainingArguments
+
+    key = ACTIVATION_CHECKPOINTING if ACTIVATION_CHECKPOINTING in TrainingArguments.__dataclass_fields__ else \
+        GRADIENT_CHECKPOINTING
+    return {key: enabled}
 
 
 def resolve_levers(cfg, *, cuda: bool | None = None) -> Levers:

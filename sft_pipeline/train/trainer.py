@@ -31,7 +31,7 @@ from sft_pipeline.train import metrics as M
 from sft_pipeline.train import ranks
 from sft_pipeline.train.data import TrainData, load_train_data
 from sft_pipeline.train.failures import RankOutOfMemory, batch_schedule, is_oom, is_transient, oom_exhausted
-from sft_pipeline.train.levers import Levers, resolve_levers
+from sft_pipeline.train.levers import Levers, checkpointing_kwargs, resolve_levers
 from sft_pipeline.train.resume import CompleteMarker, latest_complete_checkpoint, remove_incomplete, saved_step
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def training_args(cfg: TrainConfig, out_dir: Path, data: TrainData, *, seed: int
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **checkpointing_kwargs(cfg.gradient_checkpointing),  # the name differs across transformers 5 releases
         bf16=compute_dtype() == torch.bfloat16,
         fp16=False,
         logging_strategy=STEPS,
