@@ -57,7 +57,6 @@ GPU_DIR = Path(__file__).resolve().parent / "gpu"
 RANDOM_SHAPES = ("llama3-8b",)
 MAX_PAIR_CHARS = 900  # keep short exchanges so that most fit max_length untruncated
 SCAN_CHARS = 8_000_000  # read this much of the (large) ShareGPT JSON
-MIN_VARIANT_S = 40  # a variant is not started with less time left than this
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -345,7 +344,7 @@ def run_variants(args, spec: dict, work: Path, held: list[dict], report) -> dict
     for attempt in range(args.repeat):
         for variant in args.variants if attempt % 2 == 0 else args.variants[::-1]:
             timeout = time_left(args)
-            if timeout is not None and timeout < MIN_VARIANT_S:
+            if timeout is not None and timeout < args.min_variant_s:
                 results.setdefault(variant["name"], {"error": f"skipped: {timeout:.0f} s left"})
                 continue
             result = run_worker(variant, spec, work, attempt, timeout)
@@ -399,6 +398,7 @@ def parse_args():
     parser.add_argument("--repeat", type=int, default=1, help="runs per variant (best train time is kept)")
     parser.add_argument("--variant-timeout", type=float, help="seconds one variant's process may take")
     parser.add_argument("--deadline", type=float, help="wall-clock time (epoch s) after which no variant runs")
+    parser.add_argument("--min-variant-s", type=float, default=40, help="no variant starts with less time left")
     parser.add_argument("--json", help="write the results here after every variant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per side (0: torch's default)")
     parser.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)

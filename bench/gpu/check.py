@@ -156,7 +156,7 @@ def part_train_8b(check: Check, assets: Path, variants: str) -> None:
             "--tokenizer", str(assets / "tokenizer"), "--cache", str(model_cache()),
             "--conversations", str(assets / "conversations.jsonl.gz"), "--rows", "160", "--heldout", "0",
             "--max-length", "2048", "--batch", "4", "--accum", "1", "--steps", "8", "--warmup-steps", "3",
-            "--variants", variants, "--variant-timeout", "150", "--deadline", str(deadline), "--json", str(out)]
+            "--variants", variants, "--variant-timeout", "150", "--min-variant-s", "75", "--deadline", str(deadline), "--json", str(out)]
     check.run("train_8b", argv, None)
     if out.exists():
         check.results["train_8b"] = json.loads(out.read_text())

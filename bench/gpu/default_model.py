@@ -55,12 +55,12 @@ def tokenized_rows(model: str, assets: Path, work: Path, rows: int, max_length: 
     return work / "tokenized"
 
 
-def train(model: str, tokenized: Path, out: Path, steps: int) -> dict:
+def train(model: str, tokenized: Path, out: Path, steps: int, method: str) -> dict:
     from sft_pipeline.config import ModelConfig, TrainConfig
     from sft_pipeline.train import train_model
 
     started = time.perf_counter()
-    cfg = TrainConfig(max_steps=steps, save_steps=max(steps // 2, 1), learning_rate=2e-4)
+    cfg = TrainConfig(method=method, max_steps=steps, save_steps=max(steps // 2, 1), learning_rate=2e-4)
     train_model(ModelConfig(name_or_path=model), tokenized, out, cfg, seed=0)
     metrics = json.loads((out / "metrics.json").read_text())
     keep = ("method", "device", "steps", "micro_batch", "gradient_accumulation", "attempts", "non_pad_tokens",
@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", help="a GGUF file or model folder with the real weights")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--method", default="qlora", help="train.method (the default: qlora)")
     parser.add_argument("--rows", type=int, default=600)
     parser.add_argument("--max-length", type=int, default=1024)  # tokenize.max_length's default
     parser.add_argument("--max-new-tokens", type=int, default=128)  # eval.max_new_tokens's default
@@ -116,7 +117,7 @@ def main() -> None:
     model, what = model_folder(args, args.work)
     result = {"model": what}
     tokenized = tokenized_rows(model, args.assets, args.work, args.rows, args.max_length)
-    result["train"] = train(model, tokenized, args.work / "train", args.steps)
+    result["train"] = train(model, tokenized, args.work / "train", args.steps, args.method)
     args.out.write_text(json.dumps(result, indent=1))  # partial result, in case generation is cut short
     result["generation"] = time_generation(model, args.work / "train" / "adapter", args.max_new_tokens)
     args.out.write_text(json.dumps(result, indent=1))

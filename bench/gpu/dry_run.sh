@@ -8,8 +8,11 @@
 # 3. In an isolated CPython 3.12 with only that folder on the path, import each carried package whose
 #    requirements are all carried (those that need torch, numpy, ... are checked by step 4).
 # 4. Import trace: import every module the check runs and exercise the lazily importing paths (tiny-model
-#    QLoRA and padding-free LoRA steps, TRL, generation) in this venv, and map every loaded module to its
-#    distribution: each must be in the image's list or carried.
+#    QLoRA and padding-free LoRA steps, TRL, generation) in this venv with the image's versions of
+#    transformers, huggingface_hub and tokenizers laid over it (pure Python or abi3 wheels, from PyPI),
+#    and map every loaded module to its distribution: each must be in the image's list or carried.
+# 5. The CPU tests of tests/test_gpu.py under the same overlay (the gpu ones skip: no CUDA here).
+#    Not covered: the image's torch 2.11 (this venv has the CPU build of another), Liger (needs triton).
 #
 #   make gpu-wheels && bash bench/gpu/dry_run.sh
 set -euo pipefail
@@ -48,6 +51,16 @@ assert not missing, missing
 print('imported', ', '.join(pure), '(a pydantic model validates); present:', ', '.join(rest))
 "
 
-echo "== 4. import trace (this venv, CPU)"
+overlay_wheels=${SFT_DRY_OVERLAY_CACHE:-/tmp/sft-dry-image-wheels}
+overlay=$(mktemp -d /tmp/sft-dry-overlay.XXXX)
+trap 'rm -rf "$site" "$overlay"' EXIT
+pins=$(grep -E '^(transformers|huggingface-hub|tokenizers)==' bench/gpu/image_packages.txt | tr '\n' ' ')
+"$py" -m pip download -q --no-deps --only-binary=:all: -d "$overlay_wheels" $pins 2>&1 | grep -v "is ignored" || true
+"$py" -m pip install -q --no-index --no-deps --target "$overlay" --find-links "$overlay_wheels" $pins
+export PYTHONPATH="$overlay"
+echo "== 4. import trace (this venv + the image's $pins, CPU)"
 "$py" bench/gpu/import_trace.py .whl
+
+echo "== 5. tests/test_gpu.py on the CPU, same overlay"
+"$py" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py
 echo "== dry run: the wheel list is complete"
