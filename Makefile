@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 CONFIG ?= deployments/configs/default.yaml
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean gpu-wheels
 
 install: $(STAMP)
 
@@ -30,3 +30,21 @@ test: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The GPU check's carry (bench/gpu/check.sh): the wheels the GPU image lacks, pinned to this venv's
+# versions, for its CPython 3.12 on x86-64 (bitsandbytes slimmed to its CUDA 13 libraries), plus the
+# small assets of bench/gpu/assets.py. typing-extensions: pydantic needs >= 4.16, the image's version
+# is not documented. liger-kernel is not installed here (it needs triton, i.e. a GPU).
+GPU_WHEELS    := trl bitsandbytes datasets dill multiprocess pydantic pydantic-core annotated-types \
+                 typing-inspection typing-extensions gguf
+GPU_ONLY      := liger-kernel==0.8.5
+GPU_PLATFORMS := $(foreach n,28 27 24 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64
+
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_PLATFORMS) -d .whl $$($(PY) bench/gpu/wheels.py pins $(GPU_WHEELS)) $(GPU_ONLY)
+	$(PY) bench/gpu/wheels.py slim .whl
+	$(PY) bench/gpu/wheels.py closure .whl
+	$(PY) bench/gpu/assets.py --out .whl/assets
+	$(PY) bench/gpu/wheels.py size .whl

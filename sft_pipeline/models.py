@@ -132,13 +132,16 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
-def load_causal_lm(cfg: ModelConfig, *, quantize_4bit: bool = False, source: str | None = None):
-    """Load the base model, optionally in NF4 with double quantisation (QLoRA)."""
+def load_causal_lm(cfg: ModelConfig, *, quantize_4bit: bool = False, source: str | None = None,
+                   attn_implementation: str | None = None):
+    """Load the base model, optionally in NF4 with double quantisation (QLoRA) and a given attention kernel."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     source = source or resolve_model(cfg)
     dtype = compute_dtype()
     kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quantize_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

@@ -35,6 +35,7 @@ from sft_pipeline.train.data import TrainData, load_train_data
 from sft_pipeline.train.failures import RankOutOfMemory, back_off, is_oom, is_transient
 from sft_pipeline.train.guards import FiniteGuard, StopWhenComplete, TrainingComplete, finished_output
 from sft_pipeline.train.job import Batch, TrainJob
+from sft_pipeline.train.levers import Levers, checkpointing_kwargs, resolve_levers
 from sft_pipeline.train.metrics import TokenCounter, reset_peak_memory
 from sft_pipeline.train.progress import Progress
 from sft_pipeline.train.reporting import reporting_callbacks
@@ -97,11 +98,12 @@ def lora_config(section: LoraSection):
     )
 
 
-def load_model(model_cfg: ModelConfig, cfg: TrainConfig):
+def load_model(model_cfg: ModelConfig, cfg: TrainConfig, levers: Levers = Levers()):
     """The base model prepared for ``cfg.method`` (adapters are added by the trainer)."""
     from peft import prepare_model_for_kbit_training
 
-    model = load_causal_lm(model_cfg, quantize_4bit=cfg.method == "qlora")
+    model = load_causal_lm(model_cfg, quantize_4bit=cfg.method == "qlora",
+                           attn_implementation=levers.attn_implementation)
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.method == "full" and model.dtype != torch.float32:
@@ -109,7 +111,7 @@ def load_model(model_cfg: ModelConfig, cfg: TrainConfig):
     return model
 
 
-def training_args(job: TrainJob, data: TrainData, batch: Batch):
+def training_args(job: TrainJob, data: TrainData, batch: Batch, levers: Levers = Levers()):
     from trl import SFTConfig
 
     cfg = job.train
@@ -122,7 +124,7 @@ def training_args(job: TrainJob, data: TrainData, batch: Batch):
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        **checkpointing_kwargs(cfg.gradient_checkpointing),  # the name differs across transformers 5 releases
         bf16=compute_dtype() == torch.bfloat16,
         fp16=False,
         logging_strategy=STEPS,
@@ -142,6 +144,7 @@ def training_args(job: TrainJob, data: TrainData, batch: Batch):
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=data.packed,  # packed rows train padding-free; nothing is re-packed
         max_length=data.max_row_tokens if data.packed else None,
+        **levers.sft_kwargs(),  # padding-free unpacked rows, Liger kernels (sft_pipeline.train.levers)
     )
 
 
@@ -172,11 +175,12 @@ def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callb
     from transformers import PrinterCallback, set_seed
 
     trainer_cls = _counting_trainer_class()
+    levers = resolve_levers(job.train)
     with one_line_errors("train"):
-        args = training_args(job, data, batch)
+        args = training_args(job, data, batch, levers)
     set_seed(job.seed)
     with one_line_errors(f"model {job.model.name_or_path}"):
-        model = load_model(job.model, job.train)
+        model = load_model(job.model, job.train, levers)
     adapters = job.train.method != "full"
     with one_line_errors("train.lora" if adapters else "train"):
         trainer = trainer_cls(
