@@ -2,9 +2,10 @@
 
 Ingest and score run once. Each branch stage is the same cached task as in `sft`, so a re-run
 with one more setting trains only that branch, and branches whose filters keep the same rows
-share one tokenize/train/evaluate output. Branches of one stage are submitted together, so they
-run in parallel where the task runner has room; with ``train.work_pool`` set, each branch's
-training goes to `sft-train/<pool>` under the GPU concurrency limit, as in `sft`.
+share one tokenize/train/evaluate output. Branches of one stage are submitted together, so data
+stages run in parallel where the task runner has room; model stages run one at a time in this
+process, and with ``train.work_pool`` set every branch's training goes to `sft-train/<pool>` at
+once, under the GPU concurrency limit, as in `sft`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sft_pipeline.stages import StageResult
 
 SWEEP_FLOW = "sft-sweep"
 BRANCH_STAGES = (STAGE_FILTER, STAGE_TOKENIZE, STAGE_TRAIN, STAGE_EVALUATE)
+MODEL_STAGES = (STAGE_TRAIN, STAGE_EVALUATE)
 
 
 @flow(name=SWEEP_FLOW)
@@ -35,11 +37,24 @@ def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
     configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
     results = {b.name: dict(shared) for b in branches}
     for name in BRANCH_STAGES:
-        stage = stages.get(name)
-        futures = {b: submit_stage(stage, configs[b], upstream(stage, results[b], heldout)) for b in configs}
+        stage, together = stages.get(name), concurrent(name, cfg)
+        futures = {}
+        for b in configs:
+            futures[b] = submit_stage(stage, configs[b], upstream(stage, results[b], heldout))
+            if not together:
+                futures[b].wait()
         for b, future in futures.items():
             results[b][name] = future.result()
     return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
+
+
+def concurrent(stage: str, cfg) -> bool:
+    """Whether the branches of ``stage`` may run at once: not for model stages in this process
+    (transformers' model loading is not thread-safe: two trainings at once failed here), yes for
+    trainings handed to the GPU pool, each in a flow run of its own."""
+    if stage == STAGE_TRAIN and cfg.train.work_pool:
+        return True
+    return stage not in MODEL_STAGES
 
 
 def held_out_set(cfg, shared: dict[str, StageResult]) -> StageResult:

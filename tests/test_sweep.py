@@ -76,3 +76,28 @@ def test_apply_writes_a_config_with_the_recommended_setting(tmp_path):
     assert written == tmp_path / "mine.recommended.yaml"
     assert yaml.safe_load(written.read_text())["filter"] == {"threshold": 0.9, "top_fraction": None}
     assert yaml.safe_load(config.read_text())["filter"] == {"threshold": 0.7}  # the original is untouched
+
+
+def test_a_two_branch_sweep_through_the_flow_shares_what_is_the_same(tiny_model_dir, tmp_path):
+    # No tiny-data score falls in [0.65, 0.7): both thresholds keep the same rows, so the branches share
+    # one tokenize/train/evaluate output (trained once); 0.95 keeps fewer rows and trains its own.
+    from pathlib import Path
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.sweep import sft_sweep
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = [f"run.output_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
+                 f"ingest.sources=[{{path: '{root / 'tests' / 'data' / 'tiny_chat.jsonl'}'}}]", "train.max_steps=2"]
+    with prefect_test_harness(server_startup_timeout=180):
+        summary = sft_sweep(config=str(root / "deployments" / "configs" / "tiny.yaml"), overrides=overrides,
+                            thresholds=[0.65, 0.95])
+    trained = sorted(p.name for p in (tmp_path / "train").iterdir() if not p.name.startswith("."))
+    evaluated = sorted(p.name for p in (tmp_path / "evaluate").iterdir() if not p.name.startswith("."))
+    assert len(trained) == 2 and len(evaluated) == 2  # three branches, two distinct row sets
+    assert set(summary["verdicts"]) == {"threshold=0.65", "threshold=0.7", "threshold=0.95"}
+    report = Path(summary["out_dir"], "sweep.md").read_text()
+    assert "| threshold=0.65" in report and "(current)" in report and "vs base (95 % CI)" in report
+    assert summary["sentence"].startswith(("Recommended:", "No setting is recommended"))
+    assert (Path(summary["out_dir"]) / "sweep.html").is_file()
