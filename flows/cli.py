@@ -13,6 +13,7 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "sft_pipeline",  # training progress and stage logs on the terminal and in the UI
     # Prefect's temporary server must answer within this many seconds (its default of 20 is too short
     # for a busy 2-core machine, where it failed with a traceback).
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",

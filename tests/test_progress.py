@@ -84,3 +84,17 @@ def test_a_bar_is_drawn_on_a_terminal_only():
             progress.on_step_end(_Args, _State(step), None)
         progress.on_train_end(_Args, _State(4), None)
         assert ("4/4" in stream.getvalue()) is drawn, stream.getvalue()
+
+
+def test_generation_logs_its_progress(caplog):
+    import logging
+
+    from sft_pipeline.evaluate.generate import ProgressLog
+
+    progress = ProgressLog("generating", 4, every_s=0.0)
+    with caplog.at_level(logging.INFO, logger="sft_pipeline.evaluate.generate"):
+        progress.update(2)
+        progress.update(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("generating 2/4 (") and "s left)" in lines[0]
+    assert lines[-1].startswith("generating 4/4 (")

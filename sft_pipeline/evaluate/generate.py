@@ -7,12 +7,16 @@ or EOS token before ``max_new_tokens``.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from sft_pipeline.constants import ROLE_USER
+
+log = logging.getLogger(__name__)
 
 # End-of-turn markers of common chat templates; those present in a vocabulary count as stops.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
@@ -96,12 +100,31 @@ def generate(model, tokenizer, prompts: Sequence[str], *, batch_size: int, max_n
     results: dict[int, Generation] = {}
     side, tokenizer.padding_side = tokenizer.padding_side, LEFT
     torch.manual_seed(seed)
+    progress = ProgressLog("generating", len(order))
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             rows = _generate_batch(model, tokenizer, [texts[i] for i in batch], gen_cfg, set(stops))
             for i, (text, n_new, stopped) in zip(batch, rows):
                 results[i] = Generation(prompt=prompts[i], text=text, new_tokens=n_new, stopped=stopped)
+            progress.update(len(batch))
     finally:
         tokenizer.padding_side = side
     return [results[i] for i in range(len(prompts))]
+
+
+class ProgressLog:
+    """Logs ``what done/total (rate/s, time left)`` about every ``every_s`` seconds and at the end."""
+
+    def __init__(self, what: str, total: int, every_s: float = 20.0):
+        self.what, self.total, self.every_s, self.done = what, total, every_s, 0
+        self.started = self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < self.every_s and self.done < self.total:
+            return
+        self.last, rate = now, self.done / max(now - self.started, 1e-9)
+        left = (self.total - self.done) / rate if rate else 0.0
+        log.info("%s %d/%d (%.1f/s, %.0f s left)", self.what, self.done, self.total, rate, left)
