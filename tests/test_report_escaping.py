@@ -6,7 +6,7 @@ import markdown
 import pytest
 
 from sft_pipeline import constants as C
-from sft_pipeline.report.escape import code, fence, md_text
+from sft_pipeline.escape import code, fence, md_text
 from sft_pipeline.report.html import markdown_to_html
 from sft_pipeline.report.markdown import generations_section
 

@@ -1,6 +1,6 @@
 """The report as Markdown: verdict and summary table first, then gate, data, training, benchmarks, generations.
 
-Every data-derived string is escaped (:mod:`sft_pipeline.report.escape`); plots are embedded
+Every data-derived string is escaped (:mod:`sft_pipeline.escape`); plots are embedded
 as ``data:`` URIs in reference-style image links at the end, so the same file reads whole in
 a browser, in Prefect's artifact view and as text.
 """
@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 from sft_pipeline import constants as C
 from sft_pipeline.evaluate.gate import FAILED, INCONCLUSIVE, NOT_PROMOTED, PROMOTED
 from sft_pipeline.evaluate.stats import NO_CHANGE
-from sft_pipeline.report.escape import cell, code, fence, md_inline, md_text
+from sft_pipeline.escape import cell, code, fence, md_inline, md_text
 from sft_pipeline.report.numbers import MISSING, fmt, interval, label, quantity
 
 SIDES = ("base", "tuned")

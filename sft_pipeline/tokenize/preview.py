@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sft_pipeline.constants import IGNORE_INDEX
-from sft_pipeline.report.escape import code, fence
+from sft_pipeline.escape import code, fence
 from sft_pipeline.tokenize.verify import supervised_runs
 
 MAX_PREVIEW_TOKENS = 200

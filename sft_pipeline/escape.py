@@ -1,6 +1,7 @@
-"""Putting data-derived text into Markdown safely: escaped prose, sized code spans and fences.
+"""Escaping of data-derived strings for Markdown (the report, the mask preview, the sweep report).
 
-Every string that comes from data (prompts, model output, ids, categories, stage counts' keys)
+It lives outside ``report/`` so that the tokenize stage, which uses it for its preview, does not
+import the report (whose code then versions the evaluate stage alone). Every string that comes from data (prompts, model output, ids, categories, stage counts' keys)
 goes through one of these before it reaches ``report.md`` or ``mask_preview.md``, so no
 renderer (Python-Markdown here, Prefect's UI for artifacts) turns it into HTML, a link or an
 image, and no backtick run inside it can close the code block around it.
