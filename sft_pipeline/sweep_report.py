@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sft_pipeline.artifacts import write_json
+from sft_pipeline.escape import code
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS
 from sft_pipeline.evaluate.metrics import compare, metric_table
 from sft_pipeline.sweep import Branch, BranchRow, Recommendation, read_results, recommend
@@ -75,7 +76,7 @@ def markdown(rows: Sequence[BranchRow], rec: Recommendation, primary: str, *, st
     others = [k for k in (rows[0].versus_base if rows else {}) if k != primary]
     lines += ["| setting | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     lines += [f"| {r.branch.name} | " + " | ".join(_cell(r.versus_base.get(k)) for k in others) + " |" for r in rows]
-    lines += ["", f"Command: `{command}`"]
+    lines += ["", f"Command: {code(command)}"]
     if plot_uri:
         lines += ["", f"![{label} by setting]({plot_uri})"]
     return "\n".join(lines) + "\n"
