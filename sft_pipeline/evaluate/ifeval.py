@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sft_pipeline.errors import InputError
-from sft_pipeline.evaluate.prompts import iter_jsonl
+from sft_pipeline.evaluate.prompts import check_prompt_row, iter_jsonl
 
-PROMPT_KEYS = ("key", "prompt", "instruction_id_list", "kwargs")
 # lm-eval's result names -> ours.
 RESULT_NAMES = {
     "prompt_level_strict_acc": "prompt_strict",
@@ -44,31 +43,21 @@ def instruction_registry() -> dict[str, type]:
     return _lm_eval_ifeval()[0].INSTRUCTION_DICT
 
 
-def _check_row(row: Any, where: str) -> dict:
-    if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object")
-    missing = [k for k in PROMPT_KEYS if k not in row]
-    if missing:
-        raise InputError(f"{where}: missing field(s) {', '.join(missing)}")
-    ids, kwargs = row["instruction_id_list"], row["kwargs"]
-    if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
-        raise InputError(f"{where}: instruction_id_list and kwargs must be lists of equal length")
+def _check_instruction(inst_id: str, kwargs: Any, prompt: str, where: str) -> None:
     registry = instruction_registry()
-    for inst_id, kw in zip(ids, kwargs):
-        if inst_id not in registry:
-            raise InputError(f"{where}: unknown instruction id {inst_id!r}")
-        try:
-            registry[inst_id](inst_id).build_description(**{k: v for k, v in kw.items() if v})
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"{where}: bad kwargs for {inst_id}: {exc}") from None
-    return row
+    if inst_id not in registry:
+        raise InputError(f"{where}: unknown instruction id {inst_id!r}")
+    try:
+        registry[inst_id](inst_id).build_description(**{k: v for k, v in kwargs.items() if v})
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{where}: bad kwargs for {inst_id}: {exc}") from None
 
 
 def load_ifeval_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
     """Read and validate an IFEval-format JSONL file; keep the first ``limit`` prompts."""
     rows = []
     for where, row in iter_jsonl(path, "IFEval prompts"):
-        rows.append(_check_row(row, where))
+        rows.append(check_prompt_row(row, where, _check_instruction))
         if limit is not None and len(rows) >= limit:
             break
     if not rows:

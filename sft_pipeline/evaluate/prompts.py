@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain, zip_longest
 from pathlib import Path
 
@@ -56,3 +56,24 @@ def load_questions(path: str | Path, count: int) -> list[dict]:
             raise InputError(f"{where}: expected {', '.join(QUESTION_KEYS)} with a first turn")
         rows.append({"id": row["question_id"], "category": row["category"], "prompt": row["turns"][0]})
     return round_robin(rows)[:count]
+
+
+PROMPT_KEYS = ("key", "prompt", "instruction_id_list", "kwargs")  # IFEval's format, which IFBench shares
+
+
+def check_prompt_row(row: object, where: str, check_instruction: Callable[[str, object, str, str], None]) -> dict:
+    """An IFEval-format row (key, prompt, instruction ids and one kwargs per id) checked field by field;
+    ``check_instruction(id, kwargs, prompt, where)`` checks one instruction against its benchmark's checkers."""
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object")
+    missing = [k for k in PROMPT_KEYS if k not in row]
+    if missing:
+        raise InputError(f"{where}: missing field(s) {', '.join(missing)}")
+    ids, kwargs = row["instruction_id_list"], row["kwargs"]
+    if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
+        raise InputError(f"{where}: instruction_id_list and kwargs must be lists of equal length")
+    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+        raise InputError(f"{where}: prompt must be a non-empty string")
+    for inst_id, kw in zip(ids, kwargs):
+        check_instruction(inst_id, kw, row["prompt"], where)
+    return {key: row[key] for key in PROMPT_KEYS}
