@@ -79,21 +79,27 @@ def test_files_named_by_config_enter_keys_by_content(tmp_path):
     assert "model.name_or_path" not in named  # a hub id is a name, not a file
 
 
-def test_identical_runs_give_identical_keys(tiny_model_dir, tmp_path):
-    # Two runs of the same config in two places: absolute paths in the adapter and the order of
-    # LoRA target modules used to make the evaluate key differ between them.
+def _evaluate_key(model_dir: str, output_dir: str) -> tuple[str, str]:
+    """Run ingest..train in a fresh process (as a run would) and return evaluate's key and the adapter config."""
     data = Path(__file__).parent / "data" / "tiny_chat.jsonl"
-    keys = []
-    for place in ("a", "b"):
-        cfg = validate_config({"run": {"output_dir": str(tmp_path / place), "seed": 0},
-                               "model": {"name_or_path": str(tiny_model_dir)},
-                               "ingest": {"sources": [{"path": str(data)}]},
-                               "tokenize": {"max_length": 128, "max_rows": 8},
-                               "train": {"max_steps": 2, "batch_size": 2, "save_steps": 2}})
-        results: dict[str, StageResult] = {}
-        for stage in stages.upto(C.STAGE_TRAIN):
-            results[stage.name] = cache.run(stage, cfg, {name: results[name] for name in stage.reads})
-        keys.append(cache.key(stages.get(C.STAGE_EVALUATE), cfg, results))
-        adapter_config = (Path(results[C.STAGE_TRAIN].out_dir) / C.ADAPTER_DIR / "adapter_config.json").read_text()
+    cfg = validate_config({"run": {"output_dir": output_dir, "seed": 0}, "model": {"name_or_path": model_dir},
+                           "ingest": {"sources": [{"path": str(data)}]},
+                           "tokenize": {"max_length": 128, "max_rows": 8},
+                           "train": {"max_steps": 2, "batch_size": 2, "save_steps": 2}})
+    results: dict[str, StageResult] = {}
+    for stage in stages.upto(C.STAGE_TRAIN):
+        results[stage.name] = cache.run(stage, cfg, {name: results[name] for name in stage.reads})
+    adapter_config = (Path(results[C.STAGE_TRAIN].out_dir) / C.ADAPTER_DIR / "adapter_config.json").read_text()
+    return cache.key(stages.get(C.STAGE_EVALUATE), cfg, results), adapter_config
+
+
+def test_identical_runs_give_identical_keys(tiny_model_dir, tmp_path):
+    # Two runs of the same config in two places, each in its own process: absolute paths in the adapter and
+    # the order of LoRA target modules used to make the evaluate key differ between them.
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:  # a fresh process per run
+        runs = [pool.apply(_evaluate_key, (str(tiny_model_dir), str(tmp_path / place))) for place in "ab"]
+    for _, adapter_config in runs:
         assert str(tiny_model_dir) in adapter_config and str(tmp_path) not in adapter_config
-    assert keys[0] == keys[1]
+    assert runs[0][0] == runs[1][0]
