@@ -72,10 +72,10 @@ def markdown(rows: Sequence[BranchRow], rec: Recommendation, primary: str, *, st
         lines.append(f"| {r.branch.name}{' ★' if r.branch == rec.best else ''} | {r.rows_kept:,} | "
                      f"{r.tokens_kept:,} | {value} | {_cell(r.versus_base.get(primary))} | {current} | "
                      f"{r.verdict or '–'} |")
-    lines += ["", "Other metrics, tuned minus base (95 % CI):", ""]
+    lines += ["", "Other metrics, tuned minus base (95 % CI), one column per setting:", ""]
     others = [k for k in (rows[0].versus_base if rows else {}) if k != primary]
-    lines += ["| setting | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
-    lines += [f"| {r.branch.name} | " + " | ".join(_cell(r.versus_base.get(k)) for k in others) + " |" for r in rows]
+    lines += ["| metric | " + " | ".join(r.branch.name for r in rows) + " |", "|---|" + "---|" * len(rows)]
+    lines += [f"| {k} | " + " | ".join(_cell(r.versus_base.get(k)) for r in rows) + " |" for k in others]
     lines += ["", f"Command: {code(command)}"]
     if plot_uri:
         lines += ["", f"![{label} by setting]({plot_uri})"]
