@@ -16,6 +16,7 @@ STAGE_FILTER = "filter"
 STAGE_TOKENIZE = "tokenize"
 STAGE_TRAIN = "train"
 STAGE_EVALUATE = "evaluate"
+KEY_CHARS = 16  # characters of a content key in an output folder's name
 STAGES = (STAGE_INGEST, STAGE_SCORE, STAGE_FILTER, STAGE_TOKENIZE, STAGE_TRAIN, STAGE_EVALUATE)
 
 # Files each stage writes inside its output directory.

@@ -24,13 +24,12 @@ from typing import Any, Callable, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from sft_pipeline.constants import (ADAPTER_DIR, CONVERSATIONS_FILE, DROPPED_FILE, EVAL_RESULTS_FILE, FILTERED_FILE,
-                                    HELDOUT_TOKENS_FILE, METRICS_FILE, REJECTS_FILE, REPORT_MD_FILE, SCORES_FILE,
+                                    HELDOUT_TOKENS_FILE, KEY_CHARS, METRICS_FILE, REJECTS_FILE, REPORT_MD_FILE, SCORES_FILE,
                                     STAGE_EVALUATE, STAGE_FILTER, STAGE_INGEST, STAGE_SCORE, STAGE_TOKENIZE,
                                     STAGE_TRAIN, TRAIN_TOKENS_FILE)
 from sft_pipeline.artifacts import code_version, folder_digest
 from sft_pipeline.config import PipelineConfig
 
-KEY_CHARS = 16  # characters of the key in an output folder's name
 
 
 @dataclass(frozen=True)

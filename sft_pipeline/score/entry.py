@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sft_pipeline import storage
 from sft_pipeline.config import PipelineConfig
-from sft_pipeline.constants import CONVERSATIONS_FILE, SCORES_FILE, STAGE_INGEST, STAGE_SCORE
+from sft_pipeline.constants import CONVERSATIONS_FILE, KEY_CHARS, SCORES_FILE, STAGE_INGEST, STAGE_SCORE
 from sft_pipeline.score.shards import merge_shards, score_shard, shard_plan
 from sft_pipeline.score.stage import score_conversations
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
 
 SHARDS = "shards"  # StageRun.extra key: the shard files to merge
-KEY_CHARS = 16
 
 
 def run_stage(run: StageRun) -> dict:
