@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ from prefect.locking.filesystem import FileSystemLockManager
 log = logging.getLogger("sft_pipeline.locks")
 
 MAX_LOCK_AGE_S = 7 * 24 * 3600  # no stage holds a lock for a week: such a lock is a leftover
+UNWRITTEN_LOCK_AGE_S = 60.0  # a lock file still empty after this was left by a holder killed while taking it
 WAIT_LOG_EVERY_S = 30.0
 POLL_S = 0.1
 
@@ -47,6 +49,8 @@ def holder_info() -> dict:
 def stale_reason(info: dict, written: float) -> str | None:
     """Why a lock's holder is gone (None: alive, or on another host and not too old); ``written``: file mtime."""
     age = time.time() - float(info.get("created") or written)
+    if not info and age > UNWRITTEN_LOCK_AGE_S:
+        return f"it was never written and is {age:.0f} s old"
     if age > MAX_LOCK_AGE_S:
         return f"it is {age / 3600:.0f} h old"
     if info.get("host") == socket.gethostname() and info.get("pid") is not None:
@@ -63,11 +67,20 @@ class StageLockManager(FileSystemLockManager):
         """The lock's JSON and its file's mtime; None when unlocked."""
         path = self._lock_path_for_key(key)
         try:
-            return json.loads(path.read_text() or "{}"), path.stat().st_mtime
+            text, written = path.read_text(), path.stat().st_mtime
         except FileNotFoundError:
             return None
+        try:
+            return json.loads(text), written
         except ValueError:
-            return {}, time.time()  # being written this instant
+            return {}, written  # taken but not written yet (Prefect touches, then writes)
+
+    def _get_lock_info(self, key: str, use_cache: bool = True):
+        """Prefect's reader, which fails on a lock file that another thread has created but not yet written."""
+        try:
+            return super()._get_lock_info(key, use_cache)
+        except ValueError:
+            return {"holder": None, "expiration": None, "path": self._lock_path_for_key(key)}
 
     def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
                      hold_timeout: Optional[float] = None) -> bool:
@@ -75,7 +88,9 @@ class StageLockManager(FileSystemLockManager):
             return False
         path = self._lock_path_for_key(key)
         info = {"holder": holder, "expiration": None, **holder_info()}
-        path.write_text(json.dumps(info))
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_text(json.dumps(info))
+        os.replace(partial, path)  # readers see the old contents or the new, never an empty file
         return True
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:

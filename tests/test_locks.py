@@ -81,3 +81,40 @@ def test_stale_reason(info, stale):
 
     info = {"host": socket.gethostname(), "created": time.time(), **info}
     assert (locks.stale_reason(info, time.time()) is not None) is stale
+
+
+def test_a_lock_file_taken_but_not_yet_written_reads_as_locked(tmp_path):
+    # Prefect creates the lock file, then writes it: another thread reading in between found an empty file,
+    # and Prefect's reader raised (CI, a two-branch sweep whose branches share a tokenize key).
+    (tmp_path / f"{KEY}.lock").touch()
+    manager = StageLockManager(tmp_path)
+    assert manager.is_locked(KEY)
+    assert not manager.acquire_lock(KEY, holder="this-run", acquire_timeout=0.3)
+
+
+def test_a_lock_file_never_written_is_broken_after_a_minute(tmp_path, caplog):
+    path = tmp_path / f"{KEY}.lock"
+    path.touch()
+    os.utime(path, (time.time() - locks.UNWRITTEN_LOCK_AGE_S - 5,) * 2)
+    with caplog.at_level(logging.WARNING, logger="sft_pipeline.locks"):
+        assert StageLockManager(tmp_path).acquire_lock(KEY, holder="this-run", acquire_timeout=5)
+    assert "never written" in caplog.text
+
+
+def test_threads_contending_for_one_key_take_it_in_turn(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    manager, inside, overlaps = StageLockManager(tmp_path), [], []
+
+    def work(n: int) -> None:
+        for _ in range(20):
+            assert manager.acquire_lock(KEY, holder=f"h{n}", acquire_timeout=30)
+            inside.append(n)
+            overlaps.append(len(inside) > 1)
+            time.sleep(0.001)
+            inside.remove(n)
+            manager.release_lock(KEY, holder=f"h{n}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    assert not any(overlaps) and len(overlaps) == 80
