@@ -2,11 +2,12 @@
 # One machine, the production shape: a Prefect server, process work pools `cpu` and `gpu`,
 # the deployments of deployments/prefect.yaml, one worker per pool, then
 #   prefect deployment run sft/full --watch
-# to completion. Everything it started is shut down on exit.
+# (or the deployments named) to completion. Everything it started is shut down on exit.
 #
-#   deployments/stack.sh [PARAMS_JSON]
+#   deployments/stack.sh [PARAMS_JSON]                  # sft/full
+#   deployments/stack.sh DEPLOYMENT PARAMS_JSON ...     # each in turn, e.g. sft/full then sft-sweep/sweep
 #
-# PARAMS_JSON (optional) is the flow-run parameters of sft/full, e.g.
+# PARAMS_JSON is the flow-run parameters, e.g.
 #   '{"config": "deployments/configs/tiny.yaml", "overrides": ["train.work_pool=gpu"]}'
 # Environment:
 #   PREFECT_PORT                          server port on 127.0.0.1 (default: a free one)
@@ -64,11 +65,14 @@ done
 prefect gcl inspect gpu >/dev/null 2>&1 || prefect gcl create gpu --limit 1 >/dev/null
 prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml >"$LOGS/deploy.log" 2>&1 \
   || { cat "$LOGS/deploy.log" >&2; exit 1; }
-echo "deployed: sft/full sft/filter sft-train/gpu"
+echo "deployed: sft/full sft/filter sft-sweep/sweep sft-train/gpu"
 
 start worker-cpu prefect worker start --pool cpu
 start worker-gpu prefect worker start --pool gpu
 
-PARAMS=${1:-'{}'}
-echo "running: prefect deployment run sft/full --watch"
-prefect deployment run sft/full --params "$PARAMS" --watch --watch-interval 2
+[ $# -le 1 ] && set -- sft/full "${1:-"{}"}"
+while [ $# -ge 2 ]; do
+  echo "running: prefect deployment run $1 --watch"
+  prefect deployment run "$1" --params "$2" --watch --watch-interval 2
+  shift 2
+done

@@ -6,6 +6,8 @@ import argparse
 import os
 import signal
 import sys
+import threading
+from typing import Any, Callable
 
 COMPLETED = "Completed"  # a flow state named otherwise carries the evaluation's verdict
 QUIET_ENV = {
@@ -18,8 +20,8 @@ QUIET_ENV = {
     # for a busy 2-core machine, where it failed with a traceback).
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
-EXIT_TERMINATED = 128 + signal.SIGTERM
 API_URL_ENV = "PREFECT_API_URL"
+JOIN_POLL_S = 0.5
 
 
 class Terminated(BaseException):
@@ -32,10 +34,10 @@ def _on_sigterm(signum, frame) -> None:
     stages stay cached, a training resumes from its checkpoint, and the locks left behind are broken next time."""
     if os.environ.get(API_URL_ENV):
         raise Terminated()
-    stop_now()
+    stop_now(signum)
 
 
-def stop_now() -> None:
+def stop_now(signum: int = signal.SIGTERM) -> None:
     """Stop Prefect's temporary server (if this process started one) and exit at once, with one line.
 
     Exiting normally would first wait for the task threads to finish their work (a training run).
@@ -43,10 +45,41 @@ def stop_now() -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
     SubprocessASGIServer().stop()  # the temporary server's singleton, as Prefect's own fixtures stop it
-    print("error: terminated (SIGTERM); the run was stopped, completed stages stay cached", file=sys.stderr)
+    name = signal.Signals(signum).name
+    print(f"error: terminated ({name}); the run was stopped, completed stages stay cached", file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
-    os._exit(EXIT_TERMINATED)
+    os._exit(128 + signum)
+
+
+def in_thread(call: Callable[[], Any]) -> Any:
+    """``call()`` in a thread of its own while the main thread waits, ready for SIGTERM.
+
+    A flow called in the main thread gets Prefect's SIGTERM handler, whose crash handling waits for the
+    running task to finish: a first SIGTERM during training or evaluation stopped nothing for half an hour.
+    Away from the main thread Prefect installs no handler, and ours stops the run at once.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="sft-flow", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(JOIN_POLL_S)  # returns to Python often, so the signal handler runs
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def call_flow(call: Callable[[], Any]) -> Any:
+    """With Prefect's temporary server, in a thread (SIGTERM stops at once); with a server of our own, in
+    the main thread, so that Prefect's handler records the run as crashed."""
+    return call() if os.environ.get(API_URL_ENV) else in_thread(call)
 
 
 def quiet() -> None:
@@ -61,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     load_config(args.config, args.overrides)  # fail fast, before any server starts
     hide_user_error_tracebacks()
-    state = sft(config=args.config, overrides=args.overrides, until=args.until, return_state=True)
+    state = call_flow(lambda: sft(config=args.config, overrides=args.overrides, until=args.until,
+                                  return_state=True))
     if state.is_failed():
         state.result()  # re-raises the stage's error (one line for user errors)
     print_outputs(state.result())
@@ -80,8 +114,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep.plan(cfg, args.thresholds, args.top_fractions)  # fail fast on a missing budget or setting
     hide_user_error_tracebacks()
     command = " ".join(["sft-pipeline", *sys.argv[1:]]) if sys.argv[1:] else "sft-pipeline sweep"
-    summary = sft_sweep(config=args.config, overrides=args.overrides, thresholds=args.thresholds,
-                        top_fractions=args.top_fractions, command=command)
+    summary = call_flow(lambda: sft_sweep(config=args.config, overrides=args.overrides, thresholds=args.thresholds,
+                                          top_fractions=args.top_fractions, command=command))
     print(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)")
     print(summary["sentence"])
     if summary["recommended"]:
@@ -136,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if not os.environ.get(API_URL_ENV):
+        signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C on a terminal: the same prompt stop
     try:
         return cli.run_command(args.func, args)
     except Terminated:

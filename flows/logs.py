@@ -1,4 +1,5 @@
-"""Keep user errors to one line: strip tracebacks of PipelineError from Prefect's logs."""
+"""The flow's logs: the library's lines (training progress, stage logs) forwarded to Prefect, and user
+errors kept to one line (tracebacks of PipelineError stripped)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import logging
 from sft_pipeline.errors import PipelineError
 
 PREFECT_LOGGERS = ("prefect", "prefect.flow_runs", "prefect.task_runs")
+LIBRARY_LOGGER = "sft_pipeline"
+PREFECT_EXTRA_LOGGER = "prefect.extra"  # Prefect's template for PREFECT_LOGGING_EXTRA_LOGGERS
+
+
+def forward_library_logs() -> None:
+    """Send the library's INFO lines to the terminal and the run's log in the UI.
+
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` attaches Prefect's handlers but leaves the logger's level at
+    the root's WARNING, so training progress never showed; and a worker without that variable
+    attached nothing.
+    """
+    library = logging.getLogger(LIBRARY_LOGGER)
+    library.setLevel(logging.INFO)
+    for handler in logging.getLogger(PREFECT_EXTRA_LOGGER).handlers:
+        if handler not in library.handlers:
+            library.addHandler(handler)
 
 
 class UserErrorFilter(logging.Filter):

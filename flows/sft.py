@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.states import Completed
 
+from flows.logs import forward_library_logs
 from flows.publish import publish_stage, publish_summary
 from flows.score import shard_inputs
 from flows.train import hand_off_training
@@ -31,6 +32,7 @@ StageName = Literal[stages.NAMES]  # type: ignore[valid-type]  # the deployment'
 @flow(name="sft")
 def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until: StageName = "evaluate"):
     """Run the pipeline on ``config`` (a YAML path) with ``key.sub=value`` overrides."""
+    forward_library_logs()
     cfg = load_config(config, overrides)
     results: dict[str, StageResult] = {}
     for stage in stages.upto(until):

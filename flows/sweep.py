@@ -13,6 +13,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.logs import forward_library_logs
 from flows.sft import DEFAULT_CONFIG, run_stage, submit_stage
 from sft_pipeline import stages, sweep
 from sft_pipeline.config import load_config
@@ -28,6 +29,7 @@ MODEL_STAGES = (STAGE_TRAIN, STAGE_EVALUATE)
 def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, thresholds: list[float] | None = None,
               top_fractions: list[float] | None = None, command: str = "") -> dict:
     """Train and evaluate one branch per filter setting; write the sweep report; return its summary."""
+    forward_library_logs()
     cfg = load_config(config, overrides)
     branches = sweep.plan(cfg, thresholds or [], top_fractions or [])
     shared: dict[str, StageResult] = {}

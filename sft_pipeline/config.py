@@ -264,7 +264,10 @@ class GateConfig(Section):
 
 class EvalConfig(Section):
     max_heldout_rows: int | None = Field(default=64, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=8, ge=1)  # held-out loss (logits of batch x length x vocabulary)
+    # Decoding is bound by reading the weights once per step: on 2 CPU cores a step of 32 rows took
+    # 1.6x the time of 8 (SmolLM2-135M, fp32), so 32 rows at once generate 2.5x faster.
+    generation_batch_size: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=128, ge=1)
     do_sample: bool = False  # greedy by default, so numbers repeat run to run
     temperature: float = Field(default=0.7, gt=0)  # only used when do_sample

@@ -142,7 +142,7 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
     folder and a small summary (recommendation and per-branch verdicts).
     """
     from sft_pipeline import cache, storage
-    from sft_pipeline.artifacts import atomic_dir, json_digest
+    from sft_pipeline.artifacts import atomic_dir, code_version, json_digest
     from sft_pipeline.constants import STAGE_EVALUATE, STAGE_FILTER
     from sft_pipeline.stages import KEY_CHARS
 
@@ -154,7 +154,8 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
                        resamples=resamples, seed=seed) for b in branches]
     primary = cfg.eval.gate.primary_metric or "heldout_loss"
     direction = (rows[0].metrics.get(primary) or {}).get("direction", -1)
-    key = json_digest({"branches": {n: r.key for n, r in evals.items()}, "primary": primary, "code": 1})
+    key = json_digest({"branches": {n: r.key for n, r in evals.items()}, "primary": primary,
+                       "code": code_version(__name__)})
     out = storage.local_root(cfg.run) / "sweep" / key[:KEY_CHARS]
     with atomic_dir(out) as tmp:
         rec = write(tmp, rows, primary, direction, steps=cfg.train.max_steps, heldout=heldout.counts.get(

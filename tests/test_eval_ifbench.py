@@ -67,7 +67,14 @@ def test_loads_all_294_prompts(prompts):
     assert len(ids) >= 50 and ids <= set(instruction_registry())
     assert all(set(r) == {"key", "prompt", "instruction_id_list", "kwargs"} for r in prompts)
     assert all(len(r["kwargs"]) == len(r["instruction_id_list"]) for r in prompts)
-    assert [r["key"] for r in load_ifbench_prompts(IFBENCH_PROMPTS, limit=3)] == [r["key"] for r in prompts[:3]]
+    assert [r["key"] for r in load_ifbench_prompts(IFBENCH_PROMPTS, limit=3)] == [r["key"] for r in prompts[::98]]
+
+
+def test_a_limited_set_spreads_over_every_instruction_family(prompts):
+    # The file is grouped by family: its first 100 rows hold 4 of the 7 (the embedded default uses 100).
+    family = lambda rows: {i.split(":")[0] for r in rows for i in r["instruction_id_list"]}  # noqa: E731
+    assert family(load_ifbench_prompts(IFBENCH_PROMPTS, limit=100)) == family(prompts)
+    assert len(family(prompts[:100])) < len(family(prompts))
 
 
 def test_cases_cover_every_family_of_the_benchmark(prompts):

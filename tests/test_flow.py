@@ -64,6 +64,19 @@ def test_full_run_writes_every_output(first_run):
     assert counts["rows_read"] == counts["rows_accepted"] + counts["rows_rejected"]
 
 
+def test_training_progress_reaches_the_run_log(first_run):
+    # The library's progress lines are INFO records of `sft_pipeline.train.progress`: they must reach the
+    # flow run's log (the UI, and the terminal through the same handlers), not stop at the root's WARNING.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    state, _ = first_run
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    progress = [log.message for log in logs if log.message.startswith("step ")]
+    assert any(line.startswith("step 4/4 loss ") and "tok/s" in line for line in progress), progress
+
+
 def test_adapter_weights_moved_from_initialisation(first_run):
     _, results = first_run
     adapter = Path(results["train"].out_dir, C.ADAPTER_DIR)

@@ -98,7 +98,8 @@ def evaluate_model(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int)
     ev = ModelEval({k: loss[k] for k in HELDOUT_SCALARS}, seconds={"heldout_loss": lap()})
     ev.items[HELDOUT_LOSS] = (loss["row_nll"], [float(n) for n in loss["row_tokens"]])
     prompts = [r["prompt"] for b in _benchmarks(inputs) for r in inputs.prompts[b.name]]
-    gens = generate(model, tokenizer, prompts + [q["prompt"] for q in inputs.questions], batch_size=cfg.batch_size,
+    gens = generate(model, tokenizer, prompts + [q["prompt"] for q in inputs.questions],
+                    batch_size=cfg.generation_batch_size,
                     max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
                     seed=seed)
     ev.seconds["generation"] = lap()

@@ -81,12 +81,21 @@ def check_prompt_row(row: object, where: str, check_instruction: Callable[[str, 
 
 def load_prompt_rows(path: str | Path, what: str, check_instruction: Callable[[str, object, str, str], None],
                      limit: int | None = None) -> list[dict]:
-    """The first ``limit`` rows of an IFEval-format JSONL file, each checked; one InputError line if none."""
-    rows = []
-    for where, row in iter_jsonl(path, what):
-        rows.append(check_prompt_row(row, where, check_instruction))
-        if limit is not None and len(rows) >= limit:
-            break
+    """``limit`` rows (all when None) of an IFEval-format JSONL file, spread over it, each checked; one
+    InputError line if none. Spread, not the first: IFBench's file is grouped by instruction family (its
+    first 100 rows hold 4 of its 7 families)."""
+    rows = [check_prompt_row(row, where, check_instruction) for where, row in iter_jsonl(path, what)]
     if not rows:
         raise InputError(f"{path}: no {what}")
-    return rows
+    return spread(rows, limit)
+
+
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` items evenly spaced over ``items``, in order (all of them when ``limit`` is None or larger).
+
+    >>> spread(list(range(10)), 3), spread([1, 2], 5), spread([1, 2], None)
+    ([0, 3, 6], [1, 2], [1, 2])
+    """
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
