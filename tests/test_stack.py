@@ -51,6 +51,6 @@ def test_stack_runs_sft_full_and_a_sweep_with_gpu_handoff(tiny_model_dir, tmp_pa
     # Training ran on the gpu pool's worker, in a flow run of its own: once for sft/full, once for the new branch.
     assert proc.stdout.count("finished successfully in 'Completed'") == 2, detail
     assert len(adapters) == 2, detail
-    assert (logs / "worker-gpu.log").read_text().count("Completed submission of flow run") >= 2, detail
+    assert (logs / "worker-gpu.log").read_text().count("submitting flow run") >= 2, detail
     summary = json.loads(next(out.glob(f"sweep/*/{SWEEP_JSON}")).read_text())
     assert sorted(row["setting"] for row in summary["branches"]) == ["threshold=0.7", "threshold=0.95"], detail
