@@ -13,12 +13,13 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 from prefect.locking.filesystem import FileSystemLockManager
+
+from sft_pipeline.artifacts import write_json
 
 log = logging.getLogger("sft_pipeline.locks")
 
@@ -88,9 +89,7 @@ class StageLockManager(FileSystemLockManager):
             return False
         path = self._lock_path_for_key(key)
         info = {"holder": holder, "expiration": None, **holder_info()}
-        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        partial.write_text(json.dumps(info))
-        os.replace(partial, path)  # readers see the old contents or the new, never an empty file
+        write_json(path, info)  # atomically: readers see the old contents or the new, never an empty file
         return True
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
