@@ -4,6 +4,8 @@ errors kept to one line (tracebacks of PipelineError stripped)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sft_pipeline.errors import PipelineError
 
@@ -12,18 +14,28 @@ LIBRARY_LOGGER = "sft_pipeline"
 PREFECT_EXTRA_LOGGER = "prefect.extra"  # Prefect's template for PREFECT_LOGGING_EXTRA_LOGGERS
 
 
-def forward_library_logs() -> None:
-    """Send the library's INFO lines to the terminal and the run's log in the UI.
+@contextmanager
+def library_logs() -> Iterator[None]:
+    """Send the library's INFO lines to the terminal and the run's log in the UI while a flow runs.
 
     ``PREFECT_LOGGING_EXTRA_LOGGERS`` attaches Prefect's handlers but leaves the logger's level at
     the root's WARNING, so training progress never showed; and a worker without that variable
-    attached nothing.
+    attached nothing. Only handlers the library's lines would not reach through the root are added,
+    and level and handlers are put back when the flow ends (tests run many flows in one process).
     """
     library = logging.getLogger(LIBRARY_LOGGER)
+    reached = set(library.handlers) | set(logging.getLogger().handlers)
+    added = [h for h in logging.getLogger(PREFECT_EXTRA_LOGGER).handlers if h not in reached]
+    level = library.level
     library.setLevel(logging.INFO)
-    for handler in logging.getLogger(PREFECT_EXTRA_LOGGER).handlers:
-        if handler not in library.handlers:
-            library.addHandler(handler)
+    for handler in added:
+        library.addHandler(handler)
+    try:
+        yield
+    finally:
+        library.setLevel(level)
+        for handler in added:
+            library.removeHandler(handler)
 
 
 class UserErrorFilter(logging.Filter):

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.states import Completed
 
-from flows.logs import forward_library_logs
+from flows.logs import library_logs
 from flows.publish import publish_stage, publish_summary
 from flows.score import shard_inputs
 from flows.train import hand_off_training
@@ -32,15 +32,15 @@ StageName = Literal[stages.NAMES]  # type: ignore[valid-type]  # the deployment'
 @flow(name="sft")
 def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until: StageName = "evaluate"):
     """Run the pipeline on ``config`` (a YAML path) with ``key.sub=value`` overrides."""
-    forward_library_logs()
-    cfg = load_config(config, overrides)
-    results: dict[str, StageResult] = {}
-    for stage in stages.upto(until):
-        results[stage.name] = run_stage(stage, cfg, results)
-        publish_stage(cfg, results[stage.name])
-    publish_summary(results)
-    track(cfg, results)
-    return final_state(results)
+    with library_logs():
+        cfg = load_config(config, overrides)
+        results: dict[str, StageResult] = {}
+        for stage in stages.upto(until):
+            results[stage.name] = run_stage(stage, cfg, results)
+            publish_stage(cfg, results[stage.name])
+        publish_summary(results)
+        track(cfg, results)
+        return final_state(results)
 
 
 def track(cfg: PipelineConfig, results: dict[str, StageResult]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.logs import forward_library_logs
+from flows.logs import library_logs
 from flows.sft import DEFAULT_CONFIG, run_stage, submit_stage
 from sft_pipeline import stages, sweep
 from sft_pipeline.config import load_config
@@ -29,25 +29,29 @@ MODEL_STAGES = (STAGE_TRAIN, STAGE_EVALUATE)
 def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, thresholds: list[float] | None = None,
               top_fractions: list[float] | None = None, command: str = "") -> dict:
     """Train and evaluate one branch per filter setting; write the sweep report; return its summary."""
-    forward_library_logs()
-    cfg = load_config(config, overrides)
-    branches = sweep.plan(cfg, thresholds or [], top_fractions or [])
-    shared: dict[str, StageResult] = {}
-    for stage in stages.upto(STAGE_SCORE):
-        shared[stage.name] = run_stage(stage, cfg, shared)
-    heldout = held_out_set(sweep.heldout_config(cfg), shared)
-    configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
-    results = {b.name: dict(shared) for b in branches}
-    for name in BRANCH_STAGES:
-        stage, together = stages.get(name), concurrent(name, cfg)
-        futures = {}
-        for b in configs:
-            futures[b] = submit_stage(stage, configs[b], upstream(stage, results[b], heldout))
-            if not together:
-                futures[b].wait()
-        for b, future in futures.items():
-            results[b][name] = future.result()
-    return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
+    with library_logs():
+        cfg = load_config(config, overrides)
+        branches = sweep.plan(cfg, thresholds or [], top_fractions or [])
+        shared: dict[str, StageResult] = {}
+        for stage in stages.upto(STAGE_SCORE):
+            shared[stage.name] = run_stage(stage, cfg, shared)
+        heldout = held_out_set(sweep.heldout_config(cfg), shared)
+        configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
+        results = {b.name: dict(shared) for b in branches}
+        for name in BRANCH_STAGES:
+            run_branch_stage(stages.get(name), cfg, configs, results, heldout)
+        return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
+
+
+def run_branch_stage(stage: stages.Stage, cfg, configs: dict, results: dict[str, dict], heldout) -> None:
+    """One stage on every branch: at once where ``concurrent`` allows, else one after another."""
+    together, futures = concurrent(stage.name, cfg), {}
+    for b in configs:
+        futures[b] = submit_stage(stage, configs[b], upstream(stage, results[b], heldout))
+        if not together:
+            futures[b].wait()
+    for b, future in futures.items():
+        results[b][stage.name] = future.result()
 
 
 def concurrent(stage: str, cfg) -> bool:

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 
-from flows.logs import forward_library_logs
+from flows.logs import library_logs
 from sft_pipeline import cache, stages
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import STAGE_TRAIN
@@ -21,10 +21,10 @@ GPU_SLOTS = "gpu"  # global concurrency limit: `prefect gcl create gpu --limit <
 @flow(name=TRAIN_FLOW)
 def sft_train(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> StageResult:
     """Train on the tokenize stage's output (a shared path, or fetched from run.output_dir's URL)."""
-    forward_library_logs()
-    stage = stages.get(STAGE_TRAIN)
-    with concurrency(GPU_SLOTS, occupy=cfg.train.num_processes):  # one slot per rank (one GPU each)
-        return bound(stage, cfg, upstream)(stage.name, cfg, upstream)
+    with library_logs():
+        stage = stages.get(STAGE_TRAIN)
+        with concurrency(GPU_SLOTS, occupy=cfg.train.num_processes):  # one slot per rank (one GPU each)
+            return bound(stage, cfg, upstream)(stage.name, cfg, upstream)
 
 
 @task(name="hand-off-training")

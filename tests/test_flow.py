@@ -77,6 +77,15 @@ def test_training_progress_reaches_the_run_log(first_run):
     assert any(line.startswith("step 4/4 loss ") and "tok/s" in line for line in progress), progress
 
 
+def test_a_finished_flow_leaves_the_library_logger_as_it_found_it(first_run):
+    # Forwarding is scoped to the flow run: after it, no Prefect handler stays on `sft_pipeline` and its
+    # level is back (a leak doubled every library record in later tests and logged INFO outside flows).
+    import logging
+
+    library = logging.getLogger("sft_pipeline")
+    assert library.level == logging.NOTSET and library.handlers == []
+
+
 def test_adapter_weights_moved_from_initialisation(first_run):
     _, results = first_run
     adapter = Path(results["train"].out_dir, C.ADAPTER_DIR)
