@@ -24,29 +24,39 @@ API_URL_ENV = "PREFECT_API_URL"
 JOIN_POLL_S = 0.5
 
 
+RUN_STOPPED = "the run was stopped, completed stages stay cached"
+FLOW_IN_THREAD = threading.Event()  # set while a flow runs in a thread of its own (the temporary server)
+
+
 class Terminated(BaseException):
-    """SIGTERM arrived: unwind (Prefect marks the run crashed, the temporary server is stopped), then exit."""
+    """A stop signal: unwind (temporary files are removed, Prefect marks a run crashed), then exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame) -> None:
-    """With a Prefect server of its own, unwind so that Prefect records the run as crashed; with the temporary
-    server (nobody else reads it), stop at once: Prefect's crash handling took 30 s on a busy machine. Completed
-    stages stay cached, a training resumes from its checkpoint, and the locks left behind are broken next time."""
-    if os.environ.get(API_URL_ENV):
-        raise Terminated()
-    stop_now(signum)
+def _on_signal(signum, frame) -> None:
+    """A flow with the temporary server (nobody else reads it) stops at once: Prefect's crash handling waits
+    for the running task. Otherwise unwind: a library command removes its temporary files, and a flow with a
+    server of its own is recorded as crashed. Completed stages stay cached, a training resumes from its
+    checkpoint, and the locks left behind are broken next time."""
+    if FLOW_IN_THREAD.is_set():
+        stop_now(signum, RUN_STOPPED)
+    raise Terminated(signum)
 
 
-def stop_now(signum: int = signal.SIGTERM) -> None:
+def stop_now(signum: int, note: str = "") -> None:
     """Stop Prefect's temporary server (if this process started one) and exit at once, with one line.
 
     Exiting normally would first wait for the task threads to finish their work (a training run).
     """
-    from prefect.server.api.server import SubprocessASGIServer
+    if note:
+        from prefect.server.api.server import SubprocessASGIServer
 
-    SubprocessASGIServer().stop()  # the temporary server's singleton, as Prefect's own fixtures stop it
+        SubprocessASGIServer().stop()  # the temporary server's singleton, as Prefect's own fixtures stop it
     name = signal.Signals(signum).name
-    print(f"error: terminated ({name}); the run was stopped, completed stages stay cached", file=sys.stderr)
+    print(f"error: terminated ({name})" + (f"; {note}" if note else ""), file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(128 + signum)
@@ -68,9 +78,11 @@ def in_thread(call: Callable[[], Any]) -> Any:
             box["error"] = exc
 
     thread = threading.Thread(target=target, name="sft-flow", daemon=True)
+    FLOW_IN_THREAD.set()
     thread.start()
     while thread.is_alive():
         thread.join(JOIN_POLL_S)  # returns to Python often, so the signal handler runs
+    FLOW_IN_THREAD.clear()
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -139,18 +151,14 @@ def floats(text: str) -> list[float]:
 
 
 def print_outputs(results: dict) -> None:
-    from sft_pipeline import constants
+    from sft_pipeline.constants import (ADAPTER_DIR, FILTERED_FILE, REPORT_HTML_FILE, REPORT_MD_FILE, STAGE_EVALUATE,
+                                        STAGE_FILTER, STAGE_TRAIN)
 
-    wanted = {
-        constants.STAGE_FILTER: [("filtered", constants.FILTERED_FILE)],
-        constants.STAGE_TRAIN: [("adapter", constants.ADAPTER_DIR)],
-        constants.STAGE_EVALUATE: [("report", constants.REPORT_MD_FILE), ("report (html)", constants.REPORT_HTML_FILE)],
-    }
-    for stage, items in wanted.items():
-        for label, name in items:
-            if stage in results:
-                where = results[stage].url or results[stage].out_dir
-                print(f"{label + ':':15} {where.rstrip('/')}/{name}")
+    wanted = (("filtered", STAGE_FILTER, FILTERED_FILE), ("adapter", STAGE_TRAIN, ADAPTER_DIR),
+              ("report", STAGE_EVALUATE, REPORT_MD_FILE), ("report (html)", STAGE_EVALUATE, REPORT_HTML_FILE))
+    for label, stage, name in wanted:
+        if stage in results:
+            print(f"{label + ':':15} {(results[stage].url or results[stage].out_dir).rstrip('/')}/{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,13 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--apply", action="store_true", help="write CONFIG.recommended.yaml with the recommended setting")
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    if not os.environ.get(API_URL_ENV):
-        signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C on a terminal: the same prompt stop
+    flow_command = args.func in (cmd_run, cmd_sweep)
+    signal.signal(signal.SIGTERM, _on_signal)
+    if not (flow_command and os.environ.get(API_URL_ENV)):  # with a server, Prefect handles Ctrl-C
+        signal.signal(signal.SIGINT, _on_signal)
     try:
         return cli.run_command(args.func, args)
-    except Terminated:
-        stop_now()
+    except Terminated as stop:
+        stop_now(stop.signum, RUN_STOPPED if flow_command else "")
 
 
 if __name__ == "__main__":

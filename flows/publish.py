@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -14,38 +13,26 @@ from sft_pipeline.constants import (MASK_PREVIEW_FILE, REPORT_MD_FILE, STAGE_EVA
                                     SWEEP_FILE)
 from sft_pipeline.stages import KEY_CHARS, StageResult
 
-
-def _read(path: Path) -> str | None:
-    return path.read_text() if path.exists() else None
-
-
-def publish_filter(folder: Path) -> None:
-    sweep = folder / SWEEP_FILE
-    if sweep.exists():
-        create_table_artifact(key="threshold-sweep", table=json.loads(sweep.read_text()),
-                              description="Rows and tokens kept at each quality threshold")
-
-
-def publish_tokenize(folder: Path) -> None:
-    preview = _read(folder / MASK_PREVIEW_FILE)
-    if preview:
-        create_markdown_artifact(key="mask-preview", markdown=preview,
-                                 description="Token/label tables: supervised spans marked")
-
-
-def publish_report(folder: Path) -> None:
-    report = _read(folder / REPORT_MD_FILE)
-    if report:
-        create_markdown_artifact(key="sft-report", markdown=report, description="Base vs tuned evaluation")
-
-
-PUBLISHERS = {STAGE_FILTER: publish_filter, STAGE_TOKENIZE: publish_tokenize, STAGE_EVALUATE: publish_report}
+MARKDOWN, TABLE = "markdown", "table"
+ARTIFACTS = {  # stage -> (its output file, artifact key, kind, description)
+    STAGE_FILTER: (SWEEP_FILE, "threshold-sweep", TABLE, "Rows and tokens kept at each quality threshold"),
+    STAGE_TOKENIZE: (MASK_PREVIEW_FILE, "mask-preview", MARKDOWN, "Token/label tables: supervised spans marked"),
+    STAGE_EVALUATE: (REPORT_MD_FILE, "sft-report", MARKDOWN, "Base vs tuned evaluation"),
+}
 
 
 def publish_stage(cfg: PipelineConfig, result: StageResult) -> None:
     """The artifact a person reads after this stage, if it has one."""
-    if result.stage in PUBLISHERS:
-        PUBLISHERS[result.stage](local_dir(cfg, result))
+    if result.stage not in ARTIFACTS:
+        return
+    name, key, kind, description = ARTIFACTS[result.stage]
+    path = local_dir(cfg, result) / name
+    if not path.exists():
+        return
+    if kind == TABLE:
+        create_table_artifact(key=key, table=json.loads(path.read_text()), description=description)
+    else:
+        create_markdown_artifact(key=key, markdown=path.read_text(), description=description)
 
 
 def publish_summary(results: dict[str, StageResult]) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sft_pipeline import constants as C
 from sft_pipeline.errors import ConfigError
-from sft_pipeline.urls import check_url, is_url
+from sft_pipeline.urls import check_url, folder_problem, is_url
 
 
 SEED_LIMIT = 2**32  # run.seed must be below this
@@ -40,10 +40,14 @@ class RunConfig(Section):
     dask_address: str | None = None  # scheduler address, e.g. tcp://host:8786; None: a local cluster
     tracking_uri: str | None = None  # MLflow tracking store (sqlite:///runs/mlflow.db, http://host:5000); None: off
 
-    @field_validator("output_dir")
+    @field_validator("output_dir", "local_dir")
     @classmethod
-    def _check_output_dir(cls, value: str) -> str:
-        return check_url(value) if is_url(value) else value
+    def _check_output_dir(cls, value: str | None) -> str | None:
+        if value is None or is_url(value):
+            return value if value is None else check_url(value)
+        if why := folder_problem(value):
+            raise ValueError(f"cannot write outputs there: {why}")
+        return value
 
     @field_validator("tracking_uri")
     @classmethod

@@ -1,8 +1,13 @@
-"""fsspec URLs in the config: recognise them, and check that this machine can open them."""
+"""Output places in the config: fsspec URLs (recognised, and checked that this machine can open them) and
+local folders (checked that they can be folders)."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+
+NAME_MAX_FALLBACK = 255  # bytes in one file name on common Linux file systems
 
 
 def is_url(value: str) -> bool:
@@ -24,3 +29,32 @@ def check_url(value: str) -> str:
     except (ValueError, ImportError) as exc:
         raise ValueError(f"{value!r}: fsspec cannot open {protocol}:// ({str(exc).splitlines()[0]})") from None
     return value
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a folder to write into (a part of it is an existing file, or a name is
+    longer than the file system allows), or None.
+
+    >>> folder_problem("runs") is None
+    True
+    >>> folder_problem("/tmp/" + "x" * 300 + "/out")
+    'a name of 300 bytes in it is longer than the file system allows (255)'
+    >>> folder_problem("/etc/passwd/out")
+    '/etc/passwd is a file, not a folder'
+    """
+    path = Path(path).absolute()
+    limit = _name_max(path)
+    too_long = [len(os.fsencode(part)) for part in path.parts if len(os.fsencode(part)) > limit]
+    if too_long:
+        return f"a name of {too_long[0]} bytes in it is longer than the file system allows ({limit})"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return None if existing.is_dir() else f"{existing} is a file, not a folder"
+
+
+def _name_max(path: Path) -> int:
+    for parent in path.parents:  # the nearest that exists
+        try:
+            return os.pathconf(parent, "PC_NAME_MAX")
+        except OSError:
+            continue
+    return NAME_MAX_FALLBACK

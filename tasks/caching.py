@@ -72,29 +72,21 @@ def url_block(url: str) -> str | Path:
     return f"remote-file-system/{name}"
 
 
-def retry_when(predicate: Callable[[BaseException], bool]):
-    """A Prefect ``retry_condition_fn`` that retries a failed run when ``predicate(error)`` holds."""
+def retry_condition(stage: stages.Stage) -> Callable[[Any, Any, Any], bool]:
+    """A Prefect ``retry_condition_fn`` for ``stage``: retry when its own transient-error predicate holds
+    (training: network, interconnect), else when the error is not deterministic (bad config, bad input or a
+    missing file fail at once; anything else, such as I/O or pre-emption, may pass on a retry)."""
+    transient = stages.resolve(stage.transient) if stage.transient else not_deterministic
 
     def condition(task: Any, task_run: Any, state: Any) -> bool:
         try:
             state.result(raise_on_failure=True)
         except BaseException as exc:  # noqa: BLE001 - the predicate decides
-            return predicate(exc)
+            return transient(exc)
         return False
 
     return condition
 
 
 def not_deterministic(exc: BaseException) -> bool:
-    """Bad config, bad input or a missing file fail at once; anything else may be transient (I/O, preemption)."""
     return not isinstance(exc, DETERMINISTIC_ERRORS)
-
-
-retry_transient = retry_when(not_deterministic)
-
-
-def retry_condition(stage: stages.Stage):
-    """The stage's own transient-error predicate (training: network, interconnect), else ``retry_transient``."""
-    if stage.transient is None:
-        return retry_transient
-    return retry_when(stages.resolve(stage.transient))

@@ -62,3 +62,25 @@ def test_sigterm_stops_the_run_and_its_temporary_server(tiny_model_dir, tmp_path
                                               "completed stages stay cached")
     time.sleep(2)
     assert not [pid for pid in server if alive(pid)], "the temporary server outlived the run"
+
+
+def test_sigterm_during_a_library_command_removes_its_temporary_files(tmp_path):
+    # `sft-pipeline ingest` stopped while it reads a pipe: it left the pipe's spool folder and the half-built
+    # `.OUT.tmp-*` folder behind, and said "completed stages stay cached" of a command that has no stages.
+    temp, out = tmp_path / "tmp", tmp_path / "out"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    cmd = [sys.executable, "-m", "flows.cli", "ingest", "/dev/stdin", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    proc.stdin.write('{"instruction": "Say hi.", "output": "Hi there, how are you today?"}\n' * 100)
+    proc.stdin.flush()  # and left open: the command waits for the rest of the pipe
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(temp.glob("sft-ingest-spool-*")):
+        time.sleep(0.1)
+    assert list(temp.glob("sft-ingest-spool-*")), "the pipe was not being spooled"
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert rest.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    assert list(temp.iterdir()) == [] and list(tmp_path.glob(".out.tmp-*")) == [] and not out.exists()

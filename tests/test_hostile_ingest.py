@@ -146,6 +146,26 @@ def test_disguised_binary_files_are_one_line(tmp_path, name, content, match):
     assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("name, content", [("sheet.csv", None), ("nul.csv", b"a,b\n\x00\x00\x00\x01\x02\n")])
+def test_an_unreadable_file_beside_good_ones_is_one_reject_and_the_rest_count(tmp_path, name, content):
+    # One unreadable file stopped the whole ingest: the good sources' rows never counted.
+    good, bad = tmp_path / "good.jsonl", tmp_path / name
+    good.write_text(rows_text(5))
+    if content is None:
+        with zipfile.ZipFile(bad, "w") as zf:
+            zf.writestr("xl/workbook.xml", "<workbook/>" * 50)
+    else:
+        bad.write_bytes(content)
+    summary, convs, rejects = ingest(tmp_path, good, bad)
+    assert len(convs) == 5 and [r["reason"] for r in rejects] == ["unreadable_source"]
+    assert rejects[0]["source"] == str(bad) and str(bad) in rejects[0]["message"]
+    assert summary["sources"][1]["unreadable"] == rejects[0]["message"]
+    proc = cli("ingest", str(good), str(bad), "--out", str(tmp_path / "o"))
+    warnings = [line for line in proc.stderr.decode().splitlines() if str(bad) in line]
+    assert proc.returncode == 0 and len(warnings) == 1 and b"Traceback" not in proc.stderr, proc.stderr
+    assert table_rows(tmp_path / "o") == (5, 1) and b"unreadable_source 1" in proc.stdout
+
+
 # 3. Concurrent writers of one --out; --out at a file.
 
 def test_concurrent_ingests_into_one_out_leave_a_readable_whole(tmp_path):
@@ -174,6 +194,28 @@ def test_out_pointing_at_a_file_is_one_line(tmp_path):
     proc = cli("ingest", str(data), "--out", str(data))
     assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1 and str(data).encode() in proc.stderr
     assert data.read_text() == rows_text(3)
+
+
+@pytest.mark.parametrize("where", ["long_name", "under_a_file"])
+def test_out_that_cannot_be_a_folder_is_one_line(tmp_path, where):
+    # A name over the file system's 255 bytes was an OSError traceback from `out.exists()`.
+    data = tmp_path / "data.jsonl"
+    data.write_text(rows_text(3))
+    out = tmp_path / ("x" * 300) / "o" if where == "long_name" else data / "o"
+    proc = cli("ingest", str(data), "--out", str(out))
+    problem = b"longer than the file system allows (255)" if where == "long_name" else b"is a file, not a folder"
+    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1 and problem in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("where", ["long_name", "a_file"])
+def test_an_output_dir_that_cannot_be_a_folder_fails_at_load(tmp_path, where):
+    # `run.output_dir` naming a file was retried twice and ended in three tracebacks; a name over the
+    # limit ended in two. Both are config errors, named by their dotted path, before anything runs.
+    data = tmp_path / "data.jsonl"
+    data.write_text(rows_text(3))
+    out = tmp_path / ("x" * 300) if where == "long_name" else data
+    with pytest.raises(ConfigError, match=r"run\.output_dir: .*(longer than the file system allows|is a file)"):
+        load_config(None, [f"ingest.sources=[{{path: '{data}'}}]", f"run.output_dir={out}"])
 
 
 def test_out_holding_other_files_is_not_wiped(tmp_path):

@@ -5,8 +5,9 @@ import pytest
 from prefect.states import Failed
 
 from sft_pipeline.errors import ConfigError, InputError
-from sft_pipeline.train import is_transient
-from tasks.caching import retry_transient, retry_when
+from sft_pipeline import stages
+from sft_pipeline.constants import STAGE_FILTER, STAGE_TRAIN
+from tasks.caching import retry_condition
 
 
 def failed(exc):
@@ -21,11 +22,11 @@ def failed(exc):
     (ConnectionError("reset"), True),
 ])
 def test_data_stages_retry_all_but_deterministic_errors(exc, retried):
-    assert retry_transient(None, None, failed(exc)) is retried
+    assert retry_condition(stages.get(STAGE_FILTER))(None, None, failed(exc)) is retried
 
 
 def test_train_retries_only_transient_errors():
-    condition = retry_when(is_transient)
+    condition = retry_condition(stages.get(STAGE_TRAIN))  # the train stage's own predicate
     assert condition(None, None, failed(httpx.ConnectError("connection refused"))) is True
     assert condition(None, None, failed(RuntimeError("shape mismatch"))) is False
     assert condition(None, None, failed(ConfigError("bad lora target"))) is False

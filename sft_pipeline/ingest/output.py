@@ -20,6 +20,7 @@ from sft_pipeline.config import IngestConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, REJECTS_FILE
 from sft_pipeline.errors import InputError
 from sft_pipeline.ingest.stage import ingest_sources
+from sft_pipeline.urls import folder_problem
 
 OUTPUT_FILES = frozenset({CONVERSATIONS_FILE, REJECTS_FILE})
 TMP_INFIX, OLD_INFIX = ".tmp-", ".old-"
@@ -27,8 +28,8 @@ TMP_INFIX, OLD_INFIX = ".tmp-", ".old-"
 
 def check_out_dir(out: Path) -> None:
     """Refuse an ``out`` that is a file, or a folder holding anything but an ingest output."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out is an existing file; name a folder")
+    if why := folder_problem(out):  # a name too long for the file system, or a file on the way
+        raise InputError(f"{out}: cannot write --out there: {why}")
     if out.is_dir():
         others = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
         if others:

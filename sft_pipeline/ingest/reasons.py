@@ -13,6 +13,7 @@ NOT_AN_OBJECT = "not_an_object"  # a row that is not a JSON object / mapping
 BAD_CSV_ROW = "bad_csv_row"  # a CSV record with the wrong number of fields or a syntax error
 ROW_TOO_LARGE = "row_too_large"  # raw row bigger than ``max_row_bytes``, skipped unparsed
 CORRUPT_DATA = "corrupt_data"  # a row in a part of a file that cannot be decoded (e.g. a corrupt Parquet page)
+UNREADABLE_SOURCE = "unreadable_source"  # the rest of a file that cannot be read (binary, ZIP, bad footer), one row
 
 # Mapping a row onto a known format.
 UNKNOWN_FORMAT = "unknown_format"  # no known format's fields present
@@ -30,7 +31,7 @@ TOO_LONG = "too_long"  # more than ``max_chars`` characters in total
 TOO_MANY_TURNS = "too_many_turns"  # more than ``max_turns`` messages
 
 REASONS = (
-    INVALID_JSON, TRUNCATED_JSON, INVALID_UTF8, NOT_AN_OBJECT, BAD_CSV_ROW, ROW_TOO_LARGE, CORRUPT_DATA,
+    INVALID_JSON, TRUNCATED_JSON, INVALID_UTF8, NOT_AN_OBJECT, BAD_CSV_ROW, ROW_TOO_LARGE, CORRUPT_DATA, UNREADABLE_SOURCE,
     UNKNOWN_FORMAT, MISSING_FIELD, WRONG_TYPE,
     UNKNOWN_ROLE, MISPLACED_SYSTEM, BAD_TURN_ORDER, NO_ASSISTANT, EMPTY_USER, EMPTY_ASSISTANT,
     TOO_LONG, TOO_MANY_TURNS,

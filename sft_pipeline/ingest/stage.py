@@ -5,16 +5,18 @@ writer, so memory stays bounded by ``batch_rows``. Every row read is either acce
 rejected with a reason; the returned summary proves it per source and in total.
 
 Where rows can be counted, damage is per row: a bad row, a row too large, an undecodable
-Parquet row group (its rows) are rejects. Where they cannot (a missing, empty, binary or
-ZIP file, a Parquet footer that does not parse, a compressed stream cut short), the whole
-stage stops with one InputError line naming the source and writes nothing: a run never
-trains on a silently partial corpus.
+Parquet row group (its rows) are rejects. Where they cannot (an empty, binary or ZIP file, a
+Parquet footer that does not parse, a compressed stream cut short), the rest of that file is one
+``unreadable_source`` reject, logged as one line naming the file, and the other sources still
+count. A missing file, a source from the hub, or a corpus where no source could be read stops the
+stage with one InputError line and writes nothing.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -25,16 +27,17 @@ from typing import Any
 
 from sft_pipeline.config import IngestConfig, SourceConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, REJECTS_FILE
-from sft_pipeline.errors import VerificationError
+from sft_pipeline.errors import InputError, VerificationError
 from sft_pipeline.ingest.formats import (DROPPED_LEADING_ASSISTANT_KEY, Message, MessageKeys, apply_field_map,
                                          conversation_id, drop_leading_assistant, metadata_json, to_messages)
 from sft_pipeline.ingest.readers import HUB_SCHEME, read_source
-from sft_pipeline.ingest.reasons import RawRow, RowReject
+from sft_pipeline.ingest.reasons import UNREADABLE_SOURCE, RawRow, RowReject
 from sft_pipeline.ingest.validate import validate_messages
 from sft_pipeline.ingest.writer import CONVERSATIONS_SCHEMA, REJECTS_SCHEMA, BatchWriter, excerpt
 from sft_pipeline.resources import resolve_path
 
 PARTIAL_SUFFIX = ".partial"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,11 +48,13 @@ class SourceStats:
     rows_rejected: int = 0
     formats: Counter = field(default_factory=Counter)  # accepted rows by format
     rejects_by_reason: Counter = field(default_factory=Counter)
+    unreadable: str | None = None  # why the rest of the file could not be read
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "rows_read": self.rows_read, "rows_accepted": self.rows_accepted,
                 "rows_rejected": self.rows_rejected, "formats": dict(sorted(self.formats.items())),
-                "rejects_by_reason": dict(self.rejects_by_reason.most_common())}
+                "rejects_by_reason": dict(self.rejects_by_reason.most_common()),
+                **({"unreadable": self.unreadable} if self.unreadable else {})}
 
 
 def convert_row(row: RawRow, src: SourceConfig, keys: MessageKeys, cfg: IngestConfig
@@ -78,26 +83,42 @@ def raw_text(row: RawRow) -> str:
 
 
 def ingest_source(src: SourceConfig, cfg: IngestConfig, convs: BatchWriter, rejects: BatchWriter) -> SourceStats:
-    """Stream one source into the two writers."""
+    """Stream one source into the two writers; the rest of a local file that cannot be read is one reject."""
     path = None if src.path.startswith(HUB_SCHEME) else resolve_path(src.path)
+    stats = SourceStats(src.path)
+    try:
+        _stream(src, path, cfg, convs, rejects, stats)
+    except InputError as err:
+        if path is None or not path.exists():  # a hub source, or a typo in the config: nothing to count
+            raise
+        stats.unreadable = str(err)
+        _reject(rejects, stats, src.path, RawRow(stats.rows_read, raw=""), RowReject(UNREADABLE_SOURCE, str(err)))
+    return stats
+
+
+def _stream(src: SourceConfig, path: Path | None, cfg: IngestConfig, convs: BatchWriter, rejects: BatchWriter,
+            stats: SourceStats) -> None:
     rows = read_source(src.path, path, split=src.split, max_row_bytes=cfg.max_row_bytes, batch_rows=cfg.batch_rows)
-    keys, stats = MessageKeys(src.field_map), SourceStats(src.path)
+    keys = MessageKeys(src.field_map)
     with closing(rows):  # at `limit`, close the reader now (its file, a pipe's temporary copy)
         for row in itertools.islice(rows, src.limit):
-            stats.rows_read += 1
             try:
                 fmt, messages, metadata = convert_row(row, src, keys, cfg)
             except RowReject as rej:
-                rejects.append(source=src.path, source_row=row.index, reason=rej.reason, message=rej.message,
-                               raw=raw_text(row))
-                stats.rows_rejected += 1
-                stats.rejects_by_reason[rej.reason] += 1
+                _reject(rejects, stats, src.path, row, rej)
                 continue
             convs.append(id=conversation_id(messages), source=src.path, source_row=row.index, format=fmt,
                          messages=messages, metadata=metadata_json(metadata))
+            stats.rows_read += 1
             stats.rows_accepted += 1
             stats.formats[fmt] += 1
-    return stats
+
+
+def _reject(rejects: BatchWriter, stats: SourceStats, source: str, row: RawRow, rej: RowReject) -> None:
+    rejects.append(source=source, source_row=row.index, reason=rej.reason, message=rej.message, raw=raw_text(row))
+    stats.rows_read += 1
+    stats.rows_rejected += 1
+    stats.rejects_by_reason[rej.reason] += 1
 
 
 def build_summary(stats: list[SourceStats], seconds: float) -> dict[str, Any]:
@@ -127,6 +148,12 @@ def ingest_sources(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
         with BatchWriter(partials[0], CONVERSATIONS_SCHEMA, cfg.batch_rows) as convs, \
                 BatchWriter(partials[1], REJECTS_SCHEMA, cfg.batch_rows) as rejects:
             stats = [ingest_source(src, cfg, convs, rejects) for src in cfg.sources]
+            if all(s.unreadable for s in stats):
+                raise InputError(stats[0].unreadable if len(stats) == 1 else
+                                 f"no source could be read ({stats[0].unreadable})")
+            for s in stats:
+                if s.unreadable:
+                    log.warning("%s (the rest of the file is one %s reject)", s.unreadable, UNREADABLE_SOURCE)
         summary = build_summary(stats, time.perf_counter() - started)
         for partial, final in zip(partials, finals):
             os.replace(partial, final)
