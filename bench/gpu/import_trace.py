@@ -48,7 +48,8 @@ def exercise(assets: Path) -> None:
     from sft_pipeline.evaluate.generate import generate
     from sft_pipeline.models import load_causal_lm, load_tokenizer
     from sft_pipeline.testing import make_tiny_model
-    from sft_pipeline.train import train_model
+    from sft_pipeline.train import TrainJob
+    from sft_pipeline.train.trainer import train_model
     from sft_pipeline.train.samples import labelled_rows, pack_rows, toy_conversations, write_rows
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,8 +60,9 @@ def exercise(assets: Path) -> None:
         pack_rows(rows, 128)
         cfg = ModelConfig(name_or_path=str(model))
         for method, padding_free in (("qlora", "off"), ("lora", "on")):
-            train_model(cfg, tmp / "tok", tmp / method, TrainConfig(method=method, max_steps=1, batch_size=2,
-                        gradient_accumulation=1, padding_free=padding_free, save_steps=1), seed=0)
+            train_cfg = TrainConfig(method=method, max_steps=1, batch_size=2, gradient_accumulation=1,
+                                    padding_free=padding_free, save_steps=1)
+            train_model(TrainJob(cfg, train_cfg, tmp / "tok", tmp / method, seed=0))
         generate(load_causal_lm(cfg), load_tokenizer(cfg), ["Hi"], batch_size=1, max_new_tokens=2)
         json.dumps({})
 
@@ -96,7 +98,8 @@ def classify(top: str, ctx: dict, seen: frozenset = frozenset()) -> str:
     optional redis cache, ...).
     """
     module = sys.modules.get(top)
-    if str(getattr(module, "__file__", "")).startswith(str(REPO)):
+    source = str(getattr(module, "__file__", ""))
+    if source.startswith(str(REPO)) and not source.startswith(sys.prefix):  # the venv may live in the checkout
         return "this checkout"
     dist = distribution_of(top, ctx["owners"])
     if dist is None:
