@@ -25,6 +25,7 @@ JOIN_POLL_S = 0.5
 
 
 RUN_STOPPED = "the run was stopped, completed stages stay cached"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FLOW_IN_THREAD = threading.Event()  # set while a flow runs in a thread of its own (the temporary server)
 
 
@@ -51,6 +52,8 @@ def stop_now(signum: int, note: str = "") -> None:
 
     Exiting normally would first wait for the task threads to finish their work (a training run).
     """
+    for signum_ in STOP_SIGNALS:  # a second Ctrl-C must not interrupt the stop itself
+        signal.signal(signum_, signal.SIG_IGN)
     if note:
         from prefect.server.api.server import SubprocessASGIServer
 
@@ -80,9 +83,11 @@ def in_thread(call: Callable[[], Any]) -> Any:
     thread = threading.Thread(target=target, name="sft-flow", daemon=True)
     FLOW_IN_THREAD.set()
     thread.start()
-    while thread.is_alive():
-        thread.join(JOIN_POLL_S)  # returns to Python often, so the signal handler runs
-    FLOW_IN_THREAD.clear()
+    try:
+        while thread.is_alive():
+            thread.join(JOIN_POLL_S)  # returns to Python often, so the signal handler runs
+    finally:
+        FLOW_IN_THREAD.clear()
     if "error" in box:
         raise box["error"]
     return box["value"]

@@ -27,12 +27,13 @@ def publish_stage(cfg: PipelineConfig, result: StageResult) -> None:
         return
     name, key, kind, description = ARTIFACTS[result.stage]
     path = local_dir(cfg, result) / name
-    if not path.exists():
+    text = path.read_text() if path.exists() else ""
+    if not text.strip():
         return
     if kind == TABLE:
-        create_table_artifact(key=key, table=json.loads(path.read_text()), description=description)
+        create_table_artifact(key=key, table=json.loads(text), description=description)
     else:
-        create_markdown_artifact(key=key, markdown=path.read_text(), description=description)
+        create_markdown_artifact(key=key, markdown=text, description=description)
 
 
 def publish_summary(results: dict[str, StageResult]) -> None:

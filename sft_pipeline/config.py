@@ -42,9 +42,13 @@ class RunConfig(Section):
 
     @field_validator("output_dir", "local_dir")
     @classmethod
-    def _check_output_dir(cls, value: str | None) -> str | None:
-        if value is None or is_url(value):
-            return value if value is None else check_url(value)
+    def _check_output_dir(cls, value: str | None, info) -> str | None:
+        if value is None:
+            return None
+        if is_url(value):
+            if info.field_name == "local_dir":
+                raise ValueError(f"{value!r}: the local working copy is a folder on this machine, not a URL")
+            return check_url(value)
         if why := folder_problem(value):
             raise ValueError(f"cannot write outputs there: {why}")
         return value

@@ -13,6 +13,11 @@ class InputError(PipelineError):
     """An input file cannot be read at all (missing, unreadable, wrong format)."""
 
 
+class UnreadableSource(InputError):
+    """The bytes of an existing local source file are not data we can read (binary, a ZIP, a broken
+    Parquet footer, a cut compressed stream): ingest rejects the rest of that file and goes on."""
+
+
 class VerificationError(PipelineError):
     """A stage's output failed a correctness gate (e.g. label masks)."""
 

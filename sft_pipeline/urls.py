@@ -41,14 +41,19 @@ def folder_problem(path: str | Path) -> str | None:
     'a name of 300 bytes in it is longer than the file system allows (255)'
     >>> folder_problem("/etc/passwd/out")
     '/etc/passwd is a file, not a folder'
+    >>> folder_problem("/tmp/" + ("a" * 200 + "/") * 25)
+    'File name too long'
     """
     path = Path(path).absolute()
     limit = _name_max(path)
     too_long = [len(os.fsencode(part)) for part in path.parts if len(os.fsencode(part)) > limit]
     if too_long:
         return f"a name of {too_long[0]} bytes in it is longer than the file system allows ({limit})"
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    return None if existing.is_dir() else f"{existing} is a file, not a folder"
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        return None if existing.is_dir() else f"{existing} is a file, not a folder"
+    except OSError as err:  # a path over the system's length limit, a folder we may not look into
+        return err.strerror or str(err)
 
 
 def _name_max(path: Path) -> int:

@@ -166,6 +166,18 @@ def test_an_unreadable_file_beside_good_ones_is_one_reject_and_the_rest_count(tm
     assert table_rows(tmp_path / "o") == (5, 1) and b"unreadable_source 1" in proc.stdout
 
 
+def test_a_config_mistake_beside_good_sources_still_stops_the_stage(tmp_path):
+    # Only damaged bytes become an unreadable_source reject: a folder that is not a saved dataset (or a wrong
+    # split, or a missing file) is a mistake to fix, not rows to drop, and must not end in a cached ingest.
+    good, folder = tmp_path / "good.jsonl", tmp_path / "not-a-dataset"
+    good.write_text(rows_text(5))
+    folder.mkdir()
+    for bad in (folder, tmp_path / "missing.jsonl"):
+        with pytest.raises(InputError, match=str(bad)) as err:
+            ingest(tmp_path, good, bad)
+        assert "\n" not in str(err.value)
+
+
 # 3. Concurrent writers of one --out; --out at a file.
 
 def test_concurrent_ingests_into_one_out_leave_a_readable_whole(tmp_path):
@@ -216,6 +228,8 @@ def test_an_output_dir_that_cannot_be_a_folder_fails_at_load(tmp_path, where):
     out = tmp_path / ("x" * 300) if where == "long_name" else data
     with pytest.raises(ConfigError, match=r"run\.output_dir: .*(longer than the file system allows|is a file)"):
         load_config(None, [f"ingest.sources=[{{path: '{data}'}}]", f"run.output_dir={out}"])
+    with pytest.raises(ConfigError, match=r"run\.local_dir: .*not a URL"):
+        load_config(None, [f"ingest.sources=[{{path: '{data}'}}]", "run.local_dir=s3://bucket/x"])
 
 
 def test_out_holding_other_files_is_not_wiped(tmp_path):

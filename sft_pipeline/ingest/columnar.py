@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -19,11 +21,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sft_pipeline.errors import InputError
+from sft_pipeline.errors import InputError, UnreadableSource
 from sft_pipeline.ingest import reasons as R
 from sft_pipeline.ingest.reasons import RawRow, RowReject, first_line
 
 READ_ERRORS = (OSError, EOFError, pa.ArrowException)
+
+
+def damaged_content(err: BaseException) -> bool:
+    """Whether a read error is damage in the bytes themselves (a cut compressed stream, an undecodable
+    Parquet footer), not the I/O that read them (which may pass on a retry).
+
+    >>> damaged_content(EOFError("Compressed file ended")), damaged_content(OSError(5, "EIO"))
+    (True, False)
+    """
+    if isinstance(err, (EOFError, gzip.BadGzipFile)):
+        return True
+    return isinstance(err, pa.ArrowException) and not isinstance(err, OSError)
 CONVERT_ERRORS = (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException)
 
 
@@ -103,7 +117,8 @@ def read_parquet(path: Path, spec: str, batch_size: int, max_row_bytes: int) -> 
         pf = pq.ParquetFile(path)
         groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
     except READ_ERRORS as err:
-        raise InputError(f"{spec}: not a readable Parquet file: {first_line(err)}") from None
+        error = UnreadableSource if damaged_content(err) else InputError
+        raise error(f"{spec}: not a readable Parquet file: {first_line(err)}") from None
     start = 0
     for group, rows in enumerate(groups):
         yield from _group_rows(pf, group, range(start, start + rows), batch_size, max_row_bytes)

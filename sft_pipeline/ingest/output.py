@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,9 +57,21 @@ def publish(tmp: Path, out: Path) -> None:
             os.replace(tmp, out)
             return
         old = out.with_name(f".{out.name}{OLD_INFIX}{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-        os.replace(tmp, out)
+        with signals_held():  # a stop between the two renames would leave no output at `out`
+            os.replace(out, old)
+            os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait (in this thread) until the block is done."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def ingest_into(cfg: IngestConfig, out: Path) -> dict[str, Any]:

@@ -30,9 +30,9 @@ import orjson
 import pyarrow as pa
 
 from sft_pipeline.config import HUB_SCHEME
-from sft_pipeline.errors import InputError
+from sft_pipeline.errors import InputError, UnreadableSource
 from sft_pipeline.ingest import reasons as R
-from sft_pipeline.ingest.columnar import read_parquet, table_rows
+from sft_pipeline.ingest.columnar import damaged_content, read_parquet, table_rows
 from sft_pipeline.ingest.jsonarray import JsonArrayStream, WrapperError
 from sft_pipeline.ingest.opening import SNIFF_BYTES, ZIP_MAGIC, Layout, open_utf8, readable_path, sniff_layout
 from sft_pipeline.ingest.reasons import RawRow, RowReject, first_line
@@ -87,16 +87,16 @@ def sniff_kind(path: Path, spec: str) -> tuple[str, Layout]:
     kind, layout = name_kind(path), sniff_layout(path)
     head = layout.head.removeprefix(BOM)
     if not head.strip():
-        raise InputError(f"{spec}: file is empty")
+        raise UnreadableSource(f"{spec}: file is empty")
     if head.startswith(ZIP_MAGIC):
-        raise InputError(f"{spec}: a ZIP archive (a spreadsheet or zipped folder?), not a data file: "
+        raise UnreadableSource(f"{spec}: a ZIP archive (a spreadsheet or zipped folder?), not a data file: "
                          f"export or unzip it first")
     if head.startswith(PARQUET_MAGIC) or kind == PARQUET:
         if layout.compression:
-            raise InputError(f"{spec}: compressed Parquet: decompress it first")
+            raise UnreadableSource(f"{spec}: compressed Parquet: decompress it first")
         return PARQUET, layout
     if b"\x00" in head and kind is not None:
-        raise InputError(f"{spec}: binary data (NUL bytes), not {kind} text (UTF-16 needs a byte order mark)")
+        raise UnreadableSource(f"{spec}: binary data (NUL bytes), not {kind} text (UTF-16 needs a byte order mark)")
     if kind in (CSV, TSV):
         return kind, layout
     start = head.lstrip()[:1]
@@ -105,8 +105,8 @@ def sniff_kind(path: Path, spec: str) -> tuple[str, Layout]:
     if start == b"{" or kind == JSONL:
         return JSONL, layout
     if kind == JSON:
-        raise InputError(f"{spec}: not a JSON array or JSON lines file (starts with {start!r})")
-    raise InputError(f"{spec}: unsupported file type (expected .jsonl, .json, .parquet, .csv, .tsv "
+        raise UnreadableSource(f"{spec}: not a JSON array or JSON lines file (starts with {start!r})")
+    raise UnreadableSource(f"{spec}: unsupported file type (expected .jsonl, .json, .parquet, .csv, .tsv "
                      f"or a datasets folder)")
 
 
@@ -161,7 +161,7 @@ def read_json(path: Path, spec: str, kind: str, layout: Layout, max_row_bytes: i
         try:
             yield from JsonArrayStream(fh, max_row_bytes)
         except WrapperError as err:
-            raise InputError(f"{spec}: {err}") from None
+            raise UnreadableSource(f"{spec}: {err}") from None
 
 
 def read_csv(path: Path, spec: str, delimiter: str, layout: Layout, max_row_bytes: int) -> Iterator[RawRow]:
@@ -171,9 +171,9 @@ def read_csv(path: Path, spec: str, delimiter: str, layout: Layout, max_row_byte
         try:
             header = next(reader)
         except (csv.Error, StopIteration) as err:
-            raise InputError(f"{spec}: cannot read the CSV header: {first_line(err)}") from None
+            raise UnreadableSource(f"{spec}: cannot read the CSV header: {first_line(err)}") from None
         if len(set(header)) != len(header) or not all(header):
-            raise InputError(f"{spec}: CSV header has empty or duplicate column names: {header[:10]}")
+            raise UnreadableSource(f"{spec}: CSV header has empty or duplicate column names: {header[:10]}")
         index = 0
         while True:
             try:
@@ -254,7 +254,8 @@ def _read_file(path: Path, spec: str, max_row_bytes: int, batch_rows: int) -> It
         try:
             kind, layout = sniff_kind(local, spec)
         except READ_ERRORS as err:
-            raise InputError(f"{spec}: cannot read: {first_line(err)}") from None
+            error = UnreadableSource if damaged_content(err) else InputError
+            raise error(f"{spec}: cannot read: {first_line(err)}") from None
         if kind == PARQUET:
             yield from read_parquet(local, spec, batch_rows, max_row_bytes)
         elif kind in (CSV, TSV):
@@ -272,4 +273,5 @@ def _guarded(rows: Iterator[RawRow], spec: str) -> Iterator[RawRow]:
                 count += 1
                 yield row
     except READ_ERRORS as err:
-        raise InputError(f"{spec}: read failed after {count} rows: {first_line(err)}") from None
+        error = UnreadableSource if damaged_content(err) else InputError
+        raise error(f"{spec}: read failed after {count} rows: {first_line(err)}") from None

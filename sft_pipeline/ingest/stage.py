@@ -8,8 +8,9 @@ Where rows can be counted, damage is per row: a bad row, a row too large, an und
 Parquet row group (its rows) are rejects. Where they cannot (an empty, binary or ZIP file, a
 Parquet footer that does not parse, a compressed stream cut short), the rest of that file is one
 ``unreadable_source`` reject, logged as one line naming the file, and the other sources still
-count. A missing file, a source from the hub, or a corpus where no source could be read stops the
-stage with one InputError line and writes nothing.
+count. Anything else (a missing file, a wrong split or datasets folder, a source from the hub, an
+I/O error, which a retry may fix) or a corpus where no source could be read stops the stage with
+one InputError line and writes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from sft_pipeline.config import IngestConfig, SourceConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, REJECTS_FILE
-from sft_pipeline.errors import InputError, VerificationError
+from sft_pipeline.errors import InputError, UnreadableSource, VerificationError
 from sft_pipeline.ingest.formats import (DROPPED_LEADING_ASSISTANT_KEY, Message, MessageKeys, apply_field_map,
                                          conversation_id, drop_leading_assistant, metadata_json, to_messages)
 from sft_pipeline.ingest.readers import HUB_SCHEME, read_source
@@ -88,9 +89,7 @@ def ingest_source(src: SourceConfig, cfg: IngestConfig, convs: BatchWriter, reje
     stats = SourceStats(src.path)
     try:
         _stream(src, path, cfg, convs, rejects, stats)
-    except InputError as err:
-        if path is None or not path.exists():  # a hub source, or a typo in the config: nothing to count
-            raise
+    except UnreadableSource as err:  # damaged bytes only: a missing file, a wrong split or an I/O error still stop
         stats.unreadable = str(err)
         _reject(rejects, stats, src.path, RawRow(stats.rows_read, raw=""), RowReject(UNREADABLE_SOURCE, str(err)))
     return stats
@@ -148,7 +147,7 @@ def ingest_sources(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
         with BatchWriter(partials[0], CONVERSATIONS_SCHEMA, cfg.batch_rows) as convs, \
                 BatchWriter(partials[1], REJECTS_SCHEMA, cfg.batch_rows) as rejects:
             stats = [ingest_source(src, cfg, convs, rejects) for src in cfg.sources]
-            if all(s.unreadable for s in stats):
+            if stats and all(s.unreadable for s in stats):
                 raise InputError(stats[0].unreadable if len(stats) == 1 else
                                  f"no source could be read ({stats[0].unreadable})")
             for s in stats:
