@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_pipeline.config import load_config
+from sft_pipeline.config import ModelConfig, load_config
 from sft_pipeline.errors import ConfigError
 
 DEFAULT = Path(__file__).resolve().parents[1] / "deployments" / "configs" / "default.yaml"
@@ -62,8 +62,14 @@ def test_tiny_config_names_a_model_built_on_first_use(tmp_path, monkeypatch):
     # deployments/configs/tiny.yaml runs as it is on a fresh clone: testing:tiny builds the model.
     from sft_pipeline.models import resolve_model
     from sft_pipeline.resources import CACHE_ENV
+    from sft_pipeline.testing import DEFAULT_TOKENIZER_SOURCE
 
+    # The tiny model takes its tokenizer from the default model, converted from GGUF once per machine (other
+    # tests convert it on a fresh one): lend that conversion to the empty cache, so only the tiny build is new.
+    converted = Path(resolve_model(ModelConfig(name_or_path=DEFAULT_TOKENIZER_SOURCE)))
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / converted.name).symlink_to(converted)
     cfg = load_config(Path(__file__).parents[1] / "deployments" / "configs" / "tiny.yaml")
     folder = Path(resolve_model(cfg.model))
     assert folder.is_relative_to(tmp_path) and (folder / "config.json").is_file()
