@@ -46,9 +46,9 @@ def folder_problem(path: str | Path) -> str | None:
     """
     path = Path(path).absolute()
     limit = _name_max(path)
-    too_long = [len(os.fsencode(part)) for part in path.parts if len(os.fsencode(part)) > limit]
-    if too_long:
-        return f"a name of {too_long[0]} bytes in it is longer than the file system allows ({limit})"
+    longest = max(len(os.fsencode(part)) for part in path.parts)
+    if longest > limit:
+        return f"a name of {longest} bytes in it is longer than the file system allows ({limit})"
     try:
         existing = next(p for p in (path, *path.parents) if p.exists())
         return None if existing.is_dir() else f"{existing} is a file, not a folder"

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import gzip
-
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -26,6 +25,7 @@ from sft_pipeline.ingest import reasons as R
 from sft_pipeline.ingest.reasons import RawRow, RowReject, first_line
 
 READ_ERRORS = (OSError, EOFError, pa.ArrowException)
+CONVERT_ERRORS = (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException)
 
 
 def damaged_content(err: BaseException) -> bool:
@@ -38,7 +38,11 @@ def damaged_content(err: BaseException) -> bool:
     if isinstance(err, (EOFError, gzip.BadGzipFile)):
         return True
     return isinstance(err, pa.ArrowException) and not isinstance(err, OSError)
-CONVERT_ERRORS = (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException)
+
+
+def read_error(message: str, err: BaseException) -> InputError:
+    """``message: <first line of err>`` as an UnreadableSource when the bytes are damaged, else an InputError."""
+    return (UnreadableSource if damaged_content(err) else InputError)(f"{message}: {first_line(err)}")
 
 
 def value_sizes(arr: pa.Array) -> np.ndarray:
@@ -117,8 +121,7 @@ def read_parquet(path: Path, spec: str, batch_size: int, max_row_bytes: int) -> 
         pf = pq.ParquetFile(path)
         groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
     except READ_ERRORS as err:
-        error = UnreadableSource if damaged_content(err) else InputError
-        raise error(f"{spec}: not a readable Parquet file: {first_line(err)}") from None
+        raise read_error(f"{spec}: not a readable Parquet file", err) from None
     start = 0
     for group, rows in enumerate(groups):
         yield from _group_rows(pf, group, range(start, start + rows), batch_size, max_row_bytes)

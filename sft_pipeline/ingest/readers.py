@@ -32,7 +32,7 @@ import pyarrow as pa
 from sft_pipeline.config import HUB_SCHEME
 from sft_pipeline.errors import InputError, UnreadableSource
 from sft_pipeline.ingest import reasons as R
-from sft_pipeline.ingest.columnar import damaged_content, read_parquet, table_rows
+from sft_pipeline.ingest.columnar import read_error, read_parquet, table_rows
 from sft_pipeline.ingest.jsonarray import JsonArrayStream, WrapperError
 from sft_pipeline.ingest.opening import SNIFF_BYTES, ZIP_MAGIC, Layout, open_utf8, readable_path, sniff_layout
 from sft_pipeline.ingest.reasons import RawRow, RowReject, first_line
@@ -90,7 +90,7 @@ def sniff_kind(path: Path, spec: str) -> tuple[str, Layout]:
         raise UnreadableSource(f"{spec}: file is empty")
     if head.startswith(ZIP_MAGIC):
         raise UnreadableSource(f"{spec}: a ZIP archive (a spreadsheet or zipped folder?), not a data file: "
-                         f"export or unzip it first")
+                               f"export or unzip it first")
     if head.startswith(PARQUET_MAGIC) or kind == PARQUET:
         if layout.compression:
             raise UnreadableSource(f"{spec}: compressed Parquet: decompress it first")
@@ -107,7 +107,7 @@ def sniff_kind(path: Path, spec: str) -> tuple[str, Layout]:
     if kind == JSON:
         raise UnreadableSource(f"{spec}: not a JSON array or JSON lines file (starts with {start!r})")
     raise UnreadableSource(f"{spec}: unsupported file type (expected .jsonl, .json, .parquet, .csv, .tsv "
-                     f"or a datasets folder)")
+                           f"or a datasets folder)")
 
 
 def read_jsonl(fh: IO[bytes], max_row_bytes: int) -> Iterator[RawRow]:
@@ -254,8 +254,7 @@ def _read_file(path: Path, spec: str, max_row_bytes: int, batch_rows: int) -> It
         try:
             kind, layout = sniff_kind(local, spec)
         except READ_ERRORS as err:
-            error = UnreadableSource if damaged_content(err) else InputError
-            raise error(f"{spec}: cannot read: {first_line(err)}") from None
+            raise read_error(f"{spec}: cannot read", err) from None
         if kind == PARQUET:
             yield from read_parquet(local, spec, batch_rows, max_row_bytes)
         elif kind in (CSV, TSV):
@@ -273,5 +272,4 @@ def _guarded(rows: Iterator[RawRow], spec: str) -> Iterator[RawRow]:
                 count += 1
                 yield row
     except READ_ERRORS as err:
-        error = UnreadableSource if damaged_content(err) else InputError
-        raise error(f"{spec}: read failed after {count} rows: {first_line(err)}") from None
+        raise read_error(f"{spec}: read failed after {count} rows", err) from None
