@@ -27,7 +27,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from sft_pipeline import constants as C  # noqa: E402
+from sft_pipeline import constants  # noqa: E402
 from sft_pipeline.config import load_config  # noqa: E402
 from sft_pipeline.evaluate.generate import generate  # noqa: E402
 from sft_pipeline.evaluate.ifeval import load_ifeval_prompts  # noqa: E402
@@ -65,12 +65,12 @@ def synthetic_heldout(tokenizer, prompts_path: str, rows: int, length: int) -> p
     out = []
     for i in range(rows):
         reply = " ".join(texts[(i + k) % len(texts)] for k in range(1, 40))
-        messages = [{"role": C.ROLE_USER, "content": texts[i % len(texts)]},
-                    {"role": C.ROLE_ASSISTANT, "content": reply}]
+        messages = [{"role": constants.ROLE_USER, "content": texts[i % len(texts)]},
+                    {"role": constants.ROLE_ASSISTANT, "content": reply}]
         prefix = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=True)
         ids = tokenizer.apply_chat_template(messages, tokenize=True)
         prefix, ids = list(getattr(prefix, "input_ids", prefix)), list(getattr(ids, "input_ids", ids))[:length]
-        labels = [C.IGNORE_INDEX] * len(prefix) + ids[len(prefix):]
+        labels = [constants.IGNORE_INDEX] * len(prefix) + ids[len(prefix):]
         out.append({"id": f"h{i}", "input_ids": ids, "labels": labels[:len(ids)]})
     return pd.DataFrame(out)
 
@@ -83,22 +83,22 @@ def bench_stage(cfg, overrides: list[str], seq_len: int) -> None:
 
     tokenizer = load_tokenizer(cfg.model)
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = {s: Path(tmp) / s for s in (C.STAGE_TOKENIZE, C.STAGE_TRAIN)}
+        dirs = {s: Path(tmp) / s for s in (constants.STAGE_TOKENIZE, constants.STAGE_TRAIN)}
         for d in dirs.values():
             d.mkdir()
         rows = cfg.eval.max_heldout_rows or 64
         heldout = synthetic_heldout(tokenizer, cfg.eval.ifeval_prompts, rows, seq_len)
-        heldout.to_parquet(dirs[C.STAGE_TOKENIZE] / C.HELDOUT_TOKENS_FILE)
+        heldout.to_parquet(dirs[constants.STAGE_TOKENIZE] / constants.HELDOUT_TOKENS_FILE)
         base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
         lora = LoraConfig(r=cfg.train.lora.r, lora_alpha=cfg.train.lora.alpha,
                           target_modules=cfg.train.lora.target_modules)
-        get_peft_model(base, lora).save_pretrained(dirs[C.STAGE_TRAIN] / C.ADAPTER_DIR)
+        get_peft_model(base, lora).save_pretrained(dirs[constants.STAGE_TRAIN] / constants.ADAPTER_DIR)
         out = Path(tmp) / "eval"
         out.mkdir()
         started = time.perf_counter()
         summary = evaluate_run(cfg.model, dirs, out, cfg.eval, seed=cfg.run.seed)
         total = time.perf_counter() - started
-        seconds = json.loads((out / C.EVAL_RESULTS_FILE).read_text())["seconds"]
+        seconds = json.loads((out / constants.EVAL_RESULTS_FILE).read_text())["seconds"]
     e = cfg.eval
     print(f"\nEVALUATE stage: {rows} held-out rows x {seq_len} tokens, {summary['ifeval_prompts']} IFEval + "
           f"{summary['generation_prompts']} MT-Bench prompts, max_new_tokens={e.max_new_tokens}, "

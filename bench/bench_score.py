@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.score import score_conversations
 from sft_pipeline.score.reference import score_sft_example
@@ -113,12 +113,13 @@ def seed_scores(path: Path, out: Path | None = None) -> np.ndarray:
     With ``out``, each batch is also written with a ``score`` column, as a naive stage would.
     """
     pf, scores = pq.ParquetFile(path), []
-    writer = pq.ParquetWriter(out, pf.schema_arrow.append(pa.field(C.SCORE_COLUMN, pa.float64()))) if out else None
+    schema = pf.schema_arrow.append(pa.field(constants.SCORE_COLUMN, pa.float64()))
+    writer = pq.ParquetWriter(out, schema) if out else None
     for batch in pf.iter_batches(batch_size=8192):
         batch_scores = []
         for messages in batch.column("messages").to_pylist():
-            user = next(m["content"] for m in messages if m["role"] == C.ROLE_USER)
-            reply = next(m["content"] for m in messages if m["role"] == C.ROLE_ASSISTANT)
+            user = next(m["content"] for m in messages if m["role"] == constants.ROLE_USER)
+            reply = next(m["content"] for m in messages if m["role"] == constants.ROLE_ASSISTANT)
             batch_scores.append(score_sft_example({"instruction": user, "response": reply}))
         if writer:
             writer.write_batch(pa.RecordBatch.from_arrays(batch.columns + [pa.array(batch_scores)],
@@ -145,7 +146,8 @@ def run_once(method: str, stage: bool, path: str, out: str) -> dict:
     elif method == "seed":
         scores = seed_scores(Path(path), Path(out) if stage else None)
     else:
-        cfg = ScoreConfig(signals=list(C.SEED_SIGNALS) if method == "ours-seed4" else list(C.SCORE_SIGNALS))
+        signals = constants.SEED_SIGNALS if method == "ours-seed4" else constants.SCORE_SIGNALS
+        cfg = ScoreConfig(signals=list(signals))
         if stage:
             score_conversations(Path(path), Path(out), cfg)
         else:
@@ -153,7 +155,7 @@ def run_once(method: str, stage: bool, path: str, out: str) -> dict:
     timing = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if stage and method not in ("seed", "read"):
-        scores = pq.read_table(out, columns=[C.SCORE_COLUMN]).column(0).to_numpy()
+        scores = pq.read_table(out, columns=[constants.SCORE_COLUMN]).column(0).to_numpy()
     return {**timing, "scores": scores}
 
 
@@ -222,7 +224,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, help="runs per method, best kept (default: 2, 1 from 500k rows)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.input or Path(tmp) / C.CONVERSATIONS_FILE
+        path = args.input or Path(tmp) / constants.CONVERSATIONS_FILE
         if not args.input:
             t = time.perf_counter()
             generate(path, args.rows)

@@ -44,7 +44,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import IngestConfig, ModelConfig, SourceConfig
 from sft_pipeline.ingest import ingest_sources
 from sft_pipeline.models import load_tokenizer
@@ -94,7 +94,7 @@ def tokenize_with_masking(conversation: list[dict], tokenizer, max_length: int =
 
 def load_conversations(rows: int, workdir: Path) -> list[list[dict]]:
     ingest_sources(IngestConfig(sources=[SourceConfig(path=SHAREGPT, limit=rows)]), workdir)
-    convs = pq.read_table(workdir / C.CONVERSATIONS_FILE).column("messages").to_pylist()
+    convs = pq.read_table(workdir / constants.CONVERSATIONS_FILE).column("messages").to_pylist()
     return [[{"role": m["role"], "content": m["content"]} for m in conv] for conv in convs]
 
 
@@ -148,12 +148,12 @@ def best_of(repeat: int, methods: dict) -> dict:
 
 
 def supervised(labels) -> int:
-    return sum(1 for row in labels for lab in row if lab != C.IGNORE_INDEX)
+    return sum(1 for row in labels for lab in row if lab != constants.IGNORE_INDEX)
 
 
 def check_against_trl(ours, trl) -> str:
     same_ids = sum(a == b for a, b in zip(ours[0], trl[0]))
-    inside = sum(all(t != C.IGNORE_INDEX for o, t in zip(lo, lt) if o != C.IGNORE_INDEX)
+    inside = sum(all(t != constants.IGNORE_INDEX for o, t in zip(lo, lt) if o != constants.IGNORE_INDEX)
                  for lo, lt in zip(ours[1], trl[1]))
     n = len(ours[0])
     return (f"ids equal to TRL's: {same_ids}/{n} rows; our supervised tokens inside TRL's generation mask: "
@@ -165,15 +165,15 @@ def single_turn_pairs(convs: list[list[dict]], max_chars: int) -> list[list[dict
     out = []
     for conv in convs:
         for user, answer in zip(conv, conv[1:]):
-            if user["role"] == C.ROLE_USER and answer["role"] == C.ROLE_ASSISTANT:
-                out.append([{"role": C.ROLE_USER, "content": user["content"][:max_chars]},
-                            {"role": C.ROLE_ASSISTANT, "content": answer["content"][:max_chars]}])
+            if user["role"] == constants.ROLE_USER and answer["role"] == constants.ROLE_ASSISTANT:
+                out.append([{"role": constants.ROLE_USER, "content": user["content"][:max_chars]},
+                            {"role": constants.ROLE_ASSISTANT, "content": answer["content"][:max_chars]}])
     return out
 
 
 def run_tokenizer_only(texts, tokenizer) -> tuple[list, list]:
     ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return ids, [[C.IGNORE_INDEX] for _ in ids]
+    return ids, [[constants.IGNORE_INDEX] for _ in ids]
 
 
 def bench_table(title: str, convs, tokenizer, trainer, args) -> None:
@@ -191,7 +191,7 @@ def bench_table(title: str, convs, tokenizer, trainer, args) -> None:
     })
     seed_s = results["(a) seed tokenize_with_masking"][0]
     trl_s = results["(b) TRL SFTTrainer._prepare_dataset"][0]
-    n_turns = sum(sum(m["role"] == C.ROLE_ASSISTANT for m in c) for c in convs)
+    n_turns = sum(sum(m["role"] == constants.ROLE_ASSISTANT for m in c) for c in convs)
     print(f"\n### {title}: {len(convs)} rows, {n_turns} assistant turns\n")
     print("| method | seconds | rows/s | tokens/s | supervised tokens | x seed | x TRL |")
     print("|---|---:|---:|---:|---:|---:|---:|")

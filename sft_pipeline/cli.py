@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.errors import PipelineError
 
 EXIT_USER_ERROR = 2
@@ -31,7 +31,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cfg = IngestConfig(sources=[SourceConfig(path=p, format=args.format) for p in args.inputs])
     print(format_summary(ingest_into(cfg, out)))
-    print(f"wrote {out / C.CONVERSATIONS_FILE} and {out / C.REJECTS_FILE}")
+    print(f"wrote {out / constants.CONVERSATIONS_FILE} and {out / constants.REJECTS_FILE}")
     return 0
 
 
@@ -44,11 +44,11 @@ def cmd_filter(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         overrides.append(f"filter.threshold={args.threshold}")
     cfg = load_config(args.config, overrides)
-    upstream = stored_results(cfg, C.STAGE_SCORE)
-    result = cache.run(stages.get(C.STAGE_FILTER), cfg, upstream)
+    upstream = stored_results(cfg, constants.STAGE_SCORE)
+    result = cache.run(stages.get(constants.STAGE_FILTER), cfg, upstream)
     print(f"filter: {result.counts_line()}")
-    print(f"kept:    {result.path(C.FILTERED_FILE)}")
-    print(f"dropped: {result.path(C.DROPPED_FILE)}")
+    print(f"kept:    {result.path(constants.FILTERED_FILE)}")
+    print(f"dropped: {result.path(constants.DROPPED_FILE)}")
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.errors import ConfigError
 from sft_pipeline.urls import check_url, folder_problem, is_url
 
@@ -116,15 +116,15 @@ class IngestConfig(Section):
 class ScoreConfig(Section):
     """Quality signals and their weights; score = max(0, 1 - sum of weights of fired signals).
 
-    Turn-level signals (C.TURN_SIGNALS) are computed per assistant turn against the user turn
+    Turn-level signals (constants.TURN_SIGNALS) are computed per assistant turn against the user turn
     before it; one fires for the conversation when at least ``min_turn_fraction[signal]`` of its
     assistant turns fire it (signals not listed there fire on any turn). See sft_pipeline.score.
     """
 
-    signals: list[str] = Field(default_factory=lambda: list(C.SCORE_SIGNALS))  # signals to compute
-    weights: dict[str, float] = Field(default_factory=lambda: dict(C.DEFAULT_SCORE_WEIGHTS))
+    signals: list[str] = Field(default_factory=lambda: list(constants.SCORE_SIGNALS))  # signals to compute
+    weights: dict[str, float] = Field(default_factory=lambda: dict(constants.DEFAULT_SCORE_WEIGHTS))
     min_turn_fraction: dict[str, float] = Field(
-        default_factory=lambda: {C.SIGNAL_TOO_SHORT: 0.5, C.SIGNAL_TOO_VERBOSE: 0.5})
+        default_factory=lambda: {constants.SIGNAL_TOO_SHORT: 0.5, constants.SIGNAL_TOO_VERBOSE: 0.5})
     # The seed's four heuristics (its defaults).
     min_response_words: int = Field(default=5, ge=0)
     max_verbosity_ratio: float = Field(default=50.0, gt=0)
@@ -134,9 +134,9 @@ class ScoreConfig(Section):
     hedge_phrases: list[str] = Field(default_factory=lambda: ["I believe"])  # in the first hedge_chars
     hedge_chars: int = Field(default=50, ge=1)
     # Refusals are looked for at the start of a turn, disclaimers anywhere (RE2, case-insensitive).
-    refusal_pattern: str = C.DEFAULT_REFUSAL_PATTERN
+    refusal_pattern: str = constants.DEFAULT_REFUSAL_PATTERN
     refusal_chars: int = Field(default=200, ge=1)
-    disclaimer_pattern: str = C.DEFAULT_DISCLAIMER_PATTERN
+    disclaimer_pattern: str = constants.DEFAULT_DISCLAIMER_PATTERN
     repetition_ngram: int = Field(default=4, ge=1)
     repetition_threshold: float = Field(default=0.3, ge=0, le=1)  # share of repeated assistant n-grams
     # n_tokens_est = ceil(UTF-8 bytes / bytes_per_token) + template_tokens_per_message, per message.
@@ -157,28 +157,28 @@ class ScoreConfig(Section):
     @field_validator("weights", mode="before")
     @classmethod
     def _merge_weights(cls, value: Any) -> Any:
-        return {**C.DEFAULT_SCORE_WEIGHTS, **value} if isinstance(value, dict) else value
+        return {**constants.DEFAULT_SCORE_WEIGHTS, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check_names(self) -> "ScoreConfig":
-        for field, names, allowed in (("signals", self.signals, C.SCORE_SIGNALS),
-                                      ("weights", self.weights, C.SCORE_SIGNALS),
-                                      ("min_turn_fraction", self.min_turn_fraction, C.TURN_SIGNALS)):
+        for field, names, allowed in (("signals", self.signals, constants.SCORE_SIGNALS),
+                                      ("weights", self.weights, constants.SCORE_SIGNALS),
+                                      ("min_turn_fraction", self.min_turn_fraction, constants.TURN_SIGNALS)):
             unknown = sorted(set(names) - set(allowed))
             if unknown:
                 raise ValueError(f"{field}: unknown signal(s) {unknown}; known: {list(allowed)}")
         if any(w < 0 for w in self.weights.values()) or any(not 0 < f <= 1 for f in self.min_turn_fraction.values()):
             raise ValueError("weights must be >= 0 and min_turn_fraction values in (0, 1]")
-        unknown = sorted(set(self.languages) - C.LID176_LABELS)
+        unknown = sorted(set(self.languages) - constants.LID176_LABELS)
         if unknown:
-            raise ValueError(f"languages: unknown code(s) {unknown}; lid.176 knows {len(C.LID176_LABELS)} "
+            raise ValueError(f"languages: unknown code(s) {unknown}; lid.176 knows {len(constants.LID176_LABELS)} "
                              "ISO 639 codes such as en, de, fr, zh, ja")
         return self
 
     @property
     def active_signals(self) -> set[str]:
         """The signals computed: ``signals``, less language id when no language is set."""
-        return set(self.signals) - (set() if self.languages else {C.SIGNAL_WRONG_LANGUAGE})
+        return set(self.signals) - (set() if self.languages else {constants.SIGNAL_WRONG_LANGUAGE})
 
 
 class FilterConfig(Section):
@@ -379,7 +379,7 @@ def check_source_files(cfg: PipelineConfig, origin: str) -> None:
     """Refuse local sources that are pipes, FIFOs or devices: a run digests each source for its cache
     key before ingest reads it, and a retry reads it again; a stream cannot be read twice."""
     for i, src in enumerate(cfg.ingest.sources):
-        if src.path.startswith((HUB_SCHEME, C.PACKAGE_SCHEME)):  # a hub id, or a file inside a package
+        if src.path.startswith((HUB_SCHEME, constants.PACKAGE_SCHEME)):  # a hub id, or a file inside a package
             continue
         path = Path(src.path).expanduser()
         if path.exists() and not (path.is_file() or path.is_dir()):

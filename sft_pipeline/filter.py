@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.artifacts import open_parquet, write_json
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
 
 SWEEP_STEPS = 10  # thresholds 0.0, 0.1, ..., 1.0
-DECIDING_COLUMNS = ("id", C.SCORE_COLUMN, C.TOKENS_EST_COLUMN)
+DECIDING_COLUMNS = ("id", constants.SCORE_COLUMN, constants.TOKENS_EST_COLUMN)
 BY_THRESHOLD, BY_TOP_FRACTION = "threshold", "top_fraction"
 BATCH_ROWS = 8192
 HIST_BINS = 21  # bars centred on 0.00, 0.05, ..., 1.00 (weights are multiples of 0.05 or 0.1)
@@ -42,20 +42,20 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
     """Split scores.parquet into kept and dropped rows; write the sweep and histogram."""
     pf = open_scores(Path(scores_path))
     table = pf.read(columns=list(DECIDING_COLUMNS))
-    score = table.column(C.SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(float)
-    tokens = table.column(C.TOKENS_EST_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64)
+    score = table.column(constants.SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(float)
+    tokens = table.column(constants.TOKENS_EST_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64)
     if cfg.top_fraction is None:
         keep, mode, cutoff = score >= cfg.threshold, BY_THRESHOLD, cfg.threshold
     else:
         keep, mode = top_fraction_mask(score, table.column("id"), cfg.top_fraction), BY_TOP_FRACTION
         cutoff = float(score[keep].min()) if keep.any() else None
     out_dir = Path(out_dir)
-    kept, dropped = write_split(pf, keep, out_dir / C.FILTERED_FILE, out_dir / C.DROPPED_FILE, mode)
+    kept, dropped = write_split(pf, keep, out_dir / constants.FILTERED_FILE, out_dir / constants.DROPPED_FILE, mode)
     if kept + dropped != len(score) or kept != int(keep.sum()):
         raise VerificationError(f"{scores_path}: filter wrote {kept} + {dropped} rows for {len(score)} input rows")
     sweep = threshold_sweep(score, tokens)
-    write_json(out_dir / C.SWEEP_FILE, sweep)
-    plot_histogram(score, cutoff, out_dir / C.HISTOGRAM_FILE)
+    write_json(out_dir / constants.SWEEP_FILE, sweep)
+    plot_histogram(score, cutoff, out_dir / constants.HISTOGRAM_FILE)
     return {
         "method": mode,
         "cutoff": cutoff,
@@ -69,7 +69,7 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
 
 def run_stage(run: StageRun) -> dict:
     """The stage's entry (sft_pipeline.stages): split the score stage's rows into kept and dropped."""
-    return filter_scored(run.inputs[C.STAGE_SCORE] / C.SCORES_FILE, run.out, run.cfg.filter)
+    return filter_scored(run.inputs[constants.STAGE_SCORE] / constants.SCORES_FILE, run.out, run.cfg.filter)
 
 
 def open_scores(path: Path) -> pq.ParquetFile:
@@ -107,8 +107,8 @@ def threshold_sweep(score: np.ndarray, tokens: np.ndarray) -> list[dict]:
 
 def write_split(pf: pq.ParquetFile, keep: np.ndarray, kept_path: Path, dropped_path: Path, mode: str) -> tuple[int, int]:
     """Stream every row into one of two files; return (kept rows, dropped rows) written."""
-    schema = pa.schema([f for f in pf.schema_arrow if f.name != C.DROPPED_BY_COLUMN])
-    dropped_schema = schema.append(pa.field(C.DROPPED_BY_COLUMN, pa.string()))
+    schema = pa.schema([f for f in pf.schema_arrow if f.name != constants.DROPPED_BY_COLUMN])
+    dropped_schema = schema.append(pa.field(constants.DROPPED_BY_COLUMN, pa.string()))
     counts, start = [0, 0], 0
     with pq.ParquetWriter(kept_path, schema) as kept_w, pq.ParquetWriter(dropped_path, dropped_schema) as drop_w:
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=schema.names):

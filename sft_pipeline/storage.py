@@ -16,7 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import RunConfig
 from sft_pipeline.resources import cache_root
 from sft_pipeline.urls import is_url
@@ -60,10 +60,10 @@ def publish(run: RunConfig, rel: str) -> str | None:
         return None
     src, url = local_root(run) / rel, url_of(run, rel)
     fs, root = _fs(url)
-    if fs.exists(root) and not fs.exists(f"{root}/{C.MANIFEST_FILE}"):
+    if fs.exists(root) and not fs.exists(f"{root}/{constants.MANIFEST_FILE}"):
         fs.rm(root, recursive=True)  # leftovers of an upload that died before its manifest
-    files = [p for p in src.rglob("*") if p.is_file() and C.CHECKPOINTS_DIR not in p.relative_to(src).parts]
-    _upload_tree(fs, src, files, root, last=C.MANIFEST_FILE)
+    files = [p for p in src.rglob("*") if p.is_file() and constants.CHECKPOINTS_DIR not in p.relative_to(src).parts]
+    _upload_tree(fs, src, files, root, last=constants.MANIFEST_FILE)
     return url
 
 
@@ -122,7 +122,7 @@ def is_published(run: RunConfig, rel: str) -> bool:
     if not is_remote(run):
         return False
     fs, root = _fs(url_of(run, rel))
-    return fs.exists(f"{root}/{C.MANIFEST_FILE}")
+    return fs.exists(f"{root}/{constants.MANIFEST_FILE}")
 
 
 def published_manifest(run: RunConfig, rel: str) -> dict | None:
@@ -131,7 +131,7 @@ def published_manifest(run: RunConfig, rel: str) -> dict | None:
         return None
     fs, root = _fs(url_of(run, rel))
     try:
-        return json.loads(fs.cat_file(f"{root}/{C.MANIFEST_FILE}"))
+        return json.loads(fs.cat_file(f"{root}/{constants.MANIFEST_FILE}"))
     except (FileNotFoundError, ValueError):
         return None
 
@@ -168,14 +168,14 @@ def fetch(run: RunConfig, rel: str) -> bool:
     downloads into its own folder, and the first complete copy moved into place wins.
     """
     local = local_root(run) / rel
-    if (local / C.MANIFEST_FILE).exists():
+    if (local / constants.MANIFEST_FILE).exists():
         return True
     if not is_published(run, rel):
         return False
     fs, root = _fs(url_of(run, rel))
     tmp = local.with_name(f".{local.name}.fetch-{uuid.uuid4().hex[:8]}")
     try:
-        _download_tree(fs, root, tmp, last=C.MANIFEST_FILE)
+        _download_tree(fs, root, tmp, last=constants.MANIFEST_FILE)
         _move_into_place(tmp, local)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -184,14 +184,14 @@ def fetch(run: RunConfig, rel: str) -> bool:
 
 def _move_into_place(tmp: Path, local: Path) -> None:
     """Rename ``tmp`` to ``local`` unless a complete copy got there first; an incomplete one is set aside."""
-    if (local / C.MANIFEST_FILE).exists():
+    if (local / constants.MANIFEST_FILE).exists():
         return
     if local.exists():  # a killed local run's leftovers: the published copy wins
         _set_aside(local)
     try:
         tmp.rename(local)
     except OSError:
-        if not (local / C.MANIFEST_FILE).exists():  # lost the race to an incomplete copy: a real error
+        if not (local / constants.MANIFEST_FILE).exists():  # lost the race to an incomplete copy: a real error
             raise
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sft_pipeline import artifacts, cache, stages
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import validate_config
 from sft_pipeline.stages import StageResult
 
@@ -36,10 +36,10 @@ def edit(path: Path) -> None:
 
 
 @pytest.mark.parametrize("module, changed", [
-    ("report/markdown.py", {C.STAGE_EVALUATE}),  # the report is rendered by evaluate, and only there
-    ("score/signals.py", {C.STAGE_SCORE}),
-    ("tokenize/masks.py", {C.STAGE_TOKENIZE}),
-    ("filter.py", {C.STAGE_FILTER}),
+    ("report/markdown.py", {constants.STAGE_EVALUATE}),  # the report is rendered by evaluate, and only there
+    ("score/signals.py", {constants.STAGE_SCORE}),
+    ("tokenize/masks.py", {constants.STAGE_TOKENIZE}),
+    ("filter.py", {constants.STAGE_FILTER}),
     ("cli.py", set()),  # no stage imports the command line
 ])
 def test_an_edit_changes_the_code_version_of_the_stages_that_import_it(package_copy, module, changed):
@@ -51,11 +51,12 @@ def test_an_edit_changes_the_code_version_of_the_stages_that_import_it(package_c
 
 def test_downstream_keys_follow_upstream_content_not_upstream_keys(tmp_path):
     cfg = validate_config({"run": {"output_dir": str(tmp_path)}, "ingest": {"sources": [{"path": "x"}]}})
-    filter_stage = stages.get(C.STAGE_FILTER)
+    filter_stage = stages.get(constants.STAGE_FILTER)
 
     def key(score_key: str, digest: str) -> str:
-        score = StageResult(stage=C.STAGE_SCORE, key=score_key, out_dir="/s", files={C.SCORES_FILE: digest})
-        return cache.key(filter_stage, cfg, {C.STAGE_SCORE: score})
+        score = StageResult(stage=constants.STAGE_SCORE, key=score_key, out_dir="/s",
+                            files={constants.SCORES_FILE: digest})
+        return cache.key(filter_stage, cfg, {constants.STAGE_SCORE: score})
 
     assert key("new-score-code", "same-rows") == key("old-score-code", "same-rows")
     assert key("old-score-code", "other-rows") != key("old-score-code", "same-rows")
@@ -69,12 +70,13 @@ def test_files_named_by_config_enter_keys_by_content(tmp_path):
     cfg = validate_config({"run": {"output_dir": str(tmp_path)}, "ingest": {"sources": [{"path": "x"}]},
                            "model": {"name_or_path": "org/model", "chat_template": str(template)},
                            "eval": {"ifeval_prompts": str(prompts)}})
-    filtered = StageResult(stage=C.STAGE_FILTER, key="f", out_dir="/f", files={C.FILTERED_FILE: "d"})
-    tokenize = lambda: cache.key(stages.get(C.STAGE_TOKENIZE), cfg, {C.STAGE_FILTER: filtered})  # noqa: E731
+    filtered = StageResult(stage=constants.STAGE_FILTER, key="f", out_dir="/f", files={constants.FILTERED_FILE: "d"})
+    tokenize = lambda: cache.key(  # noqa: E731
+        stages.get(constants.STAGE_TOKENIZE), cfg, {constants.STAGE_FILTER: filtered})
     before = tokenize()
     template.write_text("{{ messages | tojson }}")  # same path, new content
     assert tokenize() != before
-    named = cache.named_files(cache.config_part(stages.get(C.STAGE_EVALUATE), cfg))
+    named = cache.named_files(cache.config_part(stages.get(constants.STAGE_EVALUATE), cfg))
     assert named["eval.ifeval_prompts"] == artifacts.path_digest(prompts)
     assert "model.name_or_path" not in named  # a hub id is a name, not a file
 
@@ -87,10 +89,11 @@ def _evaluate_key(model_dir: str, output_dir: str) -> tuple[str, str]:
                            "tokenize": {"max_length": 128, "max_rows": 8},
                            "train": {"max_steps": 2, "batch_size": 2, "save_steps": 2}})
     results: dict[str, StageResult] = {}
-    for stage in stages.upto(C.STAGE_TRAIN):
+    for stage in stages.upto(constants.STAGE_TRAIN):
         results[stage.name] = cache.run(stage, cfg, {name: results[name] for name in stage.reads})
-    adapter_config = (Path(results[C.STAGE_TRAIN].out_dir) / C.ADAPTER_DIR / "adapter_config.json").read_text()
-    return cache.key(stages.get(C.STAGE_EVALUATE), cfg, results), adapter_config
+    adapter_dir = Path(results[constants.STAGE_TRAIN].out_dir) / constants.ADAPTER_DIR
+    adapter_config = (adapter_dir / "adapter_config.json").read_text()
+    return cache.key(stages.get(constants.STAGE_EVALUATE), cfg, results), adapter_config
 
 
 def test_identical_runs_give_identical_keys(tiny_model_dir, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.artifacts import read_manifest
 from sft_pipeline.config import load_config
 
@@ -28,7 +28,7 @@ def test_concurrent_writers_of_one_key_agree(tmp_path):
     assert len(set(outs)) == 1  # same content -> same key -> same folder
     out = Path(outs[0])
     manifest = read_manifest(out)
-    rows = len(pd.read_parquet(out / C.CONVERSATIONS_FILE)) + len(pd.read_parquet(out / C.REJECTS_FILE))
+    rows = len(pd.read_parquet(out / constants.CONVERSATIONS_FILE)) + len(pd.read_parquet(out / constants.REJECTS_FILE))
     assert rows == manifest["counts"]["rows_read"]
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no temporary folders left behind

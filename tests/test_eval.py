@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import EvalConfig, GateConfig, ModelConfig
 from sft_pipeline.errors import InputError
 
@@ -23,13 +23,13 @@ CONVERSATIONS = [
 
 def tokenize_conversation(tokenizer, user: str, reply: str) -> dict:
     """Chat-template tokens; labels keep only the assistant reply (and its end-of-turn)."""
-    messages = [{"role": C.ROLE_USER, "content": user}, {"role": C.ROLE_ASSISTANT, "content": reply}]
+    messages = [{"role": constants.ROLE_USER, "content": user}, {"role": constants.ROLE_ASSISTANT, "content": reply}]
     prefix = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     assert ids[:len(prefix_ids)] == prefix_ids
-    labels = [C.IGNORE_INDEX] * len(prefix_ids) + ids[len(prefix_ids):]
+    labels = [constants.IGNORE_INDEX] * len(prefix_ids) + ids[len(prefix_ids):]
     return {"messages": messages, "input_ids": ids, "labels": labels}
 
 
@@ -54,25 +54,26 @@ def save_random_adapter(model_dir: Path, out: Path) -> Path:
 def write_manifest(stage_dir: Path, stage: str, counts: dict, config: dict | None = None) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"stage": stage, "key": "k" * 64, "counts": counts, "config": config or {}, "duration_s": 0.1}
-    (stage_dir / C.MANIFEST_FILE).write_text(json.dumps(manifest))
+    (stage_dir / constants.MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="module")
 def stage_dirs(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, Path]:
     """Hand-made upstream stage folders, as the other stages would leave them."""
     root = tmp_path_factory.mktemp("stages")
-    dirs = {s: root / s for s in (C.STAGE_INGEST, C.STAGE_SCORE, C.STAGE_FILTER, C.STAGE_TOKENIZE, C.STAGE_TRAIN)}
+    dirs = {s: root / s for s in (constants.STAGE_INGEST, constants.STAGE_SCORE, constants.STAGE_FILTER,
+                                  constants.STAGE_TOKENIZE, constants.STAGE_TRAIN)}
     write_manifest(dirs["ingest"], "ingest", {"rows": 12, "rejected": 2})
     write_manifest(dirs["score"], "score", {"rows": 10, "flags": {"too_short": 3}})
     write_manifest(dirs["filter"], "filter", {"kept": 7, "dropped": 3}, {"threshold": 0.7})
-    (dirs["filter"] / C.SWEEP_FILE).write_text(json.dumps(
+    (dirs["filter"] / constants.SWEEP_FILE).write_text(json.dumps(
         [{"threshold": t, "rows": r, "tokens": r * 40} for t, r in ((0.5, 9), (0.7, 7), (0.9, 2))]))
     write_manifest(dirs["tokenize"], "tokenize", {"train_rows": 2, "heldout_rows": 5})
-    write_heldout(dirs["tokenize"] / C.HELDOUT_TOKENS_FILE, tiny_tokenizer)
+    write_heldout(dirs["tokenize"] / constants.HELDOUT_TOKENS_FILE, tiny_tokenizer)
     write_manifest(dirs["train"], "train", {"steps": 3, "final_loss": 9.5})
-    (dirs["train"] / C.METRICS_FILE).write_text(json.dumps(
+    (dirs["train"] / constants.METRICS_FILE).write_text(json.dumps(
         {"log_history": [{"step": s, "loss": 11.0 - s} for s in (1, 2, 3)], "train_runtime": 1.5}))
-    save_random_adapter(tiny_model_dir, dirs["train"] / C.ADAPTER_DIR)
+    save_random_adapter(tiny_model_dir, dirs["train"] / constants.ADAPTER_DIR)
     return dirs
 
 
@@ -90,7 +91,7 @@ def manual_loss(model, rows) -> float:
         for row in rows:
             logp = torch.log_softmax(model(torch.tensor([row["input_ids"]])).logits[0].float(), -1)
             for pos in range(1, len(row["input_ids"])):
-                if row["labels"][pos] != C.IGNORE_INDEX:
+                if row["labels"][pos] != constants.IGNORE_INDEX:
                     total -= float(logp[pos - 1, row["labels"][pos]])
                     count += 1
     return total / count
@@ -99,9 +100,9 @@ def manual_loss(model, rows) -> float:
 def test_heldout_loss_matches_manual_computation(tiny_model, tiny_tokenizer, stage_dirs):
     from sft_pipeline.evaluate.loss import heldout_loss, read_heldout
 
-    rows = read_heldout(stage_dirs["tokenize"] / C.HELDOUT_TOKENS_FILE)
+    rows = read_heldout(stage_dirs["tokenize"] / constants.HELDOUT_TOKENS_FILE)
     expected = manual_loss(tiny_model, rows)
-    supervised = sum(sum(1 for x in r["labels"][1:] if x != C.IGNORE_INDEX) for r in rows)
+    supervised = sum(sum(1 for x in r["labels"][1:] if x != constants.IGNORE_INDEX) for r in rows)
     for batch_size in (1, 2, 8):
         got = heldout_loss(tiny_model, rows, batch_size=batch_size, pad_id=tiny_tokenizer.pad_token_id)
         assert got["heldout_loss"] == pytest.approx(expected, rel=1e-4)
@@ -115,7 +116,7 @@ def test_heldout_loss_matches_manual_computation(tiny_model, tiny_tokenizer, sta
 def test_heldout_limit_and_bad_file(stage_dirs, tmp_path):
     from sft_pipeline.evaluate.loss import read_heldout
 
-    assert len(read_heldout(stage_dirs["tokenize"] / C.HELDOUT_TOKENS_FILE, limit=2)) == 2
+    assert len(read_heldout(stage_dirs["tokenize"] / constants.HELDOUT_TOKENS_FILE, limit=2)) == 2
     bad = tmp_path / "bad.parquet"
     pd.DataFrame({"id": ["a"], "input_ids": [[1, 2]]}).to_parquet(bad)
     with pytest.raises(InputError, match="bad.parquet: missing column"):
@@ -215,23 +216,23 @@ def blocked_run(tmp_path_factory, tiny_model_dir, stage_dirs):
 
 def test_evaluate_run_writes_results_and_blocks(blocked_run, tiny_model, tiny_tokenizer, stage_dirs):
     out, summary = blocked_run
-    for name in (C.EVAL_RESULTS_FILE, C.REPORT_MD_FILE, C.REPORT_HTML_FILE, C.RUN_FILE, C.METRIC_BARS_FILE,
-                 C.LOSS_CURVE_FILE):
+    for name in (constants.EVAL_RESULTS_FILE, constants.REPORT_MD_FILE, constants.REPORT_HTML_FILE, constants.RUN_FILE,
+                 constants.METRIC_BARS_FILE, constants.LOSS_CURVE_FILE):
         assert (out / name).exists(), name
     assert summary["promoted"] is False and "ifeval_inst_loose" in summary["failed_checks"]
-    results = json.loads((out / C.EVAL_RESULTS_FILE).read_text())
+    results = json.loads((out / constants.EVAL_RESULTS_FILE).read_text())
     base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
     # The base numbers are those of the plain base model; the adapter changes the tuned ones.
     from sft_pipeline.evaluate.loss import read_heldout
 
-    rows = read_heldout(stage_dirs["tokenize"] / C.HELDOUT_TOKENS_FILE)
+    rows = read_heldout(stage_dirs["tokenize"] / constants.HELDOUT_TOKENS_FILE)
     assert base["heldout_loss"] == pytest.approx(manual_loss(tiny_model, rows), rel=1e-4)
     assert tuned["heldout_loss"] != pytest.approx(base["heldout_loss"], rel=1e-6)
     assert len(results["ifeval"]["prompts"]) == 6 and len(results["generations"]) == 2
     assert results["metrics"]["delta"]["heldout_loss"] == pytest.approx(tuned["heldout_loss"] - base["heldout_loss"])
-    report = (out / C.REPORT_MD_FILE).read_text()
+    report = (out / constants.REPORT_MD_FILE).read_text()
     assert "NOT promoted" in report and "`ifeval_inst_loose`" in report
-    run = json.loads((out / C.RUN_FILE).read_text())
+    run = json.loads((out / constants.RUN_FILE).read_text())
     assert set(run["stage_dirs"]) == set(stage_dirs) and run["train_loss"][0] == [1, 10.0]
 
 
@@ -240,7 +241,7 @@ def test_evaluate_run_promotes(tmp_path, tiny_model_dir, stage_dirs):
                      primary_metric=None)
     summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "ok", off)
     assert summary["promoted"] is True and summary["failed_checks"] == []
-    assert "Verdict: promoted" in (tmp_path / "ok" / C.REPORT_MD_FILE).read_text()
+    assert "Verdict: promoted" in (tmp_path / "ok" / constants.REPORT_MD_FILE).read_text()
 
 
 def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir, stage_dirs):
@@ -253,7 +254,7 @@ def test_eval_json_keeps_per_item_results_of_both_models(blocked_run, tiny_model
     """Per held-out row: summed NLL and tokens; per prompt: every check and the behaviour of each answer;
     the metrics are exactly the aggregates of those items, and every metric has an interval and verdict."""
     out, _ = blocked_run
-    results = json.loads((out / C.EVAL_RESULTS_FILE).read_text())
+    results = json.loads((out / constants.EVAL_RESULTS_FILE).read_text())
     items, metrics = results["items"], results["metrics"]
     loss = items["heldout_loss"]
     assert len(loss["base"]) == len(loss["tuned"]) == len(loss["weights"]) == 5
@@ -302,12 +303,12 @@ def test_a_second_benchmark_plugs_in_with_one_entry(monkeypatch, tmp_path, tiny_
     off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None,
                      primary_metric=None)
     summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "two", off)
-    results = json.loads((tmp_path / "two" / C.EVAL_RESULTS_FILE).read_text())
+    results = json.loads((tmp_path / "two" / constants.EVAL_RESULTS_FILE).read_text())
     assert results["benchmarks"] == ["ifeval", "ifcopy"] and summary["ifcopy_prompts"] == 6
     entries = {e["metric"]: e for e in results["comparison"]}
     for suffix in ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose"):
         assert entries[f"ifcopy_{suffix}"]["base"] == entries[f"ifeval_{suffix}"]["base"]  # same prompts, decoding
         assert entries[f"ifcopy_{suffix}"]["n"] == 6
     assert len(items := results["items"]["stop_rate"]["base"]) == 6 + 6 + 2, items
-    report = (tmp_path / "two" / C.REPORT_MD_FILE).read_text()
+    report = (tmp_path / "two" / constants.REPORT_MD_FILE).read_text()
     assert "## Instruction following (IFCopy checks)" in report and "IFCopy instruction loose" in report

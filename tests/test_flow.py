@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")
@@ -54,12 +54,12 @@ def first_run(prefect_server, overrides):
 
 def test_full_run_writes_every_output(first_run):
     state, results = first_run
-    assert set(results) == set(C.STAGES)
-    assert Path(results["filter"].out_dir, C.FILTERED_FILE).exists()
-    assert Path(results["ingest"].out_dir, C.REJECTS_FILE).exists()
-    assert Path(results["evaluate"].out_dir, C.REPORT_MD_FILE).exists()
+    assert set(results) == set(constants.STAGES)
+    assert Path(results["filter"].out_dir, constants.FILTERED_FILE).exists()
+    assert Path(results["ingest"].out_dir, constants.REJECTS_FILE).exists()
+    assert Path(results["evaluate"].out_dir, constants.REPORT_MD_FILE).exists()
     for name, res in results.items():
-        assert Path(res.out_dir, C.MANIFEST_FILE).exists(), name
+        assert Path(res.out_dir, constants.MANIFEST_FILE).exists(), name
     counts = results["ingest"].counts
     assert counts["rows_read"] == counts["rows_accepted"] + counts["rows_rejected"]
 
@@ -88,7 +88,7 @@ def test_a_finished_flow_leaves_the_library_logger_as_it_found_it(first_run):
 
 def test_adapter_weights_moved_from_initialisation(first_run):
     _, results = first_run
-    adapter = Path(results["train"].out_dir, C.ADAPTER_DIR)
+    adapter = Path(results["train"].out_dir, constants.ADAPTER_DIR)
     tensors = load_file(adapter / "adapter_model.safetensors")
     lora_b = [t for name, t in tensors.items() if "lora_B" in name]
     assert lora_b, "no LoRA B matrices saved"
@@ -136,13 +136,13 @@ def test_outputs_on_an_fsspec_url_are_reused_by_another_machine(prefect_server, 
     state, results = run_flow(base + [f"run.local_dir={tmp_path / 'a'}"], until="filter")
     assert set(task_states(state).values()) == {"Completed"}
     assert results["filter"].url.startswith("file://")
-    assert (tmp_path / "bucket" / "filter" / results["filter"].key[:16] / C.FILTERED_FILE).exists()
+    assert (tmp_path / "bucket" / "filter" / results["filter"].key[:16] / constants.FILTERED_FILE).exists()
     state, _ = run_flow(base + [f"run.local_dir={tmp_path / 'b'}"], until="filter")
     assert set(task_states(state).values()) == {"Cached"}
     state, _ = run_flow(base + [f"run.local_dir={tmp_path / 'b'}", "filter.threshold=0.9"], until="filter")
     states = task_states(state)
     assert states["ingest"] == states["score"] == "Cached" and states["filter"] == "Completed"
-    assert (tmp_path / "b" / "score" / results["score"].key[:16] / C.SCORES_FILE).exists()  # fetched
+    assert (tmp_path / "b" / "score" / results["score"].key[:16] / constants.SCORES_FILE).exists()  # fetched
 
 
 def _remove_rows(path: Path) -> None:
@@ -154,9 +154,9 @@ def _remove_rows(path: Path) -> None:
 
 DAMAGE = {
     "folder deleted": lambda folder: shutil.rmtree(folder),
-    "manifest deleted": lambda folder: (folder / C.MANIFEST_FILE).unlink(),
-    "parquet truncated": lambda folder: os.truncate(folder / C.SCORES_FILE, 100),
-    "rows removed": lambda folder: _remove_rows(folder / C.SCORES_FILE),
+    "manifest deleted": lambda folder: (folder / constants.MANIFEST_FILE).unlink(),
+    "parquet truncated": lambda folder: os.truncate(folder / constants.SCORES_FILE, 100),
+    "rows removed": lambda folder: _remove_rows(folder / constants.SCORES_FILE),
 }
 
 
@@ -167,11 +167,11 @@ def test_a_damaged_output_is_recomputed_not_served(prefect_server, overrides, tm
     base = [*overrides, f"run.output_dir={tmp_path}"]
     _, results = run_flow(base, until="filter")
     folder = Path(results["score"].out_dir)
-    rows = pq.read_metadata(folder / C.SCORES_FILE).num_rows
+    rows = pq.read_metadata(folder / constants.SCORES_FILE).num_rows
     DAMAGE[damage](folder)
     state, again = run_flow(base, until="filter")
     states = task_states(state)
     assert states["ingest"] == "Cached" and states["score"] == "Completed", states
-    assert pq.read_metadata(folder / C.SCORES_FILE).num_rows == rows
+    assert pq.read_metadata(folder / constants.SCORES_FILE).num_rows == rows
     # The recomputed scores have the same content, so the filter's key and cached output stand.
     assert states["filter"] == "Cached" and again["filter"].key == results["filter"].key

@@ -21,12 +21,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig, load_config
 from sft_pipeline.errors import ConfigError
 from sft_pipeline.train import TrainJob
 from sft_pipeline.train.trainer import train_model
-from sft_pipeline.train import levers as L
+from sft_pipeline.train import levers as train_levers
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
 
 CUDA = torch.cuda.is_available()
@@ -58,7 +58,7 @@ def tokenized(model_dir, tmp_path_factory):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     folder = tmp_path_factory.mktemp("gpu-tokenized")
-    write_rows(labelled_rows(tokenizer, toy_conversations(32), MAX_LENGTH), folder / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tokenizer, toy_conversations(32), MAX_LENGTH), folder / constants.TRAIN_TOKENS_FILE)
     return folder
 
 
@@ -70,7 +70,7 @@ def on_cuda(test):
 def _train(model_cfg, tokenized, out, callbacks=(), **overrides):
     cfg = TrainConfig(**{**FAST, **overrides})
     result = train_model(TrainJob(model_cfg, cfg, tokenized, out, seed=0), callbacks=list(callbacks))
-    return result, json.loads((out / C.METRICS_FILE).read_text())
+    return result, json.loads((out / constants.METRICS_FILE).read_text())
 
 
 class Batches(TrainerCallback):
@@ -90,9 +90,9 @@ class Batches(TrainerCallback):
 
 def test_lever_names_match_the_config():
     fields = TrainConfig.model_fields
-    assert typing.get_args(fields["attn_implementation"].annotation) == L.ATTENTION_IMPLEMENTATIONS
-    assert typing.get_args(fields["padding_free"].annotation) == L.PADDING_FREE_SETTINGS
-    assert TrainConfig().attn_implementation == L.ATTN_SDPA and TrainConfig().liger_kernels is False
+    assert typing.get_args(fields["attn_implementation"].annotation) == train_levers.ATTENTION_IMPLEMENTATIONS
+    assert typing.get_args(fields["padding_free"].annotation) == train_levers.PADDING_FREE_SETTINGS
+    assert TrainConfig().attn_implementation == train_levers.ATTN_SDPA and TrainConfig().liger_kernels is False
 
 
 def test_bad_lever_values_fail_at_load_time_with_the_dotted_path():
@@ -103,26 +103,27 @@ def test_bad_lever_values_fail_at_load_time_with_the_dotted_path():
 
 
 def test_cuda_only_levers_are_ignored_with_one_line_each_without_cuda(caplog):
-    cfg = TrainConfig(attn_implementation=L.ATTN_FLASH2, liger_kernels=True, padding_free="auto")
-    with caplog.at_level(logging.INFO, logger=L.__name__):
-        levers = L.resolve_levers(cfg, cuda=False)
-    assert levers == L.Levers(attn_implementation=L.ATTN_SDPA, padding_free=False, liger_kernels=False)
+    cfg = TrainConfig(attn_implementation=train_levers.ATTN_FLASH2, liger_kernels=True, padding_free="auto")
+    with caplog.at_level(logging.INFO, logger=train_levers.__name__):
+        levers = train_levers.resolve_levers(cfg, cuda=False)
+    assert levers == train_levers.Levers(attn_implementation=train_levers.ATTN_SDPA, padding_free=False,
+                                         liger_kernels=False)
     ignored = [r.getMessage() for r in caplog.records if "needs CUDA" in r.getMessage()]
     assert len(ignored) == 2 and all("\n" not in line for line in ignored)
 
 
 def test_missing_lever_packages_are_refused_on_cuda(monkeypatch):
-    monkeypatch.setattr(L, "has_module", lambda name: name == "triton")
+    monkeypatch.setattr(train_levers, "has_module", lambda name: name == "triton")
     with pytest.raises(ConfigError, match="flash_attn package is not installed"):
-        L.resolve_levers(TrainConfig(attn_implementation=L.ATTN_FLASH2), cuda=True)
+        train_levers.resolve_levers(TrainConfig(attn_implementation=train_levers.ATTN_FLASH2), cuda=True)
     with pytest.raises(ConfigError, match="liger-kernel package is not installed"):
-        L.resolve_levers(TrainConfig(liger_kernels=True), cuda=True)
-    levers = L.resolve_levers(TrainConfig(attn_implementation=L.ATTN_FLEX), cuda=True)
+        train_levers.resolve_levers(TrainConfig(liger_kernels=True), cuda=True)
+    levers = train_levers.resolve_levers(TrainConfig(attn_implementation=train_levers.ATTN_FLEX), cuda=True)
     assert levers.padding_free and levers.sft_kwargs() == {"padding_free": True}
 
 
 def test_liger_asks_trl_for_layer_kernels_only():
-    kwargs = L.Levers(liger_kernels=True).sft_kwargs()
+    kwargs = train_levers.Levers(liger_kernels=True).sft_kwargs()
     assert kwargs["use_liger_kernel"] is True
     assert kwargs["liger_kernel_config"]["fused_linear_cross_entropy"] is False  # TRL fuses the LM head itself
 
@@ -160,7 +161,7 @@ def test_methods_train_on_cuda_in_bf16(method, model_cfg, tokenized, tmp_path):
     if method == "full":
         assert seen.dtypes == {torch.float32}  # fp32 master weights, bf16 autocast
     else:
-        assert (tmp_path / method / C.ADAPTER_DIR / "adapter_config.json").is_file()
+        assert (tmp_path / method / constants.ADAPTER_DIR / "adapter_config.json").is_file()
 
 
 class CrashAt(TrainerCallback):
@@ -206,7 +207,7 @@ def test_real_cuda_out_of_memory_halves_the_micro_batch(model_cfg, tokenized, tm
 
 
 @on_cuda
-@pytest.mark.parametrize("levers", [dict(liger_kernels=True), dict(attn_implementation=L.ATTN_FLEX)],
+@pytest.mark.parametrize("levers", [dict(liger_kernels=True), dict(attn_implementation=train_levers.ATTN_FLEX)],
                          ids=["liger", "flex-padding-free"])
 def test_cuda_levers_train_like_the_defaults(levers, model_cfg, tokenized, tmp_path):
     _, base = _train(model_cfg, tokenized, tmp_path / "base", method="lora")
@@ -220,5 +221,5 @@ def test_gradient_checkpointing_goes_under_the_installed_transformers_name():
     from transformers import TrainingArguments
 
     for enabled in (True, False):
-        (key, value), = L.checkpointing_kwargs(enabled).items()
+        (key, value), = train_levers.checkpointing_kwargs(enabled).items()
         assert key in TrainingArguments.__dataclass_fields__ and value is enabled

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.train import TrainJob
 from sft_pipeline.train.progress import Progress
@@ -29,7 +29,7 @@ class TTY(io.StringIO):
 @pytest.fixture(scope="module")
 def tokenized(tiny_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenized")
-    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), folder / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), folder / constants.TRAIN_TOKENS_FILE)
     return folder
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.artifacts import write_json
 from sft_pipeline.config import GateConfig
 from sft_pipeline.errors import InputError
@@ -48,20 +48,21 @@ def run_dir(tmp_path) -> Path:
     stages = {s: tmp_path / "stages" / s for s in ("ingest", "filter", "train")}
     for name, path in stages.items():
         path.mkdir(parents=True)
-        write_json(path / C.MANIFEST_FILE, {"key": "k", "counts": {"rows": 5}, "config": {"threshold": 0.7},
+        write_json(path / constants.MANIFEST_FILE, {"key": "k", "counts": {"rows": 5}, "config": {"threshold": 0.7},
                                             "duration_s": 1.0})
-    write_json(stages["filter"] / C.SWEEP_FILE, [{"threshold": 0.7, "rows": 5, "tokens": 99}])
-    loss_curve([1, 2], [1.0, 0.5], stages["filter"] / C.HISTOGRAM_FILE)  # any PNG will do
-    write_json(stages["train"] / C.METRICS_FILE, {"log_history": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}]})
+    write_json(stages["filter"] / constants.SWEEP_FILE, [{"threshold": 0.7, "rows": 5, "tokens": 99}])
+    loss_curve([1, 2], [1.0, 0.5], stages["filter"] / constants.HISTOGRAM_FILE)  # any PNG will do
+    history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}]
+    write_json(stages["train"] / constants.METRICS_FILE, {"log_history": history})
     base = model_eval(2.0, 0.4, "Base answer.", VERDICT_KO)
     tuned = model_eval(2.5, 0.6, "```\n<script>alert(1)</script>\n```", VERDICT_OK)
     compared = comparison(base, tuned, resamples=200, seed=0)
     gate = run_gate(base.metrics, tuned.metrics, GateConfig(), compared[0])
     results = build_results(Inputs([], {"ifeval": [IFEVAL_ROW]}, [QUESTION]), base, tuned, gate,
                             {"model": "tiny", "seed": 0, "config": {"max_new_tokens": 8}}, compared)
-    out = tmp_path / "runs" / C.STAGE_EVALUATE / "abc"
+    out = tmp_path / "runs" / constants.STAGE_EVALUATE / "abc"
     out.mkdir(parents=True)
-    write_json(out / C.EVAL_RESULTS_FILE, results)
+    write_json(out / constants.EVAL_RESULTS_FILE, results)
     write_run_file(out, stages)
     return out
 
@@ -104,26 +105,26 @@ def test_rerender_from_run_folder_alone(run_dir, tmp_path):
 
 
 def test_run_file_lists_stage_dirs(run_dir, tmp_path):
-    run = json.loads((run_dir / C.RUN_FILE).read_text())
+    run = json.loads((run_dir / constants.RUN_FILE).read_text())
     assert set(run["stage_dirs"]) == {"ingest", "filter", "train"}
     assert run["train_loss"] == [[1, 3.0], [2, 2.0]]
-    assert (run_dir / C.HISTOGRAM_FILE).exists() and (run_dir / C.LOSS_CURVE_FILE).exists()
+    assert (run_dir / constants.HISTOGRAM_FILE).exists() and (run_dir / constants.LOSS_CURVE_FILE).exists()
 
 
 def test_bad_run_dir_is_a_one_line_error(tmp_path):
     with pytest.raises(InputError, match="no eval.json"):
         render_report(tmp_path)
-    (tmp_path / C.EVAL_RESULTS_FILE).write_text("[]")
+    (tmp_path / constants.EVAL_RESULTS_FILE).write_text("[]")
     with pytest.raises(InputError, match="not an evaluation result file"):
         render_report(tmp_path)
 
 
 def test_inconclusive_gate_reads_as_not_promoted_with_the_items_needed(run_dir):
-    results = json.loads((run_dir / C.EVAL_RESULTS_FILE).read_text())
+    results = json.loads((run_dir / constants.EVAL_RESULTS_FILE).read_text())
     base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
     straddling = {"heldout_loss": {"low": 0.1, "high": 0.9, "n": 3}}  # delta +0.5 vs tolerance 0.6
     results["gate"] = run_gate(base, tuned, GateConfig(max_heldout_loss_increase=0.6), straddling)
-    write_json(run_dir / C.EVAL_RESULTS_FILE, results)
+    write_json(run_dir / constants.EVAL_RESULTS_FILE, results)
     text = render_report(run_dir)[0].read_text()
     assert "**Verdict: inconclusive, so NOT promoted.**" in text and "`heldout_loss`" in text
     # n needed: the half-width 0.4 must shrink below |0.5 - 0.6| = 0.1, i.e. 16x the 3 rows.

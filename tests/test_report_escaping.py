@@ -5,7 +5,7 @@ import re
 import markdown
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.escape import code, fence, md_text
 from sft_pipeline.report.html import markdown_to_html
 from sft_pipeline.report.markdown import generations_section
@@ -88,7 +88,7 @@ def test_mask_preview_fence_is_longer_than_any_backtick_run(tiny_tokenizer):
 
     hostile = "\n````\n" + SCRIPT + "\n````\n"  # the fixed fence was four backticks
     ids = tiny_tokenizer(f"user says {hostile}", add_special_tokens=False)["input_ids"]
-    labels = [C.IGNORE_INDEX] * 3 + ids[3:]
+    labels = [constants.IGNORE_INDEX] * 3 + ids[3:]
     preview = mask_preview([("row`1", ids, labels)], tiny_tokenizer, ("<|im_end|>", "<|im_end|>"))
     rendered = markdown.markdown(preview, extensions=["tables", "fenced_code"])
     assert "<script" not in rendered  # the conversation stayed inside its code block

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig, validate_config
 from sft_pipeline.errors import ConfigError, InputError
 from sft_pipeline.score import score_conversations
@@ -22,8 +22,8 @@ GOOD = ("Photosynthesis turns light, water and carbon dioxide into sugar and oxy
 
 def chat(*turns: str, system: str | None = None) -> list[dict]:
     """Alternating user/assistant messages from plain strings."""
-    msgs = [{"role": C.ROLE_SYSTEM, "content": system}] if system else []
-    roles = [C.ROLE_USER, C.ROLE_ASSISTANT]
+    msgs = [{"role": constants.ROLE_SYSTEM, "content": system}] if system else []
+    roles = [constants.ROLE_USER, constants.ROLE_ASSISTANT]
     return msgs + [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
 
 
@@ -38,62 +38,62 @@ def write(path, conversations, ids=None):
 
 
 def score(tmp_path, conversations, ids=None, **cfg):
-    src = write(tmp_path / C.CONVERSATIONS_FILE, conversations, ids)
-    summary = score_conversations(src, tmp_path / C.SCORES_FILE, ScoreConfig(**cfg))
-    return pq.read_table(tmp_path / C.SCORES_FILE).to_pylist(), summary
+    src = write(tmp_path / constants.CONVERSATIONS_FILE, conversations, ids)
+    summary = score_conversations(src, tmp_path / constants.SCORES_FILE, ScoreConfig(**cfg))
+    return pq.read_table(tmp_path / constants.SCORES_FILE).to_pylist(), summary
 
 
 CASES = [  # (signal, conversation that fires it, similar conversation that does not)
-    (C.SIGNAL_TOO_SHORT, chat("Explain photosynthesis.", "Yes, it is."),
+    (constants.SIGNAL_TOO_SHORT, chat("Explain photosynthesis.", "Yes, it is."),
      chat("Explain photosynthesis.", "It makes sugar from light.")),
-    (C.SIGNAL_TOO_VERBOSE, chat("Photosynthesis?", " ".join(["word"] * 51)),
+    (constants.SIGNAL_TOO_VERBOSE, chat("Photosynthesis?", " ".join(["word"] * 51)),
      chat("Photosynthesis?", " ".join(["word%d" % i for i in range(50)]))),
-    (C.SIGNAL_SYCOPHANTIC, chat("Explain photosynthesis.", "  Certainly! " + GOOD),
+    (constants.SIGNAL_SYCOPHANTIC, chat("Explain photosynthesis.", "  Certainly! " + GOOD),
      chat("Explain photosynthesis.", "I am certainly glad to help. " + GOOD)),
-    (C.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", GOOD + " [CITATION NEEDED]"),
+    (constants.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", GOOD + " [CITATION NEEDED]"),
      chat("Explain photosynthesis.", GOOD + " [citation below]")),
-    (C.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", "Well, I believe that " + GOOD),
+    (constants.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", "Well, I believe that " + GOOD),
      chat("Explain photosynthesis.", GOOD + " I believe that is all.")),
-    (C.SIGNAL_REFUSAL, chat("Explain photosynthesis.", "I'm sorry, but I can't help with that request today."),
+    (constants.SIGNAL_REFUSAL, chat("Explain photosynthesis.", "I'm sorry, but I can't help with that request today."),
      chat("Explain photosynthesis.", "Sorry for the wait! " + GOOD)),
-    (C.SIGNAL_AI_DISCLAIMER, chat("Explain photosynthesis.", "As an AI language model, I think " + GOOD),
+    (constants.SIGNAL_AI_DISCLAIMER, chat("Explain photosynthesis.", "As an AI language model, I think " + GOOD),
      chat("Explain photosynthesis.", "AI models aside, " + GOOD)),
-    (C.SIGNAL_REPETITION, chat("Explain photosynthesis.", "the plant makes sugar from light " * 12),
+    (constants.SIGNAL_REPETITION, chat("Explain photosynthesis.", "the plant makes sugar from light " * 12),
      chat("Explain photosynthesis.", GOOD)),
-    (C.SIGNAL_BAD_STRUCTURE, chat("Explain photosynthesis.", GOOD, "And respiration?"),
+    (constants.SIGNAL_BAD_STRUCTURE, chat("Explain photosynthesis.", GOOD, "And respiration?"),
      chat("Explain photosynthesis.", GOOD, "And respiration?", GOOD.replace("Photo", "Respi"))),
-    (C.SIGNAL_BAD_STRUCTURE, chat("   ", GOOD), chat("Hi", GOOD, system="Be brief.")),
+    (constants.SIGNAL_BAD_STRUCTURE, chat("   ", GOOD), chat("Hi", GOOD, system="Be brief.")),
 ]
 
 
 @pytest.mark.parametrize(("signal", "fires", "clean"), CASES)
 def test_signal_fires_only_on_its_example(tmp_path, signal, fires, clean):
     rows, _ = score(tmp_path, [fires, clean])
-    assert rows[0][signal] and signal in rows[0][C.REASONS_COLUMN]
-    assert not rows[1][signal], rows[1][C.REASONS_COLUMN]
+    assert rows[0][signal] and signal in rows[0][constants.REASONS_COLUMN]
+    assert not rows[1][signal], rows[1][constants.REASONS_COLUMN]
 
 
 def test_clean_conversation_scores_one_and_weights_add_up(tmp_path):
     rows, summary = score(tmp_path, [chat("Explain photosynthesis.", GOOD),
                                      chat("Hi", "Sure! I believe it is short.")])
-    assert rows[0][C.SCORE_COLUMN] == 1.0 and rows[0][C.REASONS_COLUMN] == []
-    assert rows[1][C.REASONS_COLUMN] == [C.SIGNAL_SYCOPHANTIC, C.SIGNAL_HALLUCINATION]
-    assert rows[1][C.SCORE_COLUMN] == 0.6  # 1 - 0.3 - 0.1, exactly (rounded)
-    assert summary["rows"] == 2 and summary["signals"][C.SIGNAL_SYCOPHANTIC] == 1
+    assert rows[0][constants.SCORE_COLUMN] == 1.0 and rows[0][constants.REASONS_COLUMN] == []
+    assert rows[1][constants.REASONS_COLUMN] == [constants.SIGNAL_SYCOPHANTIC, constants.SIGNAL_HALLUCINATION]
+    assert rows[1][constants.SCORE_COLUMN] == 0.6  # 1 - 0.3 - 0.1, exactly (rounded)
+    assert summary["rows"] == 2 and summary["signals"][constants.SIGNAL_SYCOPHANTIC] == 1
 
 
 def test_too_long_uses_the_token_estimate(tmp_path):
     rows, _ = score(tmp_path, [chat("Q?", "x" * 400), chat("Q?", "x" * 40)], max_tokens_est=100)
-    assert rows[0][C.TOKENS_EST_COLUMN] == 1 + 4 + 100 + 4  # ceil(bytes / 4) + 4 per message
-    assert [r[C.SIGNAL_TOO_LONG] for r in rows] == [True, False]
+    assert rows[0][constants.TOKENS_EST_COLUMN] == 1 + 4 + 100 + 4  # ceil(bytes / 4) + 4 per message
+    assert [r[constants.SIGNAL_TOO_LONG] for r in rows] == [True, False]
 
 
 def test_single_turn_matches_the_seed_heuristics(tmp_path):
     pairs = [("Explain photosynthesis.", GOOD), ("Hi", "Yes."), ("Why?", "Sure! " + GOOD),
              ("Tell me", "I believe so, " + GOOD + " [CITATION NEEDED]"), ("X", " ".join(["w"] * 60)),
              ("Great?", "Great question! Of course!"), ("Describe it", "Of course! I believe it.")]
-    rows, _ = score(tmp_path, [chat(q, a) for q, a in pairs], signals=list(C.SEED_SIGNALS))
-    assert [r[C.SCORE_COLUMN] for r in rows] == [round(score_sft_example({"instruction": q, "response": a}), 6)
+    rows, _ = score(tmp_path, [chat(q, a) for q, a in pairs], signals=list(constants.SEED_SIGNALS))
+    assert [r[constants.SCORE_COLUMN] for r in rows] == [round(score_sft_example({"instruction": q, "response": a}), 6)
                                                  for q, a in pairs]
 
 
@@ -104,13 +104,13 @@ def test_multi_turn_aggregation(tmp_path):
         chat("Explain.", GOOD, "More?", GOOD, "Thanks!", "Welcome!"),  # 1 of 3 short: does not
         chat("Explain.", GOOD, "More?", "Sure! " + GOOD),  # an opener on any turn fires
         chat("A?", GOOD, long_q, GOOD),  # each turn measured against its own instruction
-    ], signals=list(C.SEED_SIGNALS))
-    assert [r[C.SIGNAL_TOO_SHORT] for r in rows] == [True, False, False, False]
-    assert [r[C.SIGNAL_SYCOPHANTIC] for r in rows] == [False, False, True, False]
+    ], signals=list(constants.SEED_SIGNALS))
+    assert [r[constants.SIGNAL_TOO_SHORT] for r in rows] == [True, False, False, False]
+    assert [r[constants.SIGNAL_SYCOPHANTIC] for r in rows] == [False, False, True, False]
     assert [r["n_assistant_turns"] for r in rows] == [2, 3, 2, 2]
-    rows, _ = score(tmp_path, [chat("A?", GOOD, "B?", GOOD)], signals=[C.SIGNAL_TOO_VERBOSE],
-                    max_verbosity_ratio=10, min_turn_fraction={C.SIGNAL_TOO_VERBOSE: 1.0})
-    assert rows[0][C.SIGNAL_TOO_VERBOSE]  # both turns exceed 10x their one-word instruction
+    rows, _ = score(tmp_path, [chat("A?", GOOD, "B?", GOOD)], signals=[constants.SIGNAL_TOO_VERBOSE],
+                    max_verbosity_ratio=10, min_turn_fraction={constants.SIGNAL_TOO_VERBOSE: 1.0})
+    assert rows[0][constants.SIGNAL_TOO_VERBOSE]  # both turns exceed 10x their one-word instruction
 
 
 def test_exact_duplicates_keep_the_smallest_id(tmp_path):
@@ -118,9 +118,9 @@ def test_exact_duplicates_keep_the_smallest_id(tmp_path):
     spaced = chat("Explain photosynthesis.  ", "\n" + GOOD + " ")
     other = chat("Explain respiration.", GOOD.replace("Photo", "Respi"))
     rows, summary = score(tmp_path, [base, other, spaced, base], ids=["c", "x", "a", "b"])
-    assert [r[C.SIGNAL_EXACT_DUPLICATE] for r in rows] == [True, False, False, True]
-    assert [r[C.DUPLICATE_OF_COLUMN] for r in rows] == ["a", None, None, "a"]
-    assert rows[0][C.SCORE_COLUMN] == 0.0 and rows[2][C.SCORE_COLUMN] == 1.0
+    assert [r[constants.SIGNAL_EXACT_DUPLICATE] for r in rows] == [True, False, False, True]
+    assert [r[constants.DUPLICATE_OF_COLUMN] for r in rows] == ["a", None, None, "a"]
+    assert rows[0][constants.SCORE_COLUMN] == 0.0 and rows[2][constants.SCORE_COLUMN] == 1.0
     assert summary["duplicate_clusters"] == 1
 
 
@@ -130,19 +130,20 @@ def test_near_duplicates_keep_one_representative(tmp_path):
     edited = " ".join(words[:100] + ["changed"] + words[101:])
     unrelated = " ".join(f"other{i}" for i in range(200))
     rows, summary = score(tmp_path, [chat("Q?", text), chat("Q?", edited), chat("Q?", unrelated)],
-                          ids=["m", "k", "z"], signals=[C.SIGNAL_NEAR_DUPLICATE])
-    assert [r[C.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
-    assert rows[0][C.DUPLICATE_OF_COLUMN] == "k" and rows[1][C.DUPLICATE_OF_COLUMN] is None
-    assert summary["signals"] == {C.SIGNAL_NEAR_DUPLICATE: 1}
+                          ids=["m", "k", "z"], signals=[constants.SIGNAL_NEAR_DUPLICATE])
+    assert [r[constants.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
+    assert rows[0][constants.DUPLICATE_OF_COLUMN] == "k" and rows[1][constants.DUPLICATE_OF_COLUMN] is None
+    assert summary["signals"] == {constants.SIGNAL_NEAR_DUPLICATE: 1}
 
 
 def test_exact_copies_point_at_the_final_representative(tmp_path):
     words = [f"token{i}" for i in range(200)]
     text, edited = " ".join(words), " ".join(words[:50] + ["changed"] + words[51:])
     rows, _ = score(tmp_path, [chat("Q?", text), chat("Q?", edited), chat("Q?", text)], ids=["b", "a", "c"])
-    assert [r[C.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
-    assert [r[C.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, False, True]
-    assert [r[C.DUPLICATE_OF_COLUMN] for r in rows] == ["a", None, "a"]  # "c" copies "b", whose cluster keeps "a"
+    assert [r[constants.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
+    assert [r[constants.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, False, True]
+    # "c" copies "b", whose cluster keeps "a"
+    assert [r[constants.DUPLICATE_OF_COLUMN] for r in rows] == ["a", None, "a"]
 
 
 def test_streaming_in_small_chunks_gives_the_same_result(tmp_path):
@@ -151,34 +152,34 @@ def test_streaming_in_small_chunks_gives_the_same_result(tmp_path):
     whole, _ = score(tmp_path, convs)
     pieces, _ = score(tmp_path, convs, batch_rows=3, max_batch_bytes=1024)
     assert pieces == whole
-    assert sum(r[C.SIGNAL_NEAR_DUPLICATE] for r in whole) > 0  # found across chunks too
+    assert sum(r[constants.SIGNAL_NEAR_DUPLICATE] for r in whole) > 0  # found across chunks too
 
 
 def test_output_keeps_every_row_and_column(tmp_path):
     convs = [chat("Q?", GOOD), chat("Q?", "ok"), chat("Explain.", "Certainly! " + GOOD)]
     rows, _ = score(tmp_path, convs)
-    table = pq.read_table(tmp_path / C.SCORES_FILE)
+    table = pq.read_table(tmp_path / constants.SCORES_FILE)
     assert table.column_names[:6] == SCHEMA.names
     assert ScoreConfig().active_signals <= set(table.column_names)
-    assert C.SIGNAL_WRONG_LANGUAGE not in table.column_names  # language id is off by default
+    assert constants.SIGNAL_WRONG_LANGUAGE not in table.column_names  # language id is off by default
     assert [r["source_row"] for r in rows] == [0, 1, 2]
     for r in rows:
-        assert 0.0 <= r[C.SCORE_COLUMN] <= 1.0
-        assert r[C.REASONS_COLUMN] == [s for s in C.SCORE_SIGNALS if r.get(s)]
+        assert 0.0 <= r[constants.SCORE_COLUMN] <= 1.0
+        assert r[constants.REASONS_COLUMN] == [s for s in constants.SCORE_SIGNALS if r.get(s)]
 
 
 def test_malformed_rows_are_scored_not_crashed(tmp_path):
     convs = [None, [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": None}],
              [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": GOOD}]]
     rows, _ = score(tmp_path, convs)
-    assert [r[C.SIGNAL_BAD_STRUCTURE] for r in rows] == [True, True, False]
+    assert [r[constants.SIGNAL_BAD_STRUCTURE] for r in rows] == [True, True, False]
 
 
 def test_empty_input_writes_an_empty_scores_file(tmp_path):
     rows, summary = score(tmp_path, [])
     assert rows == [] and summary["rows"] == 0
-    assert {C.SCORE_COLUMN, C.TOKENS_EST_COLUMN, C.REASONS_COLUMN} <= set(
-        pq.read_schema(tmp_path / C.SCORES_FILE).names)
+    assert {constants.SCORE_COLUMN, constants.TOKENS_EST_COLUMN, constants.REASONS_COLUMN} <= set(
+        pq.read_schema(tmp_path / constants.SCORES_FILE).names)
 
 
 def test_unreadable_inputs_raise_one_line_errors(tmp_path):
@@ -201,7 +202,7 @@ def test_config_checks_signal_names_and_patterns(tmp_path):
     with pytest.raises(ConfigError, match="unknown signal"):
         validate_config({**base, "score": {"weights": {"too_shrt": 0.5}}})
     cfg = validate_config({**base, "score": {"weights": {"too_short": 0.4}}}).score
-    assert cfg.weights[C.SIGNAL_TOO_SHORT] == 0.4 and cfg.weights[C.SIGNAL_SYCOPHANTIC] == 0.3
+    assert cfg.weights[constants.SIGNAL_TOO_SHORT] == 0.4 and cfg.weights[constants.SIGNAL_SYCOPHANTIC] == 0.3
     src = write(tmp_path / "c.parquet", [chat("Q?", GOOD)])
     with pytest.raises(ConfigError, match="refusal_pattern: invalid RE2"):
         score_conversations(src, tmp_path / "o.parquet", ScoreConfig(refusal_pattern="(unclosed"))
@@ -218,14 +219,14 @@ def test_language_identification_flags_other_languages(tmp_path):
              chat("Was macht die Photosynthese?", GERMAN), chat("?", "..."),
              chat("Translate into French: plants make sugar.", FRENCH)]
     rows, summary = score(tmp_path, convs, languages=["en", "de"])
-    assert [r[C.LANGUAGE_COLUMN] for r in rows][:3] == ["en", "fr", "de"]
-    assert rows[3][C.LANGUAGE_SCORE_COLUMN] < 0.5 or rows[3][C.LANGUAGE_COLUMN] == "und"
-    assert [r[C.SIGNAL_WRONG_LANGUAGE] for r in rows][:4] == [False, True, False, False]
-    assert C.SIGNAL_WRONG_LANGUAGE in rows[1][C.REASONS_COLUMN]
-    assert rows[1][C.SCORE_COLUMN] == pytest.approx(1 - ScoreConfig().weights[C.SIGNAL_WRONG_LANGUAGE])
-    assert summary["signals"][C.SIGNAL_WRONG_LANGUAGE] == sum(r[C.SIGNAL_WRONG_LANGUAGE] for r in rows)
+    assert [r[constants.LANGUAGE_COLUMN] for r in rows][:3] == ["en", "fr", "de"]
+    assert rows[3][constants.LANGUAGE_SCORE_COLUMN] < 0.5 or rows[3][constants.LANGUAGE_COLUMN] == "und"
+    assert [r[constants.SIGNAL_WRONG_LANGUAGE] for r in rows][:4] == [False, True, False, False]
+    assert constants.SIGNAL_WRONG_LANGUAGE in rows[1][constants.REASONS_COLUMN]
+    assert rows[1][constants.SCORE_COLUMN] == pytest.approx(1 - ScoreConfig().weights[constants.SIGNAL_WRONG_LANGUAGE])
+    assert summary["signals"][constants.SIGNAL_WRONG_LANGUAGE] == sum(r[constants.SIGNAL_WRONG_LANGUAGE] for r in rows)
     strict, _ = score(tmp_path, convs, languages=["en"], language_min_confidence=1.0)
-    assert not any(r[C.SIGNAL_WRONG_LANGUAGE] for r in strict)  # nothing is that sure
+    assert not any(r[constants.SIGNAL_WRONG_LANGUAGE] for r in strict)  # nothing is that sure
 
 
 def test_language_codes_are_checked_at_load():

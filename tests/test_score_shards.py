@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import IngestConfig, ScoreConfig, SourceConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.ingest import ingest_sources
@@ -25,7 +25,7 @@ def conversations(tmp_path_factory) -> Path:
     """tiny_chat plus exact and near duplicates of earlier rows, in row groups of ROW_GROUP rows."""
     out = tmp_path_factory.mktemp("ingest")
     ingest_sources(IngestConfig(sources=[SourceConfig(path=str(TINY_DATA))]), out)
-    table = pq.read_table(out / C.CONVERSATIONS_FILE)
+    table = pq.read_table(out / constants.CONVERSATIONS_FILE)
     rows = table.to_pylist()
     near = copy.deepcopy(rows[:12])
     for i, row in enumerate(near):
@@ -39,7 +39,7 @@ def conversations(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sequential(conversations, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sequential") / C.SCORES_FILE
+    out = tmp_path_factory.mktemp("sequential") / constants.SCORES_FILE
     cfg = ScoreConfig(near_duplicate_threshold=0.5, languages=["en"])  # language columns travel too
     return out, score_conversations(conversations, out, cfg), cfg
 
@@ -52,11 +52,12 @@ def test_any_number_of_shards_gives_the_sequential_output(conversations, sequent
     assert [g for shard in plan for g in shard] == list(range(groups))
     assert len(plan) == min(n_shards, groups)
     paths = [score_shard(conversations, shard, tmp_path / f"{i}.npz", cfg)["path"] for i, shard in enumerate(plan)]
-    summary = merge_shards(conversations, paths, tmp_path / C.SCORES_FILE, cfg)
+    summary = merge_shards(conversations, paths, tmp_path / constants.SCORES_FILE, cfg)
     assert summary == seq_summary
-    assert summary["signals"][C.SIGNAL_EXACT_DUPLICATE] >= 15 and summary["signals"][C.SIGNAL_NEAR_DUPLICATE] >= 1
-    assert pq.read_table(tmp_path / C.SCORES_FILE).equals(pq.read_table(seq_out))
-    assert C.LANGUAGE_COLUMN in pq.read_schema(seq_out).names
+    signals = summary["signals"]
+    assert signals[constants.SIGNAL_EXACT_DUPLICATE] >= 15 and signals[constants.SIGNAL_NEAR_DUPLICATE] >= 1
+    assert pq.read_table(tmp_path / constants.SCORES_FILE).equals(pq.read_table(seq_out))
+    assert constants.LANGUAGE_COLUMN in pq.read_schema(seq_out).names
 
 
 def test_merge_refuses_shards_that_miss_rows(conversations, sequential, tmp_path):
@@ -64,7 +65,7 @@ def test_merge_refuses_shards_that_miss_rows(conversations, sequential, tmp_path
     plan = shard_plan(conversations, 3)
     paths = [score_shard(conversations, shard, tmp_path / f"{i}.npz", cfg)["path"] for i, shard in enumerate(plan)]
     with pytest.raises(VerificationError, match="shards hold"):
-        merge_shards(conversations, paths[:-1], tmp_path / C.SCORES_FILE, cfg)
+        merge_shards(conversations, paths[:-1], tmp_path / constants.SCORES_FILE, cfg)
 
 
 def test_flow_shards_on_a_local_dask_cluster(conversations, tmp_path):
@@ -88,9 +89,9 @@ def test_flow_shards_on_a_local_dask_cluster(conversations, tmp_path):
         again = task_run_states("score") + task_run_states("score-shard")
     assert len(shard_runs) == 3 and all(s == "Completed" for s in shard_runs)
     assert sharded["score"].key == plain["score"].key
-    sharded_scores = Path(sharded["score"].out_dir, C.SCORES_FILE)
-    assert pq.read_table(sharded_scores).equals(pq.read_table(Path(plain["score"].out_dir, C.SCORES_FILE)))
-    assert pq.ParquetFile(Path(sharded["ingest"].out_dir, C.CONVERSATIONS_FILE)).num_row_groups >= 3
+    sharded_scores = Path(sharded["score"].out_dir, constants.SCORES_FILE)
+    assert pq.read_table(sharded_scores).equals(pq.read_table(Path(plain["score"].out_dir, constants.SCORES_FILE)))
+    assert pq.ParquetFile(Path(sharded["ingest"].out_dir, constants.CONVERSATIONS_FILE)).num_row_groups >= 3
     assert not list(Path(sharded["score"].out_dir).parent.glob(".*.shards")), "shard scratch left behind"
     # score: sharded and plain runs Completed, the re-run Cached; still only the first run's 3 shard runs
     assert sorted(again) == ["Cached"] + ["Completed"] * 5

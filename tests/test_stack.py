@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.sweep_report import SWEEP_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +45,8 @@ def test_stack_runs_sft_full_and_a_sweep_with_gpu_handoff(tiny_model_dir, tmp_pa
         detail += f"\n--- {log.name}\n" + log.read_text()[-3000:]
     assert proc.returncode == 0, detail
     assert "finished successfully in 'Completed'" in proc.stdout, detail
-    reports = list(out.glob(f"evaluate/*/{C.REPORT_MD_FILE}"))
-    adapters = list(out.glob(f"train/*/{C.ADAPTER_DIR}/adapter_model.safetensors"))
+    reports = list(out.glob(f"evaluate/*/{constants.REPORT_MD_FILE}"))
+    adapters = list(out.glob(f"train/*/{constants.ADAPTER_DIR}/adapter_model.safetensors"))
     assert reports and adapters, detail
     # Training ran on the gpu pool's worker, in a flow run of its own: once for sft/full, once for the new branch.
     assert proc.stdout.count("finished successfully in 'Completed'") == 2, detail

@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline import cache, stages, storage
 from sft_pipeline.score import entry as score_entry
 from sft_pipeline.config import load_config
@@ -34,21 +34,22 @@ def test_outputs_are_published_and_fetched_by_another_machine(tmp_path, remote, 
     score = cache.run(stages.get("score"), a, {"ingest": ingest})
     rel = f"score/{score.key[:stages.KEY_CHARS]}"
     assert Path(score.out_dir) == tmp_path / "a" / rel
-    assert (tmp_path / "bucket" / rel / C.SCORES_FILE).exists()
-    assert (tmp_path / "bucket" / rel / C.MANIFEST_FILE).exists()
+    assert (tmp_path / "bucket" / rel / constants.SCORES_FILE).exists()
+    assert (tmp_path / "bucket" / rel / constants.MANIFEST_FILE).exists()
 
     b = machine(remote, tmp_path / "b", "filter.threshold=0.9")
     filtered = cache.run(stages.get("filter"), b, {"score": score})  # B has never seen the scores: fetched from the URL
-    assert (tmp_path / "b" / rel / C.SCORES_FILE).exists()
-    assert pq.read_table(tmp_path / "b" / rel / C.SCORES_FILE).equals(pq.read_table(Path(score.out_dir) / C.SCORES_FILE))
-    assert (tmp_path / "bucket" / f"filter/{filtered.key[:stages.KEY_CHARS]}" / C.FILTERED_FILE).exists()
+    assert (tmp_path / "b" / rel / constants.SCORES_FILE).exists()
+    fetched = pq.read_table(tmp_path / "b" / rel / constants.SCORES_FILE)
+    assert fetched.equals(pq.read_table(Path(score.out_dir) / constants.SCORES_FILE))
+    assert (tmp_path / "bucket" / f"filter/{filtered.key[:stages.KEY_CHARS]}" / constants.FILTERED_FILE).exists()
 
     # A stage already published is fetched, not recomputed, on a third machine.
     monkeypatch.setattr("sft_pipeline.score.score_conversations", _must_not_run)
     c = machine(remote, tmp_path / "c")
     again = cache.run(stages.get("score"), c, {"ingest": cache.run(stages.get("ingest"), c)})
     assert again.key == score.key and again.counts == score.counts
-    assert cache.done(stages.get(C.STAGE_SCORE), c, {"ingest": ingest})
+    assert cache.done(stages.get(constants.STAGE_SCORE), c, {"ingest": ingest})
 
 
 def test_missing_upstream_output_is_one_clear_error(tmp_path, remote):
@@ -76,7 +77,7 @@ def test_score_shards_travel_through_the_url(tmp_path, remote):
     plan = score_entry.plan(machine(remote, tmp_path / "a", *opts), cache.local_dir(machine(remote, tmp_path / "a", *opts), ingest))
     assert len(plan) == 3
     # Shards computed on two "workers" (B and C), merged on a third machine (D).
-    key = cache.key(stages.get(C.STAGE_SCORE), machine(remote, tmp_path / "a", *opts), {"ingest": ingest})
+    key = cache.key(stages.get(constants.STAGE_SCORE), machine(remote, tmp_path / "a", *opts), {"ingest": ingest})
     shards = [score_entry.run_shard(machine(remote, tmp_path / w, *opts), cache.local_dir(machine(remote, tmp_path / w, *opts), ingest), i, groups, key)
               for i, (w, groups) in enumerate(zip("bcb", plan))]
     assert all(s.startswith("file://") for s in shards)
@@ -85,8 +86,8 @@ def test_score_shards_travel_through_the_url(tmp_path, remote):
     plain = machine(str(tmp_path / "runs"), tmp_path / "unused", *opts)
     sequential = cache.run(stages.get("score"), plain, {"ingest": cache.run(stages.get("ingest"), plain)})
     assert merged.key == sequential.key
-    assert pq.read_table(Path(merged.out_dir) / C.SCORES_FILE).equals(
-        pq.read_table(Path(sequential.out_dir) / C.SCORES_FILE))
+    assert pq.read_table(Path(merged.out_dir) / constants.SCORES_FILE).equals(
+        pq.read_table(Path(sequential.out_dir) / constants.SCORES_FILE))
 
 
 def test_publish_and_fetch_on_an_object_store_like_url(tmp_path):
@@ -100,12 +101,12 @@ def test_publish_and_fetch_on_an_object_store_like_url(tmp_path):
     out = storage.local_root(src) / "train" / "k1"
     (out / "adapter").mkdir(parents=True)
     (out / "adapter" / "weights.bin").write_bytes(b"w" * 1000)
-    (out / C.CHECKPOINTS_DIR / "checkpoint-2").mkdir(parents=True)
-    (out / C.CHECKPOINTS_DIR / "checkpoint-2" / "optimizer.pt").write_bytes(b"o")
-    (out / C.MANIFEST_FILE).write_text("{}")
+    (out / constants.CHECKPOINTS_DIR / "checkpoint-2").mkdir(parents=True)
+    (out / constants.CHECKPOINTS_DIR / "checkpoint-2" / "optimizer.pt").write_bytes(b"o")
+    (out / constants.MANIFEST_FILE).write_text("{}")
     assert storage.publish(src, "train/k1") == f"{url}/train/k1"
     remote = sorted(p.rsplit("/k1/", 1)[1] for p in fsspec.filesystem("memory").find(url.split("://")[1]))
-    assert remote == ["adapter/weights.bin", C.MANIFEST_FILE]  # checkpoints stay local
+    assert remote == ["adapter/weights.bin", constants.MANIFEST_FILE]  # checkpoints stay local
 
     dst = machine(url, tmp_path / "b").run
     assert storage.fetch(dst, "train/k1")
@@ -122,8 +123,8 @@ def test_concurrent_fetches_of_one_output_all_succeed(tmp_path, remote):
     b = machine(remote, tmp_path / "b")
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(lambda _: storage.fetch(b.run, rel), range(8)))
-    fetched = tmp_path / "b" / rel / C.CONVERSATIONS_FILE
-    assert pq.read_table(fetched).equals(pq.read_table(Path(ingest.out_dir) / C.CONVERSATIONS_FILE))
+    fetched = tmp_path / "b" / rel / constants.CONVERSATIONS_FILE
+    assert pq.read_table(fetched).equals(pq.read_table(Path(ingest.out_dir) / constants.CONVERSATIONS_FILE))
     assert [p.name for p in (tmp_path / "b" / "ingest").iterdir()] == [ingest.key[:stages.KEY_CHARS]]  # no temp folders
 
 
@@ -156,7 +157,7 @@ def test_training_resumes_on_another_machine_from_the_checkpoint_at_the_url(tmp_
         *args, callbacks=[*callbacks, _FailAtStep(3).callback], **kw))
     with pytest.raises(ConnectionResetError):
         cache.run(stages.get("train"), a, {"tokenize": tokenized})
-    key = cache.key(stages.get(C.STAGE_TRAIN), a, {"tokenize": tokenized})[:stages.KEY_CHARS]
+    key = cache.key(stages.get(constants.STAGE_TRAIN), a, {"tokenize": tokenized})[:stages.KEY_CHARS]
     mirrored = tmp_path / "bucket" / storage.CHECKPOINTS_ROOT / "train" / key
     assert [p.name for p in mirrored.iterdir()] == ["checkpoint-2"]
     assert (mirrored / "checkpoint-2" / COMPLETE_MARKER).is_file()
@@ -165,7 +166,7 @@ def test_training_resumes_on_another_machine_from_the_checkpoint_at_the_url(tmp_
     b = machine(remote, tmp_path / "b", *opts)  # the retry lands on another machine
     trained = cache.run(stages.get("train"), b, {"tokenize": tokenized})
     assert trained.counts["resumed_from_step"] == 2 and trained.counts["steps"] == 4
-    assert (tmp_path / "bucket" / "train" / key / C.ADAPTER_DIR).is_dir()
+    assert (tmp_path / "bucket" / "train" / key / constants.ADAPTER_DIR).is_dir()
     assert not mirrored.exists(), "mirrored checkpoints are dropped once the output is published"
 
 

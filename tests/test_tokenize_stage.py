@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import InputError, VerificationError
 from sft_pipeline.tokenize import encode_conversation, tokenize_split
@@ -58,22 +58,22 @@ def ids_of(out: Path, name: str) -> list[str]:
 def test_every_row_lands_in_exactly_one_file(tmp_path, tiny_tokenizer):
     convs = [conversation(i, turns=1 + i % 3) for i in range(60)]
     stats, out = run(tmp_path, tiny_tokenizer, convs, max_rows=40)
-    train, held = ids_of(out, C.TRAIN_TOKENS_FILE), ids_of(out, C.HELDOUT_TOKENS_FILE)
-    dropped = pq.read_table(out / C.TOKENIZE_DROPPED_FILE).to_pylist()
+    train, held = ids_of(out, constants.TRAIN_TOKENS_FILE), ids_of(out, constants.HELDOUT_TOKENS_FILE)
+    dropped = pq.read_table(out / constants.TOKENIZE_DROPPED_FILE).to_pylist()
     everything = train + held + [d["id"] for d in dropped]
     assert sorted(everything) == sorted(f"row-{i:03d}" for i in range(60))
     assert len(train) == stats["train_rows"] == 40 and len(held) == stats["heldout_rows"] > 0
     assert {d["reason"] for d in dropped} == {"not_in_max_rows_subset"}
     assert stats["rows_in"] == 60 and stats["supervised_tokens"] > 0
     assert stats["length_p50"] <= stats["length_p95"] <= stats["length_max"]
-    schema = pq.read_schema(out / C.TRAIN_TOKENS_FILE)
+    schema = pq.read_schema(out / constants.TRAIN_TOKENS_FILE)
     assert schema.field("input_ids").type == pa.list_(pa.int32()) and schema.field("id").type == pa.string()
-    held_table = pq.read_table(out / C.HELDOUT_TOKENS_FILE)
+    held_table = pq.read_table(out / constants.HELDOUT_TOKENS_FILE)
     assert held_table.column_names == ["id", "messages", "input_ids", "labels"]
     row = held_table.to_pylist()[0]
     assert encode_conversation(row["messages"], tiny_tokenizer, max_length=256) == {
         "input_ids": row["input_ids"], "labels": row["labels"]}
-    preview = (out / C.MASK_PREVIEW_FILE).read_text()
+    preview = (out / constants.MASK_PREVIEW_FILE).read_text()
     assert "⟦" in preview and "**train**" in preview and "<|im_end|>⟧" in preview
 
 
@@ -81,24 +81,24 @@ def test_split_is_deterministic_by_id_and_capped(tmp_path, tiny_tokenizer):
     convs = [conversation(i, turns=1) for i in range(80)]
     _, a = run(tmp_path, tiny_tokenizer, convs, name="a")
     _, b = run(tmp_path, tiny_tokenizer, convs[::-1], name="b", ids=[f"row-{i:03d}" for i in range(80)][::-1])
-    assert sorted(ids_of(a, C.HELDOUT_TOKENS_FILE)) == sorted(ids_of(b, C.HELDOUT_TOKENS_FILE))
+    assert sorted(ids_of(a, constants.HELDOUT_TOKENS_FILE)) == sorted(ids_of(b, constants.HELDOUT_TOKENS_FILE))
     stats, c = run(tmp_path, tiny_tokenizer, convs, name="c", max_heldout_rows=3)
     assert stats["heldout_rows"] == 3 and stats["train_rows"] == 77
-    assert set(ids_of(c, C.HELDOUT_TOKENS_FILE)) <= set(ids_of(a, C.HELDOUT_TOKENS_FILE))
+    assert set(ids_of(c, constants.HELDOUT_TOKENS_FILE)) <= set(ids_of(a, constants.HELDOUT_TOKENS_FILE))
 
 
 def test_heldout_rows_sharing_an_ngram_with_train_are_removed(tmp_path, tiny_tokenizer):
     convs = [conversation(i, turns=1) for i in range(40)]
     _, first = run(tmp_path, tiny_tokenizer, convs, name="first")
-    held = ids_of(first, C.HELDOUT_TOKENS_FILE)
+    held = ids_of(first, constants.HELDOUT_TOKENS_FILE)
     victim = int(held[0].split("-")[1])
-    train_row = int(ids_of(first, C.TRAIN_TOKENS_FILE)[0].split("-")[1])
+    train_row = int(ids_of(first, constants.TRAIN_TOKENS_FILE)[0].split("-")[1])
     leaked = words(victim, 1, 12).split()[2:10]  # 8 words of the held-out answer
     convs[train_row][-1]["content"] += " " + " ".join(leaked)
     stats, second = run(tmp_path, tiny_tokenizer, convs, name="second", decontaminate_ngram=8)
     assert stats["heldout_decontaminated"] == 1
-    assert set(ids_of(second, C.HELDOUT_TOKENS_FILE)) == set(held) - {held[0]}
-    dropped = pq.read_table(second / C.TOKENIZE_DROPPED_FILE).to_pylist()
+    assert set(ids_of(second, constants.HELDOUT_TOKENS_FILE)) == set(held) - {held[0]}
+    dropped = pq.read_table(second / constants.TOKENIZE_DROPPED_FILE).to_pylist()
     assert dropped == [{"id": held[0], "split": "heldout", "reason": "heldout_ngram_overlap_with_train"}]
 
 
@@ -107,7 +107,7 @@ def test_truncation_keep_start_and_drop(tmp_path, tiny_tokenizer):
     convs.append([{"role": "user", "content": words(99, 0, 200)}, {"role": "assistant", "content": "Fine."}])
     keep, out = run(tmp_path, tiny_tokenizer, convs, name="keep", max_length=128, heldout_fraction=0.0,
                     truncation="keep_start")
-    lengths = [len(x) for x in pq.read_table(out / C.TRAIN_TOKENS_FILE).column("input_ids").to_pylist()]
+    lengths = [len(x) for x in pq.read_table(out / constants.TRAIN_TOKENS_FILE).column("input_ids").to_pylist()]
     assert max(lengths) == 128 and keep["truncated_rows"] == sum(n == 128 for n in lengths) > 0
     assert keep["dropped_no_supervised_tokens"] == 1  # its only answer lies past max_length
     assert keep["pct_truncated_at_max_length"] == pytest.approx(100 * (keep["truncated_rows"] + 1) / 31, abs=0.01)
@@ -115,7 +115,7 @@ def test_truncation_keep_start_and_drop(tmp_path, tiny_tokenizer):
                     truncation="drop")
     assert drop["truncated_rows"] == 0 and drop["dropped_too_long"] == keep["truncated_rows"] + 1
     assert drop["train_rows"] == 31 - drop["dropped_too_long"]
-    reasons = {d["reason"] for d in pq.read_table(out / C.TOKENIZE_DROPPED_FILE).to_pylist()}
+    reasons = {d["reason"] for d in pq.read_table(out / constants.TOKENIZE_DROPPED_FILE).to_pylist()}
     assert reasons == {"longer_than_max_length"}
 
 
@@ -123,10 +123,10 @@ def test_packing_keeps_all_supervised_tokens(tmp_path, tiny_tokenizer):
     convs = [conversation(i, turns=1 + i % 2) for i in range(50)]
     plain, _ = run(tmp_path, tiny_tokenizer, convs, name="plain", max_length=512)
     packed, out = run(tmp_path, tiny_tokenizer, convs, name="packed", max_length=512, packing=True)
-    table = pq.read_table(out / C.TRAIN_TOKENS_FILE)
+    table = pq.read_table(out / constants.TRAIN_TOKENS_FILE)
     assert table.column_names == ["ids", "input_ids", "labels", "position_ids", "seq_lengths"]
     assert packed["supervised_tokens"] == plain["supervised_tokens"]
-    assert sum(sum(lab != C.IGNORE_INDEX for lab in row) for row in table.column("labels").to_pylist()) == \
+    assert sum(sum(lab != constants.IGNORE_INDEX for lab in row) for row in table.column("labels").to_pylist()) == \
         plain["supervised_tokens"]
     assert packed["packed_rows"] < packed["train_rows"] and 0.5 < packed["packing_efficiency"] <= 1
 
@@ -135,7 +135,7 @@ def test_multiprocess_encoding_matches_single(tmp_path, tiny_tokenizer):
     convs = [conversation(i, turns=1 + i % 3) for i in range(40)]
     run(tmp_path, tiny_tokenizer, convs, name="one", batch_rows=8)
     run(tmp_path, tiny_tokenizer, convs, name="two", batch_rows=8, num_proc=2)
-    for name in (C.TRAIN_TOKENS_FILE, C.HELDOUT_TOKENS_FILE):
+    for name in (constants.TRAIN_TOKENS_FILE, constants.HELDOUT_TOKENS_FILE):
         assert pq.read_table(tmp_path / "one" / name).equals(pq.read_table(tmp_path / "two" / name))
 
 
@@ -149,7 +149,7 @@ def test_gate_names_rows_whose_mask_cannot_be_built(tmp_path, tiny_tokenizer):
     convs[4][-1]["content"] += " BROKEN"
     with pytest.raises(VerificationError, match=r"1 row\(s\): row-004 \(assistant content"):
         run(tmp_path, tokenizer, convs, heldout_fraction=0.0)
-    assert not (tmp_path / "out" / C.TRAIN_TOKENS_FILE).exists()
+    assert not (tmp_path / "out" / constants.TRAIN_TOKENS_FILE).exists()
 
 
 def test_gate_rejects_masks_on_prompt_or_missing_end_of_turn(tiny_tokenizer):
@@ -158,8 +158,8 @@ def test_gate_rejects_masks_on_prompt_or_missing_end_of_turn(tiny_tokenizer):
     ids, labels, turns = enc["input_ids"], enc["labels"], [conv[-1]["content"]]
     check_rows([("ok", ids, labels, False, turns)], tiny_tokenizer, ["<|im_end|>"])
     on_prompt = list(ids)  # trains on everything
-    no_eot = labels[:-2] + [C.IGNORE_INDEX] * 2  # drops <|im_end|> (and the newline after it)
-    nothing = [C.IGNORE_INDEX] * len(ids)
+    no_eot = labels[:-2] + [constants.IGNORE_INDEX] * 2  # drops <|im_end|> (and the newline after it)
+    nothing = [constants.IGNORE_INDEX] * len(ids)
     for bad, why in ((on_prompt, "does not start at its content"), (no_eot, "end-of-turn marker not supervised"),
                      (nothing, "no supervised token")):
         with pytest.raises(VerificationError, match=f"bad-row \\(.*{why}"):
@@ -193,9 +193,9 @@ def test_stage_runner_writes_manifest_and_caches(tmp_path, tiny_model_dir):
     from sft_pipeline.config import validate_config
 
     filtered_dir = tmp_path / "filter"
-    write_filtered(filtered_dir / C.FILTERED_FILE, [conversation(i) for i in range(20)])
-    upstream = stages.StageResult(stage=C.STAGE_FILTER, key="k", out_dir=str(filtered_dir),
-                                  files={C.FILTERED_FILE: path_digest(filtered_dir / C.FILTERED_FILE)})
+    write_filtered(filtered_dir / constants.FILTERED_FILE, [conversation(i) for i in range(20)])
+    upstream = stages.StageResult(stage=constants.STAGE_FILTER, key="k", out_dir=str(filtered_dir),
+                                  files={constants.FILTERED_FILE: path_digest(filtered_dir / constants.FILTERED_FILE)})
     cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": [{"path": "x"}]},
                            "model": {"name_or_path": str(tiny_model_dir)}, "tokenize": {"packing": True}})
     result = cache.run(stages.get("tokenize"), cfg, {"filter": upstream})
@@ -203,4 +203,4 @@ def test_stage_runner_writes_manifest_and_caches(tmp_path, tiny_model_dir):
     counts = manifest["counts"]
     assert counts["rows_in"] == 20 == counts["train_rows"] + counts["heldout_rows"] + counts["dropped_rows"]
     assert manifest["details"]["eot_marker_last"] == "<|im_end|>" and counts["packing_efficiency"] > 0
-    assert result.key == cache.key(stages.get(C.STAGE_TOKENIZE), cfg, {"filter": upstream})
+    assert result.key == cache.key(stages.get(constants.STAGE_TOKENIZE), cfg, {"filter": upstream})

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import trl
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.tokenize import encode_conversation, tokenize_split
@@ -80,7 +80,7 @@ def test_golden_whole_turns(tiny_tokenizer, case):
     # The kept tokens are a prefix of the whole conversation's, ending on the second turn's marker.
     n = len(enc["input_ids"])
     assert enc["input_ids"] == full["input_ids"][:n] and n <= max_length
-    assert enc["labels"][-1] == enc["input_ids"][-1] != C.IGNORE_INDEX
+    assert enc["labels"][-1] == enc["input_ids"][-1] != constants.IGNORE_INDEX
     record = {"template": template or "tiny model (SmolLM2 ChatML)", "train_on": train_on, "truncation": WHOLE,
               "max_length": max_length, "supervised": supervised_texts(tokenizer, enc), **enc}
     path = GOLDEN_DIR / f"tokenize_whole_turns_{case}.json"
@@ -167,8 +167,8 @@ def stage_convs():
 def test_stage_whole_turns_counts_and_drops(tmp_path, tiny_tokenizer, stage_convs):
     assert TokenizeConfig().truncation == WHOLE  # the default
     stats, out = run(tmp_path, tiny_tokenizer, stage_convs, "whole")
-    train = pq.read_table(out / C.TRAIN_TOKENS_FILE).to_pylist()
-    dropped = pq.read_table(out / C.TOKENIZE_DROPPED_FILE).to_pylist()
+    train = pq.read_table(out / constants.TRAIN_TOKENS_FILE).to_pylist()
+    dropped = pq.read_table(out / constants.TOKENIZE_DROPPED_FILE).to_pylist()
     assert [r["id"] for r in train] == ["row-000", "row-001", "row-003"]
     assert dropped == [{"id": "row-002", "split": "train", "reason": "first_assistant_turn_longer_than_max_length"}]
     assert stats["rows_dropped_first_turn_too_long"] == 1 and stats["rows_shortened"] == 2
@@ -195,7 +195,7 @@ def test_stage_keep_start_reports_rows_without_end_of_turn(tmp_path, tiny_tokeni
 
 def test_stage_whole_turns_last_assistant_supervises_the_last_kept_turn(tmp_path, tiny_tokenizer, stage_convs):
     stats, out = run(tmp_path, tiny_tokenizer, stage_convs, "last", train_on="last_assistant")
-    train = pq.read_table(out / C.TRAIN_TOKENS_FILE).to_pylist()
+    train = pq.read_table(out / constants.TRAIN_TOKENS_FILE).to_pylist()
     assert stats["eot_per_row_max"] == 1 and stats["eot_per_row_min"] == 1
     for row, conv, kept in zip(train, [stage_convs[i] for i in (0, 1, 3)], (1, 2, 3)):
         (a, b), = supervised_runs(row["labels"])
@@ -210,11 +210,11 @@ def test_stage_whole_turns_with_packing(tmp_path, tiny_tokenizer, stage_convs):
     assert packed["supervised_tokens"] == plain["supervised_tokens"] and packed["packed_rows"] < packed["train_rows"]
     im_end = tiny_tokenizer.convert_tokens_to_ids(IM_END)
     sequences = 0
-    for row in pq.read_table(out / C.TRAIN_TOKENS_FILE).to_pylist():
+    for row in pq.read_table(out / constants.TRAIN_TOKENS_FILE).to_pylist():
         start = 0
         for length in row["seq_lengths"]:  # each packed sequence: its last supervised token is a marker
             labels = row["labels"][start : start + length]
-            assert [lab for lab in labels if lab != C.IGNORE_INDEX][-1] == im_end
+            assert [lab for lab in labels if lab != constants.IGNORE_INDEX][-1] == im_end
             start, sequences = start + length, sequences + 1
     assert sequences == packed["train_rows"] == plain["train_rows"] and packed["eot_per_row_min"] == 1
 
@@ -224,7 +224,7 @@ def test_stage_trains_a_template_that_writes_nothing_after_the_final_turn(tmp_pa
     stats, out = run(tmp_path, tokenizer, stage_convs, "glm")
     assert stats["eot_marker_last"] == "<|user|>" and stats["eot_per_row_min"] >= 1
     assert stats["pct_rows_ending_in_eot"] == 100.0
-    row = pq.read_table(out / C.TRAIN_TOKENS_FILE).to_pylist()[0]  # row-000 fits whole: its final turn too
+    row = pq.read_table(out / constants.TRAIN_TOKENS_FILE).to_pylist()[0]  # row-000 fits whole: its final turn too
     assert decode(tokenizer, row["input_ids"]).endswith(stage_convs[0][-1]["content"] + "<|user|>")
 
 
@@ -232,7 +232,7 @@ def test_gate_requires_an_end_of_turn_under_whole_turns(tiny_tokenizer):
     conv = conversation(1, [6])
     enc = encode_conversation(conv, tiny_tokenizer)
     ids, labels, turns = enc["input_ids"], enc["labels"], [conv[-1]["content"]]
-    cut = labels[:-4] + [C.IGNORE_INDEX] * 4  # the answer's tail and <|im_end|> unsupervised
+    cut = labels[:-4] + [constants.IGNORE_INDEX] * 4  # the answer's tail and <|im_end|> unsupervised
     assert check_rows([("ok", ids, labels, False, turns), ("cut", ids, cut, True, turns)], tiny_tokenizer,
                       [IM_END]) == [(1, True), (0, False)]
     with pytest.raises(VerificationError, match=r"1 row\(s\): cut \(no supervised end-of-turn token\)"):

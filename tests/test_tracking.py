@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig, load_config
 from sft_pipeline.errors import ConfigError
 from sft_pipeline.tracking import EXPERIMENT_NAME, log_pipeline_run, read_run
@@ -28,7 +28,7 @@ def _store(tmp_path: Path) -> str:
 def trained(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
     """A lora run reporting to TensorBoard and MLflow."""
     root = tmp_path_factory.mktemp("tracked")
-    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), root / "tok" / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), root / "tok" / constants.TRAIN_TOKENS_FILE)
     cfg = TrainConfig(method="lora", max_steps=STEPS, batch_size=2, gradient_accumulation=1, learning_rate=1e-3,
                       save_steps=STEPS, report_to=["tensorboard", "mlflow"])
     job = TrainJob(ModelConfig(name_or_path=str(tiny_model_dir)), cfg, root / "tok", root / "out", seed=0,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError
 from sft_pipeline.train import TrainJob
@@ -87,7 +87,7 @@ def rows(tiny_tokenizer):
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory, rows):
     folder = tmp_path_factory.mktemp("tokenized")
-    write_rows(rows, folder / C.TRAIN_TOKENS_FILE)
+    write_rows(rows, folder / constants.TRAIN_TOKENS_FILE)
     return folder
 
 
@@ -121,15 +121,15 @@ def test_adapter_methods_train_adapters_only(method, request):
     assert result["steps"] == STEPS and result["method"] == method
     assert result["resumed_from_step"] is None
     assert bool(snap.four_bit) == (method == "qlora"), "qlora (only) trains on a 4-bit base"
-    assert (out / C.ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    assert (out / constants.ADAPTER_DIR / "adapter_model.safetensors").is_file()
 
 
 def test_metrics_and_loss_curve(qlora_run, rows):
     out, result, _ = qlora_run
-    metrics = json.loads((out / C.METRICS_FILE).read_text())
+    metrics = json.loads((out / constants.METRICS_FILE).read_text())
     assert [entry["step"] for entry in metrics["loss"]] == list(range(1, STEPS + 1))
     assert metrics["final_loss"] == metrics["loss"][-1]["loss"] == result["final_loss"]
-    supervised = sum(sum(label != C.IGNORE_INDEX for label in r["labels"]) for r in rows)
+    supervised = sum(sum(label != constants.IGNORE_INDEX for label in r["labels"]) for r in rows)
     assert metrics["data"]["supervised_tokens"] == supervised
     assert 0 < metrics["supervised_tokens"] <= supervised  # 3 steps x 4 rows of the 16
     shortest = sorted(len(r["input_ids"]) for r in rows)
@@ -139,7 +139,7 @@ def test_metrics_and_loss_curve(qlora_run, rows):
     if not torch.cuda.is_available():
         assert metrics["mfu"] is None
     assert metrics["effective_batch"] == 4 and metrics["attempts"][-1]["outcome"] == "ok"
-    assert (out / C.LOSS_CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / constants.LOSS_CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for key in ("steps", "final_loss", "tokens_per_s", "peak_memory_bytes", "supervised_tokens", "resumed_from_step"):
         assert key in result
     json.dumps(result)
@@ -150,11 +150,11 @@ def test_autopeft_loads_adapter_with_trained_weights(qlora_run):
     from transformers import AutoTokenizer
 
     out, _, snap = qlora_run
-    model = AutoPeftModelForCausalLM.from_pretrained(out / C.ADAPTER_DIR)
+    model = AutoPeftModelForCausalLM.from_pretrained(out / constants.ADAPTER_DIR)
     loaded = dict(model.named_parameters())
     for name in (n for n in snap.trainable if "lora_B" in n):
         assert torch.allclose(loaded[name].float(), snap.end[name].float().cpu())
-    tokenizer = AutoTokenizer.from_pretrained(out / C.ADAPTER_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(out / constants.ADAPTER_DIR)
     assert "<|im_start|>" in tokenizer.chat_template
 
 
@@ -168,7 +168,7 @@ def test_full_finetune_changes_weights_and_keeps_stdout_clean(model_cfg, tokeniz
     assert snap.trainable == set(snap.begin)
     assert len(snap.changed(snap.trainable)) > len(snap.trainable) // 2
     assert result["steps"] == STEPS
-    model = AutoModelForCausalLM.from_pretrained(out / C.ADAPTER_DIR)
+    model = AutoModelForCausalLM.from_pretrained(out / constants.ADAPTER_DIR)
     name = next(n for n in snap.changed(snap.trainable) if n in dict(model.named_parameters()))
     assert torch.allclose(dict(model.named_parameters())[name], snap.end[name].cpu())
 
@@ -176,11 +176,11 @@ def test_full_finetune_changes_weights_and_keeps_stdout_clean(model_cfg, tokeniz
 def test_packed_rows_train_padding_free(model_cfg, rows, tmp_path):
     packed = pack_rows(rows, 3 * MAX_LENGTH)
     assert any(len(r["seq_lengths"]) > 1 for r in packed)
-    write_rows(packed, tmp_path / "tok" / C.TRAIN_TOKENS_FILE)
+    write_rows(packed, tmp_path / "tok" / constants.TRAIN_TOKENS_FILE)
     result, snap = _train(model_cfg, tmp_path / "tok", tmp_path / "out", method="lora", max_steps=2,
                           batch_size=1, gradient_accumulation=1)
     assert result["steps"] == 2 and snap.changed(snap.trainable)
-    metrics = json.loads((tmp_path / "out" / C.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "out" / constants.METRICS_FILE).read_text())
     assert metrics["data"]["packed"] is True
     lengths = [len(r["input_ids"]) for r in packed]
     pair_sums = {a + b for i, a in enumerate(lengths) for j, b in enumerate(lengths) if i != j}
@@ -191,10 +191,10 @@ def test_merge_export_matches_adapter(lora_run):
     from transformers import AutoModelForCausalLM
 
     out = lora_run[0]
-    merge = json.loads((out / C.METRICS_FILE).read_text())["merge"]
+    merge = json.loads((out / constants.METRICS_FILE).read_text())["merge"]
     assert merge["merge_relative_error"] <= merge["max_relative_error"]
     assert merge["adapter_relative_effect"] > merge["merge_relative_error"]
-    merged = AutoModelForCausalLM.from_pretrained(out / C.MERGED_DIR)
+    merged = AutoModelForCausalLM.from_pretrained(out / constants.MERGED_DIR)
     assert not any("lora_" in n for n, _ in merged.named_parameters())
 
 
@@ -204,7 +204,7 @@ def test_merge_export_rejected_for_full():
 
 
 def _bad_file(tmp_path, table):
-    pq.write_table(table, tmp_path / C.TRAIN_TOKENS_FILE)
+    pq.write_table(table, tmp_path / constants.TRAIN_TOKENS_FILE)
     return tmp_path
 
 
@@ -224,7 +224,7 @@ def _bad_file(tmp_path, table):
 def test_bad_tokenized_file_is_one_line_input_error(table, message, model_cfg, tmp_path):
     with pytest.raises(InputError, match=message) as err:
         train_model(TrainJob(model_cfg, TrainConfig(**FAST), _bad_file(tmp_path, table), tmp_path / "out", seed=0))
-    assert "\n" not in str(err.value) and C.TRAIN_TOKENS_FILE in str(err.value)
+    assert "\n" not in str(err.value) and constants.TRAIN_TOKENS_FILE in str(err.value)
 
 
 def test_missing_inputs_and_bad_lora_targets_are_one_line_errors(model_cfg, tokenized, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import TrainerCallback
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.train import TrainJob, is_transient
@@ -36,7 +36,7 @@ class FailFirstSteps(TrainerCallback):
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenized")
-    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), folder / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), folder / constants.TRAIN_TOKENS_FILE)
     return ModelConfig(name_or_path=str(tiny_model_dir)), folder
 
 
@@ -52,7 +52,7 @@ def test_oom_halves_micro_batch_and_doubles_accumulation(setup, tmp_path):
     assert fail.seen[0] == (4, 2) and fail.seen[1] == (2, 4)
     assert (result["micro_batch"], result["gradient_accumulation"]) == (2, 4)
     assert result["steps"] == 2
-    metrics = json.loads((tmp_path / "out" / C.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "out" / constants.METRICS_FILE).read_text())
     assert [a["outcome"] for a in metrics["attempts"]] == ["oom", "ok"]
     assert metrics["effective_batch"] == 8
 

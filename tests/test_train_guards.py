@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig, load_config
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.models import NonFiniteError, check_finite_tensors, load_adapter, load_causal_lm
@@ -32,7 +32,7 @@ def model_cfg(tiny_model_dir):
 @pytest.fixture(scope="module")
 def tokenized(tiny_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenized")
-    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), folder / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(16), 64), folder / constants.TRAIN_TOKENS_FILE)
     return folder
 
 
@@ -67,7 +67,7 @@ def test_a_diverging_run_fails_with_the_step_and_value_and_publishes_nothing(mod
         train_model(TrainJob(model_cfg, _cfg(learning_rate=DIVERGING_LR, max_steps=3), tokenized, out, seed=0))
     message = _one_line_not_retried(err)
     assert "is nan at step 2 of 3" in message or "is inf at step 2 of 3" in message, message
-    assert not (out / C.ADAPTER_DIR).exists() and not (out / C.METRICS_FILE).exists()
+    assert not (out / constants.ADAPTER_DIR).exists() and not (out / constants.METRICS_FILE).exists()
 
 
 def test_non_finite_saved_weights_are_refused_even_when_no_loss_was_logged(model_cfg, tokenized, tmp_path):
@@ -76,22 +76,23 @@ def test_non_finite_saved_weights_are_refused_even_when_no_loss_was_logged(model
     with pytest.raises(NonFiniteError, match=rf"{ADAPTER_WEIGHTS}: tensor .* non-finite value") as err:
         train_model(TrainJob(model_cfg, quiet, tokenized, out, seed=0))
     _one_line_not_retried(err)
-    assert not (out / C.ADAPTER_DIR).exists(), "the NaN adapter is not left behind"
+    assert not (out / constants.ADAPTER_DIR).exists(), "the NaN adapter is not left behind"
 
 
 def test_resume_from_the_final_checkpoint_gives_exactly_the_configured_steps(finished, model_cfg, tokenized, tmp_path):
     done, first = finished
     out = tmp_path / "crashed"
     shutil.copytree(done, out)
-    shutil.rmtree(out / C.ADAPTER_DIR)  # what a crash after the last checkpoint, before publishing, leaves
-    (out / C.METRICS_FILE).unlink()
+    shutil.rmtree(out / constants.ADAPTER_DIR)  # what a crash after the last checkpoint, before publishing, leaves
+    (out / constants.METRICS_FILE).unlink()
 
     again = train_model(TrainJob(model_cfg, _cfg(), tokenized, out, seed=0))
 
     assert first["steps"] == 2 and again["steps"] == 2 and again["resumed_from_step"] == 2
     assert again["final_loss"] == first["final_loss"]
-    assert [e["step"] for e in json.loads((out / C.METRICS_FILE).read_text())["loss"]] == [1, 2]
-    before, after = load_file(done / C.ADAPTER_DIR / ADAPTER_WEIGHTS), load_file(out / C.ADAPTER_DIR / ADAPTER_WEIGHTS)
+    assert [e["step"] for e in json.loads((out / constants.METRICS_FILE).read_text())["loss"]] == [1, 2]
+    before = load_file(done / constants.ADAPTER_DIR / ADAPTER_WEIGHTS)
+    after = load_file(out / constants.ADAPTER_DIR / ADAPTER_WEIGHTS)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
@@ -116,12 +117,12 @@ def test_an_output_folder_name_over_the_limit_is_one_line(tiny_model_dir, tokeni
 @pytest.fixture
 def adapter_copy(finished, tmp_path):
     folder = tmp_path / "adapter"
-    shutil.copytree(finished[0] / C.ADAPTER_DIR, folder)
+    shutil.copytree(finished[0] / constants.ADAPTER_DIR, folder)
     return folder
 
 
 def test_the_published_adapter_loads_and_is_finite(finished, model_cfg):
-    adapter = finished[0] / C.ADAPTER_DIR
+    adapter = finished[0] / constants.ADAPTER_DIR
     assert check_finite_tensors(adapter) > 0
     model = load_adapter(load_causal_lm(model_cfg), adapter)
     assert any("lora_B" in name for name, _ in model.named_parameters())

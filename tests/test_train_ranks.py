@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import load_config
 from sft_pipeline.errors import ConfigError, PipelineError
 from sft_pipeline.train import launch, train_stage
@@ -32,13 +32,13 @@ def _cfg(model_dir: Path, *extra: str):
 
 
 def _metrics(out: Path) -> dict:
-    return json.loads((out / C.METRICS_FILE).read_text())
+    return json.loads((out / constants.METRICS_FILE).read_text())
 
 
 @pytest.fixture(scope="module")
 def tokenized(tiny_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenized")
-    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(32), 64), folder / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(32), 64), folder / constants.TRAIN_TOKENS_FILE)
     return folder
 
 
@@ -63,10 +63,10 @@ def test_two_ranks_train_like_one_process_at_the_same_effective_batch(two_ranks,
     assert [e["step"] for e in ranked["loss"]] == list(range(1, STEPS + 1))
     for a, b in zip(ranked["loss"], single["loss"]):  # gradients averaged over ranks, not summed
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
-    checkpoint = out / C.CHECKPOINTS_DIR / f"checkpoint-{SAVE_STEPS}"
+    checkpoint = out / constants.CHECKPOINTS_DIR / f"checkpoint-{SAVE_STEPS}"
     assert (checkpoint / COMPLETE_MARKER).is_file() and (checkpoint / "rng_state_1.pth").is_file()
     assert (out.parent / "mirror" / f"checkpoint-{STEPS}" / COMPLETE_MARKER).is_file()
-    adapter = load_file(out / C.ADAPTER_DIR / "adapter_model.safetensors")
+    adapter = load_file(out / constants.ADAPTER_DIR / "adapter_model.safetensors")
     assert all(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)
     log = (out / launch.LAUNCH_DIR / "attempt-1.log").read_text()
     assert f"step {STEPS}/{STEPS} loss" in log and ranked["attempts"] == [
@@ -78,9 +78,9 @@ def test_two_ranks_resume_from_the_last_complete_checkpoint(two_ranks, tiny_mode
     out = tmp_path / "train"
     shutil.copytree(done, out)
     # What a kill after step 3 leaves: checkpoint-2 complete, checkpoint-4 half written, no adapter yet.
-    shutil.rmtree(out / C.ADAPTER_DIR)
-    (out / C.METRICS_FILE).unlink()
-    partial = out / C.CHECKPOINTS_DIR / f"checkpoint-{STEPS}"
+    shutil.rmtree(out / constants.ADAPTER_DIR)
+    (out / constants.METRICS_FILE).unlink()
+    partial = out / constants.CHECKPOINTS_DIR / f"checkpoint-{STEPS}"
     (partial / COMPLETE_MARKER).unlink()
 
     resumed = train_stage(_cfg(tiny_model_dir, f"train.num_processes={RANKS}"), tokenized, out)
@@ -245,7 +245,7 @@ def test_killing_the_task_process_stops_its_ranks_and_the_rerun_resumes(tiny_mod
     task = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "cfg.json"), str(tokenized), str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
-    while latest_complete_checkpoint(out / C.CHECKPOINTS_DIR) is None:
+    while latest_complete_checkpoint(out / constants.CHECKPOINTS_DIR) is None:
         assert task.poll() is None, "the training task exited before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint appeared in time"
         time.sleep(0.02)
@@ -254,8 +254,8 @@ def test_killing_the_task_process_stops_its_ranks_and_the_rerun_resumes(tiny_mod
     task.wait()
     _, alive = psutil.wait_procs(ranks, timeout=60)
     assert not alive, f"launcher or ranks outlived the killed task: {alive}"
-    assert not (out / C.ADAPTER_DIR).exists(), "ranks trained on to the end after the task was killed"
-    killed_at = saved_step(latest_complete_checkpoint(out / C.CHECKPOINTS_DIR))
+    assert not (out / constants.ADAPTER_DIR).exists(), "ranks trained on to the end after the task was killed"
+    killed_at = saved_step(latest_complete_checkpoint(out / constants.CHECKPOINTS_DIR))
     assert 0 < killed_at < KILL_STEPS
 
     resumed = train_stage(cfg, tokenized, out)
@@ -267,11 +267,12 @@ def test_killing_the_task_process_stops_its_ranks_and_the_rerun_resumes(tiny_mod
 def test_train_key_counts_ranks_but_not_launch_settings_of_one_process(tiny_model_dir, tokenized, tmp_path):
     from sft_pipeline import cache, stages
 
-    upstream = {"tokenize": stages.StageResult(stage=C.STAGE_TOKENIZE, key="k", out_dir=str(tokenized),
-                                              files={C.TRAIN_TOKENS_FILE: "digest"})}
+    upstream = {"tokenize": stages.StageResult(stage=constants.STAGE_TOKENIZE, key="k", out_dir=str(tokenized),
+                                              files={constants.TRAIN_TOKENS_FILE: "digest"})}
 
     def key(*extra):
-        return cache.key(stages.get(C.STAGE_TRAIN), _cfg(tiny_model_dir, f"run.output_dir={tmp_path}", *extra), upstream)
+        cfg = _cfg(tiny_model_dir, f"run.output_dir={tmp_path}", *extra)
+        return cache.key(stages.get(constants.STAGE_TRAIN), cfg, upstream)
 
     one = key()
     assert one == key("train.distributed=fsdp") == key("train.work_pool=gpu")  # same result wherever it runs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.train import TrainJob
 from sft_pipeline.train.trainer import train_model
@@ -47,7 +47,7 @@ train_model(job, callbacks=[Slow()])
 @pytest.fixture(scope="module")
 def tokenized(tiny_tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenized")
-    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(32), 64), folder / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(32), 64), folder / constants.TRAIN_TOKENS_FILE)
     return folder
 
 
@@ -74,14 +74,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tokenize
                       gradient_accumulation=1, learning_rate=1e-3, warmup_ratio=0.0)
     model_cfg = ModelConfig(name_or_path=str(tiny_model_dir))
     out = tmp_path / "killed"
-    ckpt_dir = out / C.CHECKPOINTS_DIR
+    ckpt_dir = out / constants.CHECKPOINTS_DIR
 
     child = _start_child(tiny_model_dir, tokenized, out, cfg, tmp_path / "child.log")
     _wait_for_checkpoint(child, ckpt_dir, tmp_path / "child.log")
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL
-    assert not (out / C.ADAPTER_DIR).exists(), "the child must die before finishing"
+    assert not (out / constants.ADAPTER_DIR).exists(), "the child must die before finishing"
     killed_at = saved_step(latest_complete_checkpoint(ckpt_dir))
     assert 0 < killed_at < TOTAL_STEPS
 
@@ -97,6 +97,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tokenize
     assert reference["resumed_from_step"] is None
     assert resumed["steps"] == reference["steps"] == TOTAL_STEPS
     assert (partial / COMPLETE_MARKER).is_file() or not partial.exists(), "the partial checkpoint was replaced"
-    curve = json.loads((out / C.METRICS_FILE).read_text())["loss"]
+    curve = json.loads((out / constants.METRICS_FILE).read_text())["loss"]
     assert [entry["step"] for entry in curve] == list(range(1, TOTAL_STEPS + 1)), "loss curve spans both runs"
     assert resumed["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4)

@@ -45,13 +45,13 @@ def model_folder(args, work: Path) -> tuple[str, str]:
 def tokenized_rows(model: str, assets: Path, work: Path, rows: int, max_length: int) -> Path:
     from transformers import AutoTokenizer
 
-    from sft_pipeline import constants as C
+    from sft_pipeline import constants
     from sft_pipeline.train.samples import labelled_rows, write_rows
 
     with gzip.open(assets / "conversations.jsonl.gz", "rt") as fh:
         convs = [json.loads(line) for _, line in zip(range(rows), fh)]
     tokenizer = AutoTokenizer.from_pretrained(model)
-    write_rows(labelled_rows(tokenizer, convs, max_length), work / "tokenized" / C.TRAIN_TOKENS_FILE)
+    write_rows(labelled_rows(tokenizer, convs, max_length), work / "tokenized" / constants.TRAIN_TOKENS_FILE)
     return work / "tokenized"
 
 

@@ -42,7 +42,7 @@ def exercise(assets: Path) -> None:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer, pack_dataset  # noqa: F401 - the TRL side of the benchmark
 
-    from sft_pipeline import constants as C
+    from sft_pipeline import constants
     from sft_pipeline.config import ModelConfig, TrainConfig
     from sft_pipeline.evaluate import attach_adapter  # noqa: F401
     from sft_pipeline.evaluate.generate import generate
@@ -56,7 +56,7 @@ def exercise(assets: Path) -> None:
         tmp = Path(tmp)
         model = make_tiny_model(tmp / "tiny", tokenizer_source=str(assets / "tokenizer"))
         rows = labelled_rows(AutoTokenizer.from_pretrained(model), toy_conversations(8), 64)
-        write_rows(rows, tmp / "tok" / C.TRAIN_TOKENS_FILE)
+        write_rows(rows, tmp / "tok" / constants.TRAIN_TOKENS_FILE)
         pack_rows(rows, 128)
         cfg = ModelConfig(name_or_path=str(model))
         for method, padding_free in (("qlora", "off"), ("lora", "on")):

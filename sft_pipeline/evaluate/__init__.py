@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.artifacts import write_json
 from sft_pipeline.config import EvalConfig, ModelConfig
 from sft_pipeline.evaluate.behaviour import behaviour_items, response_record
@@ -57,7 +57,8 @@ class ModelEval:
 
 def load_inputs(stage_dirs: dict[str, Path], cfg: EvalConfig) -> Inputs:
     return Inputs(
-        heldout=read_heldout(stage_dirs[C.STAGE_TOKENIZE] / C.HELDOUT_TOKENS_FILE, cfg.max_heldout_rows),
+        heldout=read_heldout(stage_dirs[constants.STAGE_TOKENIZE] / constants.HELDOUT_TOKENS_FILE,
+                             cfg.max_heldout_rows),
         prompts={b.name: b.load(resolve_path(getattr(cfg, b.prompts_key)), getattr(cfg, b.limit_key))
                  for b in BENCHMARKS},
         questions=load_questions(resolve_path(cfg.generation_prompts), cfg.num_generation_prompts),
@@ -203,7 +204,7 @@ def evaluate_run(model_cfg: ModelConfig, stage_dirs: dict[str, Path], out_dir: P
 
     out_dir, stage_dirs = Path(out_dir), {k: Path(v) for k, v in stage_dirs.items()}
     inputs = load_inputs(stage_dirs, cfg)
-    adapter_dir = stage_dirs[C.STAGE_TRAIN] / C.ADAPTER_DIR
+    adapter_dir = stage_dirs[constants.STAGE_TRAIN] / constants.ADAPTER_DIR
     tokenizer = load_tokenizer(model_cfg)
     model = load_causal_lm(model_cfg).eval()
     log.info("evaluating base model: %d held-out rows, %s prompts, %d questions", len(inputs.heldout),
@@ -216,7 +217,7 @@ def evaluate_run(model_cfg: ModelConfig, stage_dirs: dict[str, Path], out_dir: P
     gate = run_gate(base.metrics, tuned.metrics, cfg.gate, compared[0])
     extra = {"model": model_cfg.name_or_path, "seed": seed, "config": cfg.model_dump(mode="json")}
     results = build_results(inputs, base, tuned, gate, extra, compared)
-    write_json(out_dir / C.EVAL_RESULTS_FILE, results)
+    write_json(out_dir / constants.EVAL_RESULTS_FILE, results)
     write_run_file(out_dir, stage_dirs)
     render_report(out_dir)
     return summary(results)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sft_pipeline.errors import InputError, UnreadableSource
-from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest import reasons
 from sft_pipeline.ingest.reasons import RawRow, RowReject, first_line
 
 READ_ERRORS = (OSError, EOFError, pa.ArrowException)
@@ -78,7 +78,7 @@ def oversized_rows(batch: pa.RecordBatch, max_row_bytes: int) -> dict[int, RowRe
     for i in np.flatnonzero(totals > max_row_bytes).tolist():
         column = batch.schema.names[int(per_column[:, i].argmax())]
         msg = f"row of {int(totals[i])} bytes (column {column!r}), more than max_row_bytes={max_row_bytes}"
-        out[i] = RowReject(R.ROW_TOO_LARGE, msg + ", skipped unread")
+        out[i] = RowReject(reasons.ROW_TOO_LARGE, msg + ", skipped unread")
     return out
 
 
@@ -109,10 +109,10 @@ def _convert_one(batch: pa.RecordBatch, i: int) -> dict | RowReject:
         try:
             column.to_pylist()
         except UnicodeDecodeError as err:
-            return RowReject(R.INVALID_UTF8, f"invalid UTF-8 in column {name!r} at byte {err.start}")
+            return RowReject(reasons.INVALID_UTF8, f"invalid UTF-8 in column {name!r} at byte {err.start}")
         except CONVERT_ERRORS as err:
-            return RowReject(R.CORRUPT_DATA, f"column {name!r} cannot be read: {first_line(err)}")
-    return RowReject(R.CORRUPT_DATA, "row cannot be read")
+            return RowReject(reasons.CORRUPT_DATA, f"column {name!r} cannot be read: {first_line(err)}")
+    return RowReject(reasons.CORRUPT_DATA, "row cannot be read")
 
 
 def read_parquet(path: Path, spec: str, batch_size: int, max_row_bytes: int) -> Iterator[RawRow]:
@@ -136,7 +136,7 @@ def _group_rows(pf: pq.ParquetFile, group: int, indices: range, batch_size: int,
         try:
             batch = next(batches, None)
         except READ_ERRORS as err:
-            reject = RowReject(R.CORRUPT_DATA, f"row group {group} cannot be decoded: {first_line(err)}")
+            reject = RowReject(reasons.CORRUPT_DATA, f"row group {group} cannot be decoded: {first_line(err)}")
             yield from (RawRow(i, raw="", reject=reject) for i in range(index, indices.stop))
             return
         if batch is None:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import orjson
 
 from sft_pipeline.constants import ROLE_ASSISTANT, ROLE_SYSTEM, ROLE_USER
-from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest import reasons
 from sft_pipeline.ingest.reasons import RowReject
 
 Message = dict[str, str]
@@ -73,7 +73,7 @@ def normalize_role(value: Any, where: str) -> str:
     ('assistant', 'user', 'tool')
     """
     if not isinstance(value, str):
-        raise RowReject(R.WRONG_TYPE, f"{where} role is {type(value).__name__}, expected a string")
+        raise RowReject(reasons.WRONG_TYPE, f"{where} role is {type(value).__name__}, expected a string")
     return ROLE_ALIASES.get(value.strip().lower(), value)
 
 
@@ -106,7 +106,7 @@ def detect_format(record: Mapping[str, Any]) -> str:
     if record.get("prompt") is not None or record.get("completion") is not None:
         return PROMPT_COMPLETION
     fields = ", ".join(sorted(map(str, record))[:8]) or "none"
-    raise RowReject(R.UNKNOWN_FORMAT, f"no alpaca/sharegpt/messages/prompt_completion fields (fields: {fields})")
+    raise RowReject(reasons.UNKNOWN_FORMAT, f"no alpaca/sharegpt/messages/prompt_completion fields (fields: {fields})")
 
 
 class MessageKeys:
@@ -120,7 +120,7 @@ class MessageKeys:
 
 def _require(record: Mapping[str, Any], field: str) -> Any:
     if record.get(field) is None:
-        raise RowReject(R.MISSING_FIELD, f"missing field {field!r}")
+        raise RowReject(reasons.MISSING_FIELD, f"missing field {field!r}")
     return record[field]
 
 
@@ -131,7 +131,7 @@ def _text(value: Any, where: str) -> str:
         kinds = {p.get("type") for p in value}
         if kinds <= {TEXT_PART} and all(isinstance(p.get(TEXT_PART), str) for p in value):
             return "\n".join(p[TEXT_PART] for p in value)
-    raise RowReject(R.WRONG_TYPE, f"{where} is {type(value).__name__}, expected a string")
+    raise RowReject(reasons.WRONG_TYPE, f"{where} is {type(value).__name__}, expected a string")
 
 
 def _as_list(value: Any, where: str) -> list:
@@ -141,10 +141,10 @@ def _as_list(value: Any, where: str) -> list:
         try:
             parsed = orjson.loads(value)
         except orjson.JSONDecodeError:
-            raise RowReject(R.WRONG_TYPE, f"{where} is a string that is not a JSON list") from None
+            raise RowReject(reasons.WRONG_TYPE, f"{where} is a string that is not a JSON list") from None
         if isinstance(parsed, list):
             return parsed
-    raise RowReject(R.WRONG_TYPE, f"{where} is {type(value).__name__}, expected a list of messages")
+    raise RowReject(reasons.WRONG_TYPE, f"{where} is {type(value).__name__}, expected a list of messages")
 
 
 def _pick(item: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
@@ -164,11 +164,11 @@ def turns(value: Any, where: str, role_keys: tuple[str, ...], content_keys: tupl
     for i, item in enumerate(_as_list(value, where)):
         at = f"{where}[{i}]"
         if not isinstance(item, dict):
-            raise RowReject(R.WRONG_TYPE, f"{at} is {type(item).__name__}, expected an object")
+            raise RowReject(reasons.WRONG_TYPE, f"{at} is {type(item).__name__}, expected an object")
         role, content = _pick(item, role_keys), _pick(item, content_keys)
         if role is None or content is None:
             missing = "role" if role is None else "content"
-            raise RowReject(R.MISSING_FIELD, f"{at} has no {missing} (keys: {', '.join(map(str, item))})")
+            raise RowReject(reasons.MISSING_FIELD, f"{at} has no {missing} (keys: {', '.join(map(str, item))})")
         out.append({"role": normalize_role(role, at), "content": _text(content, f"{at} content")})
     return out
 
@@ -190,7 +190,7 @@ def alpaca_messages(record: Mapping[str, Any], keys: MessageKeys) -> list[Messag
     messages = [{"role": ROLE_SYSTEM, "content": s} for s in [_optional_text(record, "system")] if s]
     for i, pair in enumerate(_as_list(record["history"], "history") if record.get("history") else []):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-            raise RowReject(R.WRONG_TYPE, f"history[{i}] is not a [user, assistant] pair")
+            raise RowReject(reasons.WRONG_TYPE, f"history[{i}] is not a [user, assistant] pair")
         messages += [{"role": ROLE_USER, "content": _text(pair[0], f"history[{i}][0]")},
                      {"role": ROLE_ASSISTANT, "content": _text(pair[1], f"history[{i}][1]")}]
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
@@ -240,7 +240,7 @@ def to_messages(record: Any, fmt: str, keys: MessageKeys) -> tuple[str, list[Mes
     ('messages', [{'role': 'user', 'content': 'q'}], {'id': 7})
     """
     if not isinstance(record, dict):
-        raise RowReject(R.NOT_AN_OBJECT, f"row is a {type(record).__name__}, expected an object")
+        raise RowReject(reasons.NOT_AN_OBJECT, f"row is a {type(record).__name__}, expected an object")
     fmt = detect_format(record) if fmt == FORMAT_AUTO else fmt
     convert, used = CONVERTERS[fmt]
     messages = convert(record, keys)

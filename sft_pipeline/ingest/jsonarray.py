@@ -21,7 +21,7 @@ import json
 import re
 from typing import Iterator, TextIO
 
-from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest import reasons
 from sft_pipeline.ingest.formats import ROW_FIELDS
 from sft_pipeline.ingest.reasons import RawRow, RowReject
 
@@ -114,7 +114,8 @@ class JsonArrayStream:
             raise ValueError("not a JSON array")
         if self._peek():
             tail = self.buf[self.pos:self.pos + self.max_row_chars]
-            yield RawRow(index, raw=tail, reject=RowReject(R.INVALID_JSON, "data after the end of the JSON document"))
+            reject = RowReject(reasons.INVALID_JSON, "data after the end of the JSON document")
+            yield RawRow(index, raw=tail, reject=reject)
 
     def _array(self, index: int) -> Iterator[RawRow]:
         """The elements of the array opening at ``self.pos``; returns the next row index."""
@@ -126,7 +127,7 @@ class JsonArrayStream:
         while self._peek():  # the file may end right after a comma: nothing was lost
             row = self._element(index)
             if not comma and row.reject is None:
-                row = row._replace(reject=RowReject(R.INVALID_JSON, "invalid JSON: missing ',' before element"))
+                row = row._replace(reject=RowReject(reasons.INVALID_JSON, "invalid JSON: missing ',' before element"))
             yield row
             index += 1
             nxt = self._peek()
@@ -203,10 +204,10 @@ class JsonArrayStream:
                 sep = SeparatorScanner().feed(self.buf, self.pos)
                 if sep is not None:
                     why = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
-                    return self._broken(index, sep, R.INVALID_JSON, f"invalid JSON: {why}")
+                    return self._broken(index, sep, reasons.INVALID_JSON, f"invalid JSON: {why}")
                 if self.eof:
                     msg = "file ends inside this element (truncated JSON)"
-                    return self._broken(index, len(self.buf), R.TRUNCATED_JSON, msg)
+                    return self._broken(index, len(self.buf), reasons.TRUNCATED_JSON, msg)
             if len(self.buf) - self.pos > self.max_row_chars:
                 return self._skip_large(index)
             self._fill(len(self.buf) - self.pos)
@@ -225,11 +226,11 @@ class JsonArrayStream:
             self.pos = len(self.buf)
             if not self._fill():
                 msg = "file ends inside an oversized element (truncated JSON)"
-                return RawRow(index, raw=raw, reject=RowReject(R.TRUNCATED_JSON, msg))
+                return RawRow(index, raw=raw, reject=RowReject(reasons.TRUNCATED_JSON, msg))
             end = scanner.feed(self.buf, 0)
         return self._too_large(index, raw, end)
 
     def _too_large(self, index: int, raw: str, end: int) -> RawRow:
         self.pos = end
         msg = f"element longer than max_row_bytes={self.max_row_chars} characters"
-        return RawRow(index, raw=raw, reject=RowReject(R.ROW_TOO_LARGE, msg))
+        return RawRow(index, raw=raw, reject=RowReject(reasons.ROW_TOO_LARGE, msg))

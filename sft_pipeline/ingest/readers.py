@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from sft_pipeline.config import HUB_SCHEME
 from sft_pipeline.errors import InputError, UnreadableSource
-from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest import reasons
 from sft_pipeline.ingest.columnar import read_error, read_parquet, table_rows
 from sft_pipeline.ingest.jsonarray import JsonArrayStream, WrapperError
 from sft_pipeline.ingest.opening import SNIFF_BYTES, ZIP_MAGIC, Layout, open_utf8, readable_path, sniff_layout
@@ -115,7 +115,7 @@ def read_jsonl(fh: IO[bytes], max_row_bytes: int) -> Iterator[RawRow]:
     for index, (line, complete) in enumerate(_lines(fh, max_row_bytes)):
         if not complete:
             msg = f"line longer than max_row_bytes={max_row_bytes}, skipped unparsed"
-            yield RawRow(index, raw=line[:SNIFF_BYTES], reject=RowReject(R.ROW_TOO_LARGE, msg))
+            yield RawRow(index, raw=line[:SNIFF_BYTES], reject=RowReject(reasons.ROW_TOO_LARGE, msg))
             continue
         line = line.removeprefix(BOM) if index == 0 else line
         if not line.strip():
@@ -145,9 +145,9 @@ def _parse_json_line(index: int, line: bytes) -> RawRow:
     try:
         return RawRow(index, json.loads(line.decode("utf-8")), raw=line)
     except UnicodeDecodeError as bad:
-        reject = RowReject(R.INVALID_UTF8, f"invalid UTF-8 byte at offset {bad.start}")
+        reject = RowReject(reasons.INVALID_UTF8, f"invalid UTF-8 byte at offset {bad.start}")
     except (json.JSONDecodeError, RecursionError) as err:
-        reject = RowReject(R.INVALID_JSON, f"invalid JSON: {first_line(err)}")
+        reject = RowReject(reasons.INVALID_JSON, f"invalid JSON: {first_line(err)}")
     return RawRow(index, raw=line, reject=reject)
 
 
@@ -182,14 +182,14 @@ def read_csv(path: Path, spec: str, delimiter: str, layout: Layout, max_row_byte
                 return
             except csv.Error as err:
                 msg = f"CSV line {reader.line_num}: {first_line(err)}"
-                yield RawRow(index, raw="", reject=RowReject(R.BAD_CSV_ROW, msg))
+                yield RawRow(index, raw="", reject=RowReject(reasons.BAD_CSV_ROW, msg))
                 index += 1
                 continue
             if not row:  # blank line
                 continue
             if len(row) != len(header):
                 msg = f"CSV line {reader.line_num}: {len(row)} fields, header has {len(header)}"
-                yield RawRow(index, raw=delimiter.join(row), reject=RowReject(R.BAD_CSV_ROW, msg))
+                yield RawRow(index, raw=delimiter.join(row), reject=RowReject(reasons.BAD_CSV_ROW, msg))
             else:
                 yield RawRow(index, dict(zip(header, row)))
             index += 1

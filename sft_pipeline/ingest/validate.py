@@ -8,7 +8,7 @@ assistant turns alternating from a user turn, with at least one assistant reply.
 from __future__ import annotations
 
 from sft_pipeline.constants import ROLE_ASSISTANT, ROLE_SYSTEM, ROLE_USER, ROLES
-from sft_pipeline.ingest import reasons as R
+from sft_pipeline.ingest import reasons
 from sft_pipeline.ingest.reasons import RowReject
 
 Message = dict[str, str]
@@ -28,13 +28,14 @@ def check_roles(messages: list[Message]) -> None:
     for i, msg in enumerate(messages):
         role = msg["role"]
         if role not in ROLES:
-            raise RowReject(R.UNKNOWN_ROLE, f"message {i} has unknown role {role!r}")
+            raise RowReject(reasons.UNKNOWN_ROLE, f"message {i} has unknown role {role!r}")
         if role == ROLE_SYSTEM:
             if i != 0:
-                raise RowReject(R.MISPLACED_SYSTEM, f"system message at position {i}, only the first may be system")
+                raise RowReject(reasons.MISPLACED_SYSTEM,
+                                f"system message at position {i}, only the first may be system")
             continue
         if role != expected:
-            raise RowReject(R.BAD_TURN_ORDER, f"message {i} is {role!r}, expected {expected!r}")
+            raise RowReject(reasons.BAD_TURN_ORDER, f"message {i} is {role!r}, expected {expected!r}")
         expected = ROLE_ASSISTANT if role == ROLE_USER else ROLE_USER
 
 
@@ -50,18 +51,18 @@ def check_contents(messages: list[Message], max_chars: int) -> None:
     for i, msg in enumerate(messages):
         content = msg["content"]
         if not isinstance(content, str):
-            raise RowReject(R.WRONG_TYPE, f"message {i} content is {type(content).__name__}, expected a string")
+            raise RowReject(reasons.WRONG_TYPE, f"message {i} content is {type(content).__name__}, expected a string")
         if not content.isascii():
             try:
                 content.encode("utf-8")
             except UnicodeEncodeError:
-                raise RowReject(R.INVALID_UTF8, f"message {i} contains invalid UTF-8 / lone surrogates") from None
+                raise RowReject(reasons.INVALID_UTF8, f"message {i} contains invalid UTF-8 / lone surrogates") from None
         if msg["role"] != ROLE_SYSTEM and not content.strip():
-            reason = R.EMPTY_USER if msg["role"] == ROLE_USER else R.EMPTY_ASSISTANT
+            reason = reasons.EMPTY_USER if msg["role"] == ROLE_USER else reasons.EMPTY_ASSISTANT
             raise RowReject(reason, f"message {i} ({msg['role']!r}) is empty")
         total += len(content)
     if total > max_chars:
-        raise RowReject(R.TOO_LONG, f"{total} characters, more than max_chars={max_chars}")
+        raise RowReject(reasons.TOO_LONG, f"{total} characters, more than max_chars={max_chars}")
 
 
 def validate_messages(messages: list[Message], *, max_chars: int, max_turns: int) -> None:
@@ -73,8 +74,8 @@ def validate_messages(messages: list[Message], *, max_chars: int, max_turns: int
     sft_pipeline.ingest.reasons.RowReject: no assistant turn
     """
     if len(messages) > max_turns:
-        raise RowReject(R.TOO_MANY_TURNS, f"{len(messages)} messages, more than max_turns={max_turns}")
+        raise RowReject(reasons.TOO_MANY_TURNS, f"{len(messages)} messages, more than max_turns={max_turns}")
     check_roles(messages)
     check_contents(messages, max_chars)
     if not any(msg["role"] == ROLE_ASSISTANT for msg in messages):
-        raise RowReject(R.NO_ASSISTANT, "no assistant turn")
+        raise RowReject(reasons.NO_ASSISTANT, "no assistant turn")

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline import stages
 from sft_pipeline.artifacts import read_manifest, write_json
 from sft_pipeline.errors import InputError
@@ -57,7 +57,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _stage_summary(stage_dir: Path) -> dict | None:
-    if not (stage_dir / C.MANIFEST_FILE).exists():
+    if not (stage_dir / constants.MANIFEST_FILE).exists():
         return None
     manifest = read_manifest(stage_dir)
     shown = {}
@@ -76,45 +76,46 @@ def _copy_if_exists(src: Path, dst_dir: Path) -> bool:
 
 def write_run_file(out_dir: Path, stage_dirs: dict[str, Path]) -> dict:
     """Snapshot the upstream stages into ``run.json`` and copy their plots into ``out_dir``."""
-    train_dir, filter_dir = stage_dirs.get(C.STAGE_TRAIN), stage_dirs.get(C.STAGE_FILTER)
-    train_metrics = _read_json(train_dir / C.METRICS_FILE) if train_dir else None
+    train_dir, filter_dir = stage_dirs.get(constants.STAGE_TRAIN), stage_dirs.get(constants.STAGE_FILTER)
+    train_metrics = _read_json(train_dir / constants.METRICS_FILE) if train_dir else None
     loss_log = extract_loss_log(train_metrics) if train_metrics is not None else []
     run = {
         "stage_dirs": {k: str(Path(v).resolve()) for k, v in stage_dirs.items()},
         "stages": {k: _stage_summary(Path(stage_dirs[k])) for k in stages.NAMES[:-1] if k in stage_dirs},
-        "sweep": _read_json(filter_dir / C.SWEEP_FILE) if filter_dir else None,
+        "sweep": _read_json(filter_dir / constants.SWEEP_FILE) if filter_dir else None,
         "train_metrics": {k: v for k, v in (train_metrics or {}).items() if isinstance(v, (int, float, str))},
         "train_loss": loss_log,
     }
     if filter_dir:
-        _copy_if_exists(filter_dir / C.HISTOGRAM_FILE, out_dir)
-    if not (train_dir and _copy_if_exists(train_dir / C.LOSS_CURVE_FILE, out_dir)) and loss_log:
-        loss_curve([s for s, _ in loss_log], [v for _, v in loss_log], out_dir / C.LOSS_CURVE_FILE)
-    write_json(out_dir / C.RUN_FILE, run)
+        _copy_if_exists(filter_dir / constants.HISTOGRAM_FILE, out_dir)
+    if not (train_dir and _copy_if_exists(train_dir / constants.LOSS_CURVE_FILE, out_dir)) and loss_log:
+        loss_curve([s for s, _ in loss_log], [v for _, v in loss_log], out_dir / constants.LOSS_CURVE_FILE)
+    write_json(out_dir / constants.RUN_FILE, run)
     return run
 
 
 def find_run_dir(path: Path) -> Path:
     """``path`` itself when it holds a run, else the newest evaluate stage folder below it."""
-    if (path / C.EVAL_RESULTS_FILE).exists():
+    if (path / constants.EVAL_RESULTS_FILE).exists():
         return path
-    found = sorted(path.glob(f"**/{C.STAGE_EVALUATE}/*/{C.EVAL_RESULTS_FILE}"), key=lambda p: p.stat().st_mtime)
+    pattern = f"**/{constants.STAGE_EVALUATE}/*/{constants.EVAL_RESULTS_FILE}"
+    found = sorted(path.glob(pattern), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise InputError(f"{path}: no {C.EVAL_RESULTS_FILE} here nor in an evaluate stage folder below")
+        raise InputError(f"{path}: no {constants.EVAL_RESULTS_FILE} here nor in an evaluate stage folder below")
     return found[-1].parent
 
 
 def render_report(run_dir: str | Path) -> tuple[Path, Path]:
     """(Re-)render ``report.md`` and ``report.html`` from a run folder's saved results."""
     run_dir = find_run_dir(Path(run_dir))
-    results = _read_json(run_dir / C.EVAL_RESULTS_FILE)
+    results = _read_json(run_dir / constants.EVAL_RESULTS_FILE)
     if not isinstance(results, dict) or "metrics" not in results:
-        raise InputError(f"{run_dir / C.EVAL_RESULTS_FILE}: not an evaluation result file")
-    run = _read_json(run_dir / C.RUN_FILE) or {}
-    metric_bars(comparison(results), run_dir / C.METRIC_BARS_FILE)
+        raise InputError(f"{run_dir / constants.EVAL_RESULTS_FILE}: not an evaluation result file")
+    run = _read_json(run_dir / constants.RUN_FILE) or {}
+    metric_bars(comparison(results), run_dir / constants.METRIC_BARS_FILE)
     images = {name: data_uri(run_dir / name) for name in IMAGES if (run_dir / name).exists()}
     text = build_markdown(results, run, images)
-    md_path, html_path = run_dir / C.REPORT_MD_FILE, run_dir / C.REPORT_HTML_FILE
+    md_path, html_path = run_dir / constants.REPORT_MD_FILE, run_dir / constants.REPORT_HTML_FILE
     md_path.write_text(text, encoding="utf-8")
     html_path.write_text(markdown_to_html(text), encoding="utf-8")
     return md_path, html_path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.evaluate.gate import FAILED, INCONCLUSIVE, NOT_PROMOTED, PROMOTED
 from sft_pipeline.evaluate.stats import NO_CHANGE
 from sft_pipeline.escape import cell, code, fence, md_inline, md_text
@@ -25,8 +25,8 @@ VERDICT_TEXT = {
 }
 FEW_ITEMS = 20  # below this many items a percentile bootstrap interval under-covers badly
 VERDICT_SHORT = {NO_CHANGE: "n.s."}  # keeps the summary table narrow enough for Prefect's UI
-IMAGES = {C.METRIC_BARS_FILE: "Metrics base vs tuned, 95 % intervals",
-          C.HISTOGRAM_FILE: "Quality score histogram", C.LOSS_CURVE_FILE: "Training loss curve"}
+IMAGES = {constants.METRIC_BARS_FILE: "Metrics base vs tuned, 95 % intervals",
+          constants.HISTOGRAM_FILE: "Quality score histogram", constants.LOSS_CURVE_FILE: "Training loss curve"}
 
 
 def ordered(keys: Iterable[str], preferred: Sequence[str]) -> list[str]:
@@ -144,24 +144,24 @@ def stage_table(summary: dict) -> str:
 def data_section(run: dict, images: set[str]) -> str:
     parts = ["## Data"]
     stages = run.get("stages") or {}
-    for name in ordered(stages, C.STAGES):
-        if name != C.STAGE_TRAIN and stages[name]:
+    for name in ordered(stages, constants.STAGES):
+        if name != constants.STAGE_TRAIN and stages[name]:
             parts.append(f"### Stage: {md_inline(name)}\n\n" + stage_table(stages[name]))
     sweep = run.get("sweep")
     if isinstance(sweep, list) and sweep:
-        chosen = ((stages.get(C.STAGE_FILTER) or {}).get("config") or {}).get("threshold")
+        chosen = ((stages.get(constants.STAGE_FILTER) or {}).get("config") or {}).get("threshold")
         keys = ordered(sweep[0].keys(), SWEEP_COLUMNS)
         sweep_rows = [[fmt(r.get(k)) + (" (used)" if k == "threshold" and r.get(k) == chosen else "")
                        for k in keys] for r in sweep]
         parts.append("### Quality-threshold sweep\n\n" + table([md_inline(k) for k in keys], sweep_rows))
-    if C.HISTOGRAM_FILE in images:
-        parts.append(image(C.HISTOGRAM_FILE))
+    if constants.HISTOGRAM_FILE in images:
+        parts.append(image(constants.HISTOGRAM_FILE))
     return "\n\n".join(parts)
 
 
 def training_section(run: dict, images: set[str]) -> str:
     parts = ["## Training"]
-    train = (run.get("stages") or {}).get(C.STAGE_TRAIN) or {}
+    train = (run.get("stages") or {}).get(constants.STAGE_TRAIN) or {}
     scalars = {**dict(flatten(train.get("counts") or {})), **(run.get("train_metrics") or {})}
     if scalars:
         parts.append(table(["quantity", "value"], [[label(k), quantity(k, v)] for k, v in scalars.items()]))
@@ -169,8 +169,8 @@ def training_section(run: dict, images: set[str]) -> str:
     if losses:
         parts.append(f"Training loss {fmt(losses[0][1])} at step {losses[0][0]} -> "
                      f"{fmt(losses[-1][1])} at step {losses[-1][0]} ({len(losses)} logged steps).")
-    if C.LOSS_CURVE_FILE in images:
-        parts.append(image(C.LOSS_CURVE_FILE))
+    if constants.LOSS_CURVE_FILE in images:
+        parts.append(image(constants.LOSS_CURVE_FILE))
     return "\n\n".join(parts) if len(parts) > 1 else "## Training\n\nNo training summary available."
 
 
@@ -224,8 +224,8 @@ def image_refs(images: dict[str, str]) -> str:
 def build_markdown(results: dict, run: dict, images: dict[str, str]) -> str:
     """The whole report; ``images`` maps the PNG file names present to their data URIs."""
     parts = [header(results), summary_section(results)]
-    if C.METRIC_BARS_FILE in images:
-        parts.append(image(C.METRIC_BARS_FILE))
+    if constants.METRIC_BARS_FILE in images:
+        parts.append(image(constants.METRIC_BARS_FILE))
     benches = results.get("benchmarks") or [n for n in ("ifeval",) if n in results]
     parts += [gate_section(results), data_section(run, set(images)), training_section(run, set(images))]
     parts += [bench_section(results, name) for name in benches]

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.score.turns import SYSTEM, Turns
 
@@ -77,4 +77,4 @@ def wrong_language(codes: np.ndarray, conf: np.ndarray, allowed: list[str], min_
 def language_stats(turns: Turns, cfg: ScoreConfig) -> dict[str, np.ndarray]:
     """The ``language`` and ``language_score`` columns of one chunk."""
     codes, conf = identify(conversation_texts(turns, cfg.language_chars))
-    return {C.LANGUAGE_COLUMN: codes, C.LANGUAGE_SCORE_COLUMN: conf}
+    return {constants.LANGUAGE_COLUMN: codes, constants.LANGUAGE_SCORE_COLUMN: conf}

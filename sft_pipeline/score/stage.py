@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.artifacts import open_parquet
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import InputError
@@ -24,16 +24,16 @@ from sft_pipeline.score.scorer import N_ASSISTANT, N_TURNS, REPETITION_RATIO, Ch
 
 REQUIRED_COLUMNS = ("id", "messages")
 DIGITS = 6  # scores are rounded so that 1 - 0.2 - 0.1 compares equal to 0.7
-STAT_TYPES = {N_TURNS: np.int32, N_ASSISTANT: np.int32, C.TOKENS_EST_COLUMN: np.int64,
-              REPETITION_RATIO: np.float32, C.LANGUAGE_COLUMN: language.CODE_DTYPE,
-              C.LANGUAGE_SCORE_COLUMN: np.float32}
+STAT_TYPES = {N_TURNS: np.int32, N_ASSISTANT: np.int32, constants.TOKENS_EST_COLUMN: np.int64,
+              REPETITION_RATIO: np.float32, constants.LANGUAGE_COLUMN: language.CODE_DTYPE,
+              constants.LANGUAGE_SCORE_COLUMN: np.float32}
 
 
 @dataclass
 class Scored:
     """Every per-row result, in input order, before it is written."""
 
-    flags: dict[str, np.ndarray]  # signal -> fired, in C.SCORE_SIGNALS order
+    flags: dict[str, np.ndarray]  # signal -> fired, in constants.SCORE_SIGNALS order
     stats: dict[str, np.ndarray]
     duplicate_of: pa.Array
     score: np.ndarray
@@ -48,8 +48,8 @@ def score_conversations(conversations_path: Path, out_path: Path, cfg: ScoreConf
 
 def write_scores(pf: pq.ParquetFile, scored: Scored, out_path: Path, cfg: ScoreConfig) -> dict:
     """Pass 2: write the input rows with their scores; return the manifest summary."""
-    columns = {**scored.flags, **scored.stats, C.DUPLICATE_OF_COLUMN: scored.duplicate_of,
-               C.SCORE_COLUMN: scored.score}
+    columns = {**scored.flags, **scored.stats, constants.DUPLICATE_OF_COLUMN: scored.duplicate_of,
+               constants.SCORE_COLUMN: scored.score}
     _write(pf, out_path, columns, scored.flags, cfg.batch_rows)
     return _summary(scored)
 
@@ -65,7 +65,7 @@ def pass_one(pf: pq.ParquetFile, cfg: ScoreConfig, row_groups: list[int] | None 
     groups = range(pf.num_row_groups) if row_groups is None else row_groups
     n = sum(pf.metadata.row_group(g).num_rows for g in groups)
     # Signatures go straight into one preallocated matrix (concatenating would double it).
-    sigs = np.empty((n, cfg.minhash_permutations), np.uint32) if C.SIGNAL_NEAR_DUPLICATE in wanted else None
+    sigs = np.empty((n, cfg.minhash_permutations), np.uint32) if constants.SIGNAL_NEAR_DUPLICATE in wanted else None
     results, row = [], 0
     for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=["messages"], row_groups=list(groups)):
         for piece in chunks(batch, cfg.max_batch_bytes):
@@ -95,7 +95,7 @@ def finish(pf: pq.ParquetFile, first: ChunkResult, cfg: ScoreConfig) -> Scored:
     ids = pf.read(columns=["id"]).column("id").cast(pa.string()).chunks or [pa.array([], pa.string())]
     flags = dict(first.flags)
     rep = _resolve_duplicates(first, ids, cfg, flags)
-    flags = {name: flags[name] for name in C.SCORE_SIGNALS if name in flags}
+    flags = {name: flags[name] for name in constants.SCORE_SIGNALS if name in flags}
     score = weighted_score(flags, cfg.weights, pf.metadata.num_rows)
     return Scored(flags, first.stats, _duplicate_of(ids, rep), score, rep)
 
@@ -130,14 +130,14 @@ def _concat_stats(results: list[ChunkResult]) -> dict[str, np.ndarray]:
 def _resolve_duplicates(first: ChunkResult, ids: list[pa.Array], cfg: ScoreConfig, flags: dict) -> np.ndarray | None:
     """Set the duplicate flags; return each row's representative (None: dedup disabled)."""
     wanted = cfg.active_signals
-    if not wanted & {C.SIGNAL_EXACT_DUPLICATE, C.SIGNAL_NEAR_DUPLICATE}:
+    if not wanted & {constants.SIGNAL_EXACT_DUPLICATE, constants.SIGNAL_NEAR_DUPLICATE}:
         return None
     exact, near, rep = dedup.resolve(id_rank(ids), first.keys, first.sigs, first.has_sig,
                                      cfg.near_duplicate_threshold)
-    if C.SIGNAL_EXACT_DUPLICATE in wanted:
-        flags[C.SIGNAL_EXACT_DUPLICATE] = exact
-    if C.SIGNAL_NEAR_DUPLICATE in wanted:
-        flags[C.SIGNAL_NEAR_DUPLICATE] = near
+    if constants.SIGNAL_EXACT_DUPLICATE in wanted:
+        flags[constants.SIGNAL_EXACT_DUPLICATE] = exact
+    if constants.SIGNAL_NEAR_DUPLICATE in wanted:
+        flags[constants.SIGNAL_NEAR_DUPLICATE] = near
     return rep
 
 
@@ -192,10 +192,10 @@ def reasons_column(flags: dict[str, np.ndarray], n: int) -> pa.Array:
 
 def _write(pf: pq.ParquetFile, out_path: Path, columns: dict, flags: dict, batch_rows: int) -> None:
     """Pass 2: the input batches again, with the new columns appended."""
-    added = [*columns, C.REASONS_COLUMN]
+    added = [*columns, constants.REASONS_COLUMN]
     kept = [f for f in pf.schema_arrow if f.name not in added]
     schema = pa.schema(kept + [pa.field(k, _arrow(v).type) for k, v in columns.items()]
-                       + [pa.field(C.REASONS_COLUMN, pa.list_(pa.string()))])
+                       + [pa.field(constants.REASONS_COLUMN, pa.list_(pa.string()))])
     start = 0
     with pq.ParquetWriter(out_path, schema) as writer:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=[f.name for f in kept]):
@@ -219,5 +219,5 @@ def _summary(scored: Scored) -> dict:
         "rows_perfect": int((score == 1.0).sum()),
         "signals": {name: int(fired.sum()) for name, fired in scored.flags.items()},
         "duplicate_clusters": int(len(np.unique(rep[dup]))) if rep is not None else 0,
-        "n_tokens_est": int(scored.stats[C.TOKENS_EST_COLUMN].sum()) if n else 0,
+        "n_tokens_est": int(scored.stats[constants.TOKENS_EST_COLUMN].sum()) if n else 0,
     }

@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.score.text import clean, filled
 
-ROLE_CODES = {C.ROLE_SYSTEM: 0, C.ROLE_USER: 1, C.ROLE_ASSISTANT: 2}
-SYSTEM, USER, ASSISTANT = (ROLE_CODES[r] for r in (C.ROLE_SYSTEM, C.ROLE_USER, C.ROLE_ASSISTANT))
+ROLE_CODES = {constants.ROLE_SYSTEM: 0, constants.ROLE_USER: 1, constants.ROLE_ASSISTANT: 2}
+SYSTEM, USER, ASSISTANT = ROLE_CODES.values()
 UNKNOWN_ROLE = -1
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import InputError, VerificationError
 from sft_pipeline.tokenize.encode import EncodeSettings, encode_all
@@ -40,9 +40,10 @@ def _problem(messages) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages is empty"
     for k, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in C.ROLES or not isinstance(msg.get("content"), str):
+        role, content = (msg.get("role"), msg.get("content")) if isinstance(msg, dict) else (None, None)
+        if role not in constants.ROLES or not isinstance(content, str):
             return f"message {k} is not a {{role: system|user|assistant, content: string}}"
-    if not any(m["role"] == C.ROLE_ASSISTANT for m in messages):
+    if not any(m["role"] == constants.ROLE_ASSISTANT for m in messages):
         return "no assistant turn"
     return None
 
@@ -114,7 +115,7 @@ def _length_stats(encoded: Sequence[Encoded], max_length: int) -> dict:
 
 def _preview_positions(conversations: Sequence[list[dict]], count: int) -> list[int]:
     """Multi-turn rows first (they show earlier turns supervised), then input order."""
-    turns = [sum(m["role"] == C.ROLE_ASSISTANT for m in conv) for conv in conversations]
+    turns = [sum(m["role"] == constants.ROLE_ASSISTANT for m in conv) for conv in conversations]
     return sorted(range(len(conversations)), key=lambda p: (turns[p] < 2, p))[:count]
 
 
@@ -199,16 +200,16 @@ def _write_outputs(out_dir, table, ids, conversations, kept, drops, tokenizer, i
                      packing_efficiency=round(packing_efficiency(train_table, cfg.max_length), 4))
     else:
         train_table = pa.table({"id": pa.array(train_ids, pa.string()), "input_ids": input_ids, "labels": labels})
-    pq.write_table(train_table, out_dir / C.TRAIN_TOKENS_FILE)
+    pq.write_table(train_table, out_dir / constants.TRAIN_TOKENS_FILE)
     held_table = pa.table({
         "id": pa.array([ids[i] for i in held_idx], pa.string()),
         "messages": table.column("messages").take(pa.array(held_idx, pa.int64())),
         "input_ids": list_array([e.input_ids for e in held_enc]),
         "labels": list_array([e.labels for e in held_enc]),
     })
-    pq.write_table(held_table, out_dir / C.HELDOUT_TOKENS_FILE)
+    pq.write_table(held_table, out_dir / constants.HELDOUT_TOKENS_FILE)
     schema = pa.schema([("id", pa.string()), ("split", pa.string()), ("reason", pa.string())])
-    pq.write_table(pa.Table.from_pylist(drops, schema=schema), out_dir / C.TOKENIZE_DROPPED_FILE)
+    pq.write_table(pa.Table.from_pylist(drops, schema=schema), out_dir / constants.TOKENIZE_DROPPED_FILE)
     stats.update(
         truncated_rows=sum(e.truncated for e in train_enc),
         supervised_tokens=sum(e.supervised for e in train_enc),
@@ -217,5 +218,6 @@ def _write_outputs(out_dir, table, ids, conversations, kept, drops, tokenizer, i
     )
     preview = _preview_positions([conversations[i] for i in train_idx], cfg.preview_rows)
     rows = [(train_ids[p], train_enc[p].input_ids, train_enc[p].labels) for p in preview]
-    (out_dir / C.MASK_PREVIEW_FILE).write_text(mask_preview(rows, tokenizer, (info.mid_marker, info.last_marker)))
+    preview_text = mask_preview(rows, tokenizer, (info.mid_marker, info.last_marker))
+    (out_dir / constants.MASK_PREVIEW_FILE).write_text(preview_text)
     return stats
