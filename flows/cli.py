@@ -7,7 +7,9 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
+
+from sft_pipeline import cli
 
 COMPLETED = "Completed"  # a flow state named otherwise carries the evaluation's verdict
 QUIET_ENV = {
@@ -25,44 +27,29 @@ JOIN_POLL_S = 0.5
 
 
 RUN_STOPPED = "the run was stopped, completed stages stay cached"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FLOW_IN_THREAD = threading.Event()  # set while a flow runs in a thread of its own (the temporary server)
 
 
-class Terminated(BaseException):
-    """A stop signal: unwind (temporary files are removed, Prefect marks a run crashed), then exit."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum, frame) -> None:
+def _on_signal(signum: int, frame: Any) -> None:
     """A flow with the temporary server (nobody else reads it) stops at once: Prefect's crash handling waits
     for the running task. Otherwise unwind: a library command removes its temporary files, and a flow with a
     server of its own is recorded as crashed. Completed stages stay cached, a training resumes from its
     checkpoint, and the locks left behind are broken next time."""
     if FLOW_IN_THREAD.is_set():
-        stop_now(signum, RUN_STOPPED)
-    raise Terminated(signum)
+        stop_run(signum)
+    cli.raise_terminated(signum, frame)
 
 
-def stop_now(signum: int, note: str = "") -> None:
+def stop_run(signum: int) -> NoReturn:
     """Stop Prefect's temporary server (if this process started one) and exit at once, with one line.
 
     Exiting normally would first wait for the task threads to finish their work (a training run).
     """
-    for signum_ in STOP_SIGNALS:  # a second Ctrl-C must not interrupt the stop itself
-        signal.signal(signum_, signal.SIG_IGN)
-    if note:
-        from prefect.server.api.server import SubprocessASGIServer
+    from prefect.server.api.server import SubprocessASGIServer
 
-        SubprocessASGIServer().stop()  # the temporary server's singleton, as Prefect's own fixtures stop it
-    name = signal.Signals(signum).name
-    print(f"error: terminated ({name})" + (f"; {note}" if note else ""), file=sys.stderr)
-    sys.stderr.flush()
-    sys.stdout.flush()
-    os._exit(128 + signum)
+    cli.ignore_stop_signals()
+    SubprocessASGIServer().stop()  # the temporary server's singleton, as Prefect's own fixtures stop it
+    cli.exit_now(signum, RUN_STOPPED)
 
 
 def in_thread(call: Callable[[], Any]) -> Any:
@@ -115,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   return_state=True))
     if state.is_failed():
         state.result()  # re-raises the stage's error (one line for user errors)
-    print_outputs(state.result())
+    cli.print_outputs(state.result())
     if state.name != COMPLETED:
         print(f"{state.name.upper()}: {state.message}")
     return 0
@@ -133,42 +120,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     command = " ".join(["sft-pipeline", *sys.argv[1:]]) if sys.argv[1:] else "sft-pipeline sweep"
     summary = call_flow(lambda: sft_sweep(config=args.config, overrides=args.overrides, thresholds=args.thresholds,
                                           top_fractions=args.top_fractions, command=command))
-    print(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)")
-    print(summary["sentence"])
-    if summary["recommended"]:
-        advice = " ".join(f"--set {o}" for o in summary["overrides"])
-        print(f"to use it:     sft-pipeline run --config {args.config} {advice}")
-        if args.apply:
-            print(f"wrote          {sweep.apply(args.config, summary['overrides'])}")
+    cli.print_sweep(summary, args.config, args.apply)
     return 0
-
-
-def floats(text: str) -> list[float]:
-    """A comma-separated list of numbers.
-
-    >>> floats("0.5,0.7, 0.9")
-    [0.5, 0.7, 0.9]
-    """
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
-def print_outputs(results: dict) -> None:
-    from sft_pipeline.constants import (ADAPTER_DIR, FILTERED_FILE, REPORT_HTML_FILE, REPORT_MD_FILE, STAGE_EVALUATE,
-                                        STAGE_FILTER, STAGE_TRAIN)
-
-    wanted = (("filtered", STAGE_FILTER, FILTERED_FILE), ("adapter", STAGE_TRAIN, ADAPTER_DIR),
-              ("report", STAGE_EVALUATE, REPORT_MD_FILE), ("report (html)", STAGE_EVALUATE, REPORT_HTML_FILE))
-    for label, stage, name in wanted:
-        if stage in results:
-            print(f"{label + ':':15} {(results[stage].url or results[stage].out_dir).rstrip('/')}/{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet()
-    from sft_pipeline import cli, stages
+    from sft_pipeline import stages
 
     parser, sub = cli.build_parser()
     p = sub.add_parser("run", help="run the `sft` flow (all stages, cached)")
@@ -177,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("sweep", help="train and evaluate one branch per filter setting, and recommend one")
     cli.add_config_args(p)
-    p.add_argument("--thresholds", type=floats, default=[], help="e.g. 0.5,0.7,0.9")
-    p.add_argument("--top-fractions", type=floats, default=[], help="e.g. 0.5,0.8")
+    p.add_argument("--thresholds", type=cli.floats, default=[], help="e.g. 0.5,0.7,0.9")
+    p.add_argument("--top-fractions", type=cli.floats, default=[], help="e.g. 0.5,0.8")
     p.add_argument("--apply", action="store_true", help="write CONFIG.recommended.yaml with the recommended setting")
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
@@ -186,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     if not (flow_command and os.environ.get(API_URL_ENV)):  # with a server, Prefect handles Ctrl-C
         signal.signal(signal.SIGINT, _on_signal)
-    try:
-        return cli.run_command(args.func, args)
-    except Terminated as stop:
-        stop_now(stop.signum, RUN_STOPPED if flow_command else "")
+    return cli.run_command(args.func, args, on_stop=stop_run if flow_command else cli.exit_now)
 
 
 if __name__ == "__main__":

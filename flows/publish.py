@@ -7,7 +7,7 @@ import json
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from sft_pipeline.cache import local_dir
+from sft_pipeline.cache import output_folder
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import (MASK_PREVIEW_FILE, REPORT_MD_FILE, STAGE_EVALUATE, STAGE_FILTER, STAGE_TOKENIZE,
                                     SWEEP_FILE)
@@ -26,7 +26,7 @@ def publish_stage(cfg: PipelineConfig, result: StageResult) -> None:
     if result.stage not in ARTIFACTS:
         return
     name, key, kind, description = ARTIFACTS[result.stage]
-    path = local_dir(cfg, result) / name
+    path = output_folder(cfg, result) / name
     text = path.read_text() if path.exists() else ""
     if not text.strip():
         return

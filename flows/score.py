@@ -25,7 +25,7 @@ SHARD_FLOW = "score-shards"
 def score_shards(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> list[str]:
     """Pass 1 of scoring, one task per shard on this flow's task runner; the shard files in order."""
     ingest = upstream[STAGE_INGEST]
-    plan = score_entry.plan(cfg, cache.local_dir(cfg, ingest))
+    plan = score_entry.plan(cfg, cache.output_folder(cfg, ingest))
     key = cache.key(stages.get(STAGE_SCORE), cfg, upstream)  # once, not per shard
     get_run_logger().info("scoring %d shards of row groups", len(plan))
     futures = score_shard.map(unmapped(cfg), unmapped(ingest), range(len(plan)), plan, unmapped(key))

@@ -46,16 +46,12 @@ def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until:
 def track(cfg: PipelineConfig, results: dict[str, StageResult]) -> None:
     """One MLflow run per pipeline run (``run.tracking_uri``): config, every stage's counts, the evaluation."""
     if cfg.run.tracking_uri:
+        from prefect.runtime import flow_run
+
         from sft_pipeline.tracking import log_pipeline_run
 
-        run_id = log_pipeline_run(cfg, {name: r.counts for name, r in results.items()}, flow_run_name())
+        run_id = log_pipeline_run(cfg, {name: r.counts for name, r in results.items()}, flow_run.name or "sft")
         get_run_logger().info("logged to MLflow at %s (run %s)", cfg.run.tracking_uri, run_id)
-
-
-def flow_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    return flow_run.name or "sft"
 
 
 def run_stage(stage: stages.Stage, cfg: PipelineConfig, results: dict[str, StageResult]) -> StageResult:

@@ -58,9 +58,7 @@ def concurrent(stage: str, cfg) -> bool:
     """Whether the branches of ``stage`` may run at once: not for model stages in this process
     (transformers' model loading is not thread-safe: two trainings at once failed here), yes for
     trainings handed to the GPU pool, each in a flow run of its own."""
-    if stage == STAGE_TRAIN and cfg.train.work_pool:
-        return True
-    return stage not in MODEL_STAGES
+    return stage not in MODEL_STAGES or (stage == STAGE_TRAIN and bool(cfg.train.work_pool))
 
 
 def held_out_set(cfg, shared: dict[str, StageResult]) -> StageResult:

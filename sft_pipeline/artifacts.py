@@ -1,26 +1,22 @@
-"""Content digests, stage cache keys, manifests and atomic output directories.
+"""Content addressing: file and folder digests, code versions from the import graph, stage keys, manifests.
 
 Cache keys are built from *content*: the digest of every input file, the stage's
 config section and the digest of the stage's own source code. Paths and run ids
 never enter a key, so identical inputs are recognised wherever they live.
+Writing files safely is ``sft_pipeline.files``.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from sft_pipeline.constants import MANIFEST_FILE
-from sft_pipeline.errors import InputError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _PACKAGE = _PACKAGE_DIR.name
@@ -173,57 +169,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``final`` atomically.
-
-    Concurrent writers of the same key each build their own temporary directory; the
-    last rename wins and readers never observe a half-written directory.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def open_parquet(path: str | Path, required: tuple[str, ...] = (), hint: str = ""):
-    """Open a stage's Parquet input; a missing file, bad file or missing column is one InputError line."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in required if c not in pf.schema_arrow.names]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
-    return pf
 
 
 def read_manifest(out_dir: str | Path) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from sft_pipeline import storage
-from sft_pipeline.artifacts import (atomic_dir, file_digest, file_records, library_versions, path_digest, read_manifest,
-                                    stage_key, write_json)
+from sft_pipeline.artifacts import file_digest, file_records, library_versions, path_digest, read_manifest, stage_key
+from sft_pipeline.files import atomic_dir, write_json
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import CHECKPOINTS_DIR, MANIFEST_FILE, PACKAGE_SCHEME
 from sft_pipeline.errors import InputError
@@ -200,7 +200,7 @@ def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
         return found
     folder, where = stage_dir(cfg, stage.name, key_), rel(stage.name, key_)
     checkpoints = None if stage.atomic else storage.checkpoints_url(cfg.run, where)
-    sources = {name: local_dir(cfg, result) for name, result in upstream.items()}
+    sources = {name: output_folder(cfg, result) for name, result in upstream.items()}
     started = time.time()
     _make_parent(folder)
     with (atomic_dir(folder) if stage.atomic else _in_place(folder)) as out:
@@ -221,7 +221,7 @@ def load(stage: Stage, cfg: PipelineConfig, key_: str) -> StageResult:
     return found
 
 
-def local_dir(cfg: PipelineConfig, result: StageResult) -> Path:
+def output_folder(cfg: PipelineConfig, result: StageResult) -> Path:
     """The folder of a finished stage's output on this machine (fetched from the URL if need be)."""
     if not storage.is_remote(cfg.run):
         return Path(result.out_dir)

@@ -6,15 +6,45 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from sft_pipeline import constants
 from sft_pipeline.errors import PipelineError
 
 EXIT_USER_ERROR = 2
 DEFAULT_CONFIG = "deployments/configs/default.yaml"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Terminated(BaseException):
+    """A stop signal, raised in the main thread: the command unwinds (temporary files are removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_terminated(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def exit_now(signum: int, note: str = "") -> NoReturn:
+    """One line on stderr and exit at once with 128 + ``signum`` (threads still working are not waited for)."""
+    ignore_stop_signals()
+    print(f"error: terminated ({signal.Signals(signum).name})" + (f"; {note}" if note else ""), file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(128 + signum)
+
+
+def ignore_stop_signals() -> None:
+    """From here on, a second Ctrl-C cannot interrupt the stop itself."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +104,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def floats(text: str) -> list[float]:
+    """A comma-separated list of numbers.
+
+    >>> floats("0.5,0.7, 0.9")
+    [0.5, 0.7, 0.9]
+    """
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def print_outputs(results: dict) -> None:
+    """Where a run's filtered rows, adapter and report are."""
+    wanted = (("filtered", constants.STAGE_FILTER, constants.FILTERED_FILE),
+              ("adapter", constants.STAGE_TRAIN, constants.ADAPTER_DIR),
+              ("report", constants.STAGE_EVALUATE, constants.REPORT_MD_FILE),
+              ("report (html)", constants.STAGE_EVALUATE, constants.REPORT_HTML_FILE))
+    for label, stage, name in wanted:
+        if stage in results:
+            print(f"{label + ':':15} {(results[stage].url or results[stage].out_dir).rstrip('/')}/{name}")
+
+
+def print_sweep(summary: dict, config: str, apply: bool) -> None:
+    """A sweep's report, its recommendation and the command that uses it (written to a config with ``apply``)."""
+    from sft_pipeline import sweep
+
+    print(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)")
+    print(summary["sentence"])
+    if summary["recommended"]:
+        advice = " ".join(f"--set {o}" for o in summary["overrides"])
+        print(f"to use it:     sft-pipeline run --config {config} {advice}")
+        if apply:
+            print(f"wrote          {sweep.apply(config, summary['overrides'])}")
+
+
 def add_commands(sub) -> None:
     """The library's commands, on the sub-parsers of the console entry point (flows/cli.py adds more)."""
     p = sub.add_parser("ingest", help="ingest files into the canonical conversation schema")
@@ -99,17 +165,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     return parser, sub
 
 
-def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; a user error is one line on stderr, never a traceback."""
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+                on_stop: Callable[[int], NoReturn] = exit_now) -> int:
+    """Run a command; a user error is one line on stderr, never a traceback; a stop signal unwinds it first."""
     try:
         return func(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Terminated as stop:
+        on_stop(stop.signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser()[0].parse_args(argv)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, raise_terminated)
     return run_command(args.func, args)
 
 

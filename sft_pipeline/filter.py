@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sft_pipeline import constants
-from sft_pipeline.artifacts import open_parquet, write_json
+from sft_pipeline.files import open_parquet, write_json
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
 

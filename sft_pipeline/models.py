@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from sft_pipeline.artifacts import atomic_dir, json_digest, path_digest
+from sft_pipeline.artifacts import json_digest, path_digest
+
+from sft_pipeline.files import atomic_dir
 from sft_pipeline.config import ModelConfig
 from sft_pipeline.constants import TESTING_SCHEME
 from sft_pipeline.errors import InputError, VerificationError

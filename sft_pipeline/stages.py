@@ -65,7 +65,7 @@ class StageResult(BaseModel):
 
     stage: str
     key: str
-    out_dir: str  # on the machine that ran it; elsewhere use cache.local_dir(cfg, result)
+    out_dir: str  # on the machine that ran it; elsewhere use cache.output_folder(cfg, result)
     url: str | None = None  # where it was published, when run.output_dir is a URL
     counts: dict[str, int | float] = Field(default_factory=dict)
     verdict: str | None = None  # evaluate: promoted / not_promoted / inconclusive

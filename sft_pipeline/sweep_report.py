@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from sft_pipeline.artifacts import write_json
+from sft_pipeline.files import write_json
 from sft_pipeline.escape import code
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS
 from sft_pipeline.evaluate.metrics import compare, metric_table
@@ -142,12 +142,13 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
     folder and a small summary (recommendation and per-branch verdicts).
     """
     from sft_pipeline import cache, storage
-    from sft_pipeline.artifacts import atomic_dir, code_version, json_digest
+    from sft_pipeline.artifacts import code_version, json_digest
+    from sft_pipeline.files import atomic_dir
     from sft_pipeline.constants import STAGE_EVALUATE, STAGE_FILTER
     from sft_pipeline.stages import KEY_CHARS
 
     evals = {b.name: stage_results[b.name][STAGE_EVALUATE] for b in branches}
-    results = {name: read_results(cache.local_dir(cfg, r)) for name, r in evals.items()}
+    results = {name: read_results(cache.output_folder(cfg, r)) for name, r in evals.items()}
     current = next(b for b in branches if b.current)
     resamples, seed = cfg.eval.bootstrap_resamples, cfg.run.seed
     rows = [branch_row(b, stage_results[b.name][STAGE_FILTER].counts, results[b.name], results[current.name],

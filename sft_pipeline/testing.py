@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sft_pipeline.artifacts import atomic_dir
+from sft_pipeline.files import atomic_dir
 from sft_pipeline.config import ModelConfig
 from sft_pipeline.models import load_tokenizer
 

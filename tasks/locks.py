@@ -19,7 +19,7 @@ from typing import Optional
 
 from prefect.locking.filesystem import FileSystemLockManager
 
-from sft_pipeline.artifacts import write_json
+from sft_pipeline.files import write_json
 
 log = logging.getLogger("sft_pipeline.locks")
 
@@ -40,11 +40,6 @@ def process_start(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]
-
-
-def holder_info() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
-            "created": time.time()}
 
 
 def stale_reason(info: dict, written: float) -> str | None:
@@ -88,7 +83,8 @@ class StageLockManager(FileSystemLockManager):
         if not super().acquire_lock(key, holder, acquire_timeout, hold_timeout):
             return False
         path = self._lock_path_for_key(key)
-        info = {"holder": holder, "expiration": None, **holder_info()}
+        info = {"holder": holder, "expiration": None, "host": socket.gethostname(), "pid": os.getpid(),
+                "start": process_start(os.getpid()), "created": time.time()}
         write_json(path, info)  # atomically: readers see the old contents or the new, never an empty file
         return True
 

@@ -43,4 +43,4 @@ def bound(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, StageRes
 
 @task(name="score-shard", **TASK_OPTIONS)
 def score_shard(cfg: PipelineConfig, ingest: StageResult, index: int, row_groups: list[int], score_key: str) -> str:
-    return score_entry.run_shard(cfg, cache.local_dir(cfg, ingest), index, row_groups, score_key)
+    return score_entry.run_shard(cfg, cache.output_folder(cfg, ingest), index, row_groups, score_key)

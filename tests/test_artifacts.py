@@ -1,6 +1,7 @@
 import pytest
 
-from sft_pipeline.artifacts import atomic_dir, code_version, path_digest, stage_key
+from sft_pipeline.artifacts import code_version, path_digest, stage_key
+from sft_pipeline.files import atomic_dir
 
 
 def test_path_digest_is_content_based(tmp_path):

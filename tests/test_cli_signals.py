@@ -64,13 +64,14 @@ def test_sigterm_stops_the_run_and_its_temporary_server(tiny_model_dir, tmp_path
     assert not [pid for pid in server if alive(pid)], "the temporary server outlived the run"
 
 
-def test_sigterm_during_a_library_command_removes_its_temporary_files(tmp_path):
+@pytest.mark.parametrize("entry", ["flows.cli", "sft_pipeline.cli"])  # the console script, the library alone
+def test_sigterm_during_a_library_command_removes_its_temporary_files(tmp_path, entry):
     # `sft-pipeline ingest` stopped while it reads a pipe: it left the pipe's spool folder and the half-built
     # `.OUT.tmp-*` folder behind, and said "completed stages stay cached" of a command that has no stages.
     temp, out = tmp_path / "tmp", tmp_path / "out"
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp)}
-    cmd = [sys.executable, "-m", "flows.cli", "ingest", "/dev/stdin", "--out", str(out)]
+    cmd = [sys.executable, "-m", entry, "ingest", "/dev/stdin", "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     proc.stdin.write('{"instruction": "Say hi.", "output": "Hi there, how are you today?"}\n' * 100)

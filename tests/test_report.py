@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sft_pipeline import constants
-from sft_pipeline.artifacts import write_json
+from sft_pipeline.files import write_json
 from sft_pipeline.config import GateConfig
 from sft_pipeline.errors import InputError
 from sft_pipeline.evaluate import METRICS, Inputs, ModelEval, build_results, comparison

@@ -74,12 +74,14 @@ def _must_not_run(*args, **kwargs):
 def test_score_shards_travel_through_the_url(tmp_path, remote):
     opts = ("ingest.batch_rows=4", "run.score_shards=3")  # several row groups, three shards
     ingest = cache.run(stages.get("ingest"), machine(remote, tmp_path / "a", *opts))
-    plan = score_entry.plan(machine(remote, tmp_path / "a", *opts), cache.local_dir(machine(remote, tmp_path / "a", *opts), ingest))
+    first = machine(remote, tmp_path / "a", *opts)
+    plan = score_entry.plan(first, cache.output_folder(first, ingest))
     assert len(plan) == 3
     # Shards computed on two "workers" (B and C), merged on a third machine (D).
-    key = cache.key(stages.get(constants.STAGE_SCORE), machine(remote, tmp_path / "a", *opts), {"ingest": ingest})
-    shards = [score_entry.run_shard(machine(remote, tmp_path / w, *opts), cache.local_dir(machine(remote, tmp_path / w, *opts), ingest), i, groups, key)
-              for i, (w, groups) in enumerate(zip("bcb", plan))]
+    key = cache.key(stages.get(constants.STAGE_SCORE), first, {"ingest": ingest})
+    workers = [machine(remote, tmp_path / w, *opts) for w in "bcb"]
+    shards = [score_entry.run_shard(worker, cache.output_folder(worker, ingest), i, groups, key)
+              for i, (worker, groups) in enumerate(zip(workers, plan))]
     assert all(s.startswith("file://") for s in shards)
     merged = cache.run(stages.get("score"), machine(remote, tmp_path / "d", *opts), {"ingest": ingest}, shards=shards)
     assert not (tmp_path / "bucket" / "score" / f".{merged.key[:stages.KEY_CHARS]}.shards").exists()  # scratch gone

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft_pipeline import constants
-from sft_pipeline.artifacts import write_json
+from sft_pipeline.files import write_json
 from sft_pipeline.config import EvalConfig, ModelConfig
 from sft_pipeline.evaluate.behaviour import behaviour_items, response_record
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS, Benchmark

@@ -70,7 +70,7 @@ def tagger_file_names(lang: str = TAGGER_LANG) -> tuple[str, ...]:
 
 def write_tagger(root: Path) -> Path:
     """Write ``root/taggers/averaged_perceptron_tagger_eng/`` (atomically) unless present."""
-    from sft_pipeline.artifacts import atomic_dir
+    from sft_pipeline.files import atomic_dir
     from sft_pipeline.resources import resolve_path
 
     target = root / TAGGER_RESOURCE
@@ -85,7 +85,7 @@ def write_tagger(root: Path) -> Path:
 
 def copy_resource(spec: str, root: Path, resource: str) -> Path:
     """Copy a packaged NLTK resource folder to ``root/resource`` (atomically) unless present."""
-    from sft_pipeline.artifacts import atomic_dir
+    from sft_pipeline.files import atomic_dir
     from sft_pipeline.resources import resolve_path
 
     target = root / resource

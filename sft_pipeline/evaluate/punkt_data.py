@@ -37,7 +37,7 @@ def _tab_files(language: str) -> dict[str, str]:
 
 def write_punkt_tab(root: Path, language: str = PUNKT_LANGUAGE) -> Path:
     """Write ``root/tokenizers/punkt_tab/<language>/`` (atomically) unless present."""
-    from sft_pipeline.artifacts import atomic_dir
+    from sft_pipeline.files import atomic_dir
 
     target = root / PUNKT_RESOURCE / language
     if target.is_dir():

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sft_pipeline import constants
-from sft_pipeline.artifacts import open_parquet
+from sft_pipeline.files import open_parquet
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import InputError
 from sft_pipeline.score import dedup, language

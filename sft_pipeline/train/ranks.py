@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sft_pipeline.artifacts import write_json
+from sft_pipeline.files import write_json
 
 RANK_ENV = "RANK"
 REPORT_PREFIX = "rank-"  # rank-<n>.json: what a launched rank failed with

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from sft_pipeline import storage
-from sft_pipeline.artifacts import write_json
+from sft_pipeline.files import write_json
 from sft_pipeline.train.ranks import barrier
 
 log = logging.getLogger(__name__)
