@@ -44,11 +44,11 @@ def json_digest(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, memoised on (path, size, mtime) within a process."""
+def file_digest(path: Path, fresh: bool = False) -> str:
+    """SHA-256 of a file's bytes, memoised on (path, size, mtime) within a process (``fresh``: read it again)."""
     st = path.stat()
     memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo_key not in _FILE_DIGESTS:
+    if fresh or memo_key not in _FILE_DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             while chunk := fh.read(_CHUNK):

@@ -204,13 +204,34 @@ def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
     started = time.time()
     _make_parent(folder)
     with (atomic_dir(folder) if stage.atomic else _in_place(folder)) as out:
-        summary = stage.function()(StageRun(cfg, out, sources, key_, checkpoints, extra))
+        try:
+            summary = stage.function()(StageRun(cfg, out, sources, key_, checkpoints, extra))
+        except Exception:
+            if (why := changed_input(stage, upstream, sources)) is None:
+                raise
+            raise InputError(f"{stage.name}: {why}") from None
         manifest = write_manifest(stage, out, key_, inputs(stage, cfg, upstream), config_part(stage, cfg),
                                   summary, started)
     url = storage.publish(cfg.run, where)
     if checkpoints and url:
         storage.remove_url(checkpoints)
     return result_of(manifest, folder, url)
+
+
+def changed_input(stage: Stage, upstream: Mapping[str, StageResult], sources: Mapping[str, Path]) -> str | None:
+    """After a stage failed: the first file it read whose bytes differ from its upstream manifest (files over
+    ``DIGEST_CHECK_BYTES`` are served on their size alone). That output's manifest is removed, so the next run
+    recomputes it instead of serving it again; None when every input is as recorded (the failure is the stage's)."""
+    for name, wanted in stage.reads.items():
+        prefixes = tuple(w.rstrip("/") + "/" for w in wanted)
+        for recorded, digest in upstream[name].files.items():
+            path = sources[name] / recorded
+            if (recorded in wanted or recorded.startswith(prefixes)) and \
+                    (not path.is_file() or file_digest(path, fresh=True) != digest):
+                (sources[name] / MANIFEST_FILE).unlink(missing_ok=True)
+                return f"{path} changed after the {name} stage wrote it: that output is discarded and will be " \
+                       f"recomputed on the next run"
+    return None
 
 
 def load(stage: Stage, cfg: PipelineConfig, key_: str) -> StageResult:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sft_pipeline import artifacts, cache, stages
-from sft_pipeline import constants
+from sft_pipeline import artifacts, cache, constants, stages
 from sft_pipeline.config import validate_config
 from sft_pipeline.stages import StageResult
 
 PACKAGE = Path(artifacts.__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -106,3 +106,31 @@ def test_identical_runs_give_identical_keys(tiny_model_dir, tmp_path):
     for _, adapter_config in runs:
         assert str(tiny_model_dir) in adapter_config and str(tmp_path) not in adapter_config
     assert runs[0][0] == runs[1][0]
+
+
+def test_an_input_damaged_past_the_digest_check_fails_in_one_line_and_is_recomputed_next(tmp_path, monkeypatch):
+    # A Parquet file over DIGEST_CHECK_BYTES is served on its size alone; damaged inside a page it used to reach
+    # the filter as a multi-line pyarrow OSError, retried, and the next run served the same damaged file again.
+    from sft_pipeline.config import load_config
+    from sft_pipeline.errors import InputError
+
+    monkeypatch.setattr(cache, "DIGEST_CHECK_BYTES", 0)  # every file is "large"
+    source = ROOT / "tests" / "data" / "tiny_chat.jsonl"
+    cfg = load_config(str(ROOT / "deployments" / "configs" / "tiny.yaml"),
+                      [f"run.output_dir={tmp_path}", f"ingest.sources=[{{path: '{source}'}}]"])
+    ingest = cache.run(stages.get(constants.STAGE_INGEST), cfg)
+    score = cache.run(stages.get(constants.STAGE_SCORE), cfg, {constants.STAGE_INGEST: ingest})
+    scores = score.path(constants.SCORES_FILE)
+    size = scores.stat().st_size
+    with open(scores, "r+b") as fh:  # same size, pages overwritten
+        fh.seek(size // 4)
+        fh.write(b"\xff" * (size // 2))
+    assert cache.find(stages.get(constants.STAGE_SCORE), cfg, score.key) is not None  # served on its size
+    with pytest.raises(InputError) as failure:
+        cache.run(stages.get(constants.STAGE_FILTER), cfg, {constants.STAGE_SCORE: score})
+    message = str(failure.value)
+    assert "\n" not in message and str(scores) in message and "recomputed on the next run" in message
+    assert cache.find(stages.get(constants.STAGE_SCORE), cfg, score.key) is None
+    again = cache.run(stages.get(constants.STAGE_SCORE), cfg, {constants.STAGE_INGEST: ingest})
+    assert again.files == score.files
+    assert cache.run(stages.get(constants.STAGE_FILTER), cfg, {constants.STAGE_SCORE: again}).counts["rows_kept"] > 0

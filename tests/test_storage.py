@@ -6,8 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sft_pipeline import constants
-from sft_pipeline import cache, stages, storage
+from sft_pipeline import cache, constants, stages, storage
 from sft_pipeline.score import entry as score_entry
 from sft_pipeline.config import load_config
 from sft_pipeline.errors import InputError

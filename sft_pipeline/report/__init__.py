@@ -14,8 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sft_pipeline import constants
-from sft_pipeline import stages
+from sft_pipeline import constants, stages
 from sft_pipeline.artifacts import read_manifest
 from sft_pipeline.files import write_json
 from sft_pipeline.errors import InputError
