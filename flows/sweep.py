@@ -35,7 +35,7 @@ def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
         shared: dict[str, StageResult] = {}
         for stage in stages.upto(STAGE_SCORE):
             shared[stage.name] = run_stage(stage, cfg, shared)
-        heldout = held_out_set(sweep.heldout_config(cfg), shared)
+        heldout = held_out_set(sweep.heldout_config(cfg, branches), shared)
         configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
         results = {b.name: dict(shared) for b in branches}
         for name in BRANCH_STAGES:

@@ -20,20 +20,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sft_pipeline import constants
-from sft_pipeline.files import open_parquet, write_json
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
+from sft_pipeline.files import open_parquet, write_json
+from sft_pipeline.selection import BY_THRESHOLD, keep_mask
 
 if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
 
 SWEEP_STEPS = 10  # thresholds 0.0, 0.1, ..., 1.0
 DECIDING_COLUMNS = ("id", constants.SCORE_COLUMN, constants.TOKENS_EST_COLUMN)
-BY_THRESHOLD, BY_TOP_FRACTION = "threshold", "top_fraction"
 BATCH_ROWS = 8192
 HIST_BINS = 21  # bars centred on 0.00, 0.05, ..., 1.00 (weights are multiples of 0.05 or 0.1)
 
@@ -44,11 +43,8 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
     table = pf.read(columns=list(DECIDING_COLUMNS))
     score = table.column(constants.SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(float)
     tokens = table.column(constants.TOKENS_EST_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64)
-    if cfg.top_fraction is None:
-        keep, mode, cutoff = score >= cfg.threshold, BY_THRESHOLD, cfg.threshold
-    else:
-        keep, mode = top_fraction_mask(score, table.column("id"), cfg.top_fraction), BY_TOP_FRACTION
-        cutoff = float(score[keep].min()) if keep.any() else None
+    keep, mode = keep_mask(score, table.column("id"), cfg)
+    cutoff = cfg.threshold if mode == BY_THRESHOLD else float(score[keep].min()) if keep.any() else None
     out_dir = Path(out_dir)
     kept, dropped = write_split(pf, keep, out_dir / constants.FILTERED_FILE, out_dir / constants.DROPPED_FILE, mode)
     if kept + dropped != len(score) or kept != int(keep.sum()):
@@ -74,21 +70,6 @@ def run_stage(run: StageRun) -> dict:
 
 def open_scores(path: Path) -> pq.ParquetFile:
     return open_parquet(path, tuple(DECIDING_COLUMNS), " (run the score stage first)")
-
-
-def top_fraction_mask(score: np.ndarray, ids: pa.ChunkedArray, fraction: float) -> np.ndarray:
-    """Keep the best ``round(fraction * n)`` rows: by score, then smallest id, then input order.
-
-    >>> top_fraction_mask(np.array([0.5, 0.9, 0.5, 0.1]), pa.chunked_array([["b", "x", "a", "c"]]), 0.5).tolist()
-    [False, True, True, False]
-    """
-    n = len(score)
-    k = int(np.floor(fraction * n + 0.5))
-    table = pa.table({"score": score, "id": ids, "row": np.arange(n)})
-    order = pc.sort_indices(table, sort_keys=[("score", "descending"), ("id", "ascending"), ("row", "ascending")])
-    keep = np.zeros(n, dtype=bool)
-    keep[order.to_numpy()[:k]] = True
-    return keep
 
 
 def threshold_sweep(score: np.ndarray, tokens: np.ndarray) -> list[dict]:

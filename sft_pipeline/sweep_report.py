@@ -158,9 +158,10 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
     key = json_digest({"branches": {n: r.key for n, r in evals.items()}, "primary": primary,
                        "code": code_version(__name__)})
     out = storage.local_root(cfg.run) / "sweep" / key[:KEY_CHARS]
-    with atomic_dir(out) as tmp:
-        rec = write(tmp, rows, primary, direction, steps=cfg.train.max_steps, heldout=heldout.counts.get(
-            "heldout_rows", 0), command=command, resamples=resamples, seed=seed, results=results)
+    drawn, cap = heldout.counts.get("heldout_rows", 0), cfg.eval.max_heldout_rows
+    with atomic_dir(out) as tmp:  # the rows the loss is measured on: evaluation reads at most ``cap`` of them
+        rec = write(tmp, rows, primary, direction, steps=cfg.train.max_steps, heldout=min(drawn, cap or drawn),
+                    command=command, resamples=resamples, seed=seed, results=results)
     text = (out / SWEEP_MD).read_text()
     summary = {"out_dir": str(out), "recommended": rec.best.name if rec.best else None,
                "overrides": rec.best.overrides() if rec.best else [], "sentence": rec.sentence,

@@ -113,9 +113,11 @@ def contaminated(heldout: Sequence[Sequence[dict]], train: Iterable[Sequence[dic
     return hit
 
 
-def decontaminate(split: Split, conversations: Sequence[Sequence[dict]], n: int) -> Split:
-    """Move held-out rows that share an n-gram with a train row to ``decontaminated``."""
-    hit = contaminated([conversations[i] for i in split.heldout], (conversations[i] for i in split.train), n)
+def decontaminate(split: Split, conversations: Sequence[Sequence[dict]], n: int,
+                  against: Sequence[int] | None = None) -> Split:
+    """Move held-out rows that share an n-gram with a train row (or a row of ``against``) to ``decontaminated``."""
+    train = split.train if against is None else against
+    hit = contaminated([conversations[i] for i in split.heldout], (conversations[i] for i in train), n)
     removed = [idx for pos, idx in enumerate(split.heldout) if pos in hit]
     kept = [idx for pos, idx in enumerate(split.heldout) if pos not in hit]
     return Split(train=split.train, heldout=kept, decontaminated=removed, not_selected=split.not_selected)

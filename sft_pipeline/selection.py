@@ -1,0 +1,38 @@
+"""Which rows a filter setting keeps: used by the filter stage, and by a sweep's shared held-out set to know
+which rows each branch may train on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sft_pipeline.config import FilterConfig
+
+BY_THRESHOLD, BY_TOP_FRACTION = "threshold", "top_fraction"
+
+
+def keep_mask(score: np.ndarray, ids: pa.ChunkedArray, cfg: FilterConfig) -> tuple[np.ndarray, str]:
+    """Which rows ``cfg`` keeps, and by which method.
+
+    >>> keep_mask(np.array([0.5, 0.9]), pa.chunked_array([["a", "b"]]), FilterConfig(threshold=0.7))[0].tolist()
+    [False, True]
+    """
+    if cfg.top_fraction is None:
+        return score >= cfg.threshold, BY_THRESHOLD
+    return top_fraction_mask(score, ids, cfg.top_fraction), BY_TOP_FRACTION
+
+
+def top_fraction_mask(score: np.ndarray, ids: pa.ChunkedArray, fraction: float) -> np.ndarray:
+    """Keep the best ``round(fraction * n)`` rows: by score, then smallest id, then input order.
+
+    >>> top_fraction_mask(np.array([0.5, 0.9, 0.5, 0.1]), pa.chunked_array([["b", "x", "a", "c"]]), 0.5).tolist()
+    [False, True, True, False]
+    """
+    n = len(score)
+    k = int(np.floor(fraction * n + 0.5))
+    table = pa.table({"score": score, "id": ids, "row": np.arange(n)})
+    order = pc.sort_indices(table, sort_keys=[("score", "descending"), ("id", "ascending"), ("row", "ascending")])
+    keep = np.zeros(n, dtype=bool)
+    keep[order.to_numpy()[:k]] = True
+    return keep
