@@ -1,11 +1,12 @@
 """The `sft-sweep` flow: filter -> tokenize -> train -> evaluate for each filter setting, compared.
 
-Ingest and score run once. Each branch stage is the same cached task as in `sft`, so a re-run
-with one more setting trains only that branch, and branches whose filters keep the same rows
-share one tokenize/train/evaluate output. Branches of one stage are submitted together, so data
-stages run in parallel where the task runner has room; model stages run one at a time in this
-process, and with ``train.work_pool`` set every branch's training goes to `sft-train/<pool>` at
-once, under the GPU concurrency limit, as in `sft`.
+Ingest, score, the shared held-out set and the base model's evaluation on it run once. Each
+branch stage is the same cached task as in `sft`, so a re-run with one more setting trains only
+that branch, and branches whose filters keep the same rows share one tokenize/train/evaluate
+output. Branches of one stage are submitted together, so data stages run in parallel where the
+task runner has room; model stages run one at a time in this process, and with
+``train.work_pool`` set every branch's training goes to `sft-train/<pool>` at once, under the
+GPU concurrency limit, as in `sft`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from flows.logs import library_logs
 from flows.sft import DEFAULT_CONFIG, run_stage, submit_stage
 from sft_pipeline import stages, sweep
 from sft_pipeline.config import load_config
-from sft_pipeline.constants import STAGE_EVALUATE, STAGE_FILTER, STAGE_SCORE, STAGE_TOKENIZE, STAGE_TRAIN
+from sft_pipeline.constants import (STAGE_BASELINE, STAGE_EVALUATE, STAGE_FILTER, STAGE_SCORE, STAGE_TOKENIZE,
+                                    STAGE_TRAIN)
 from sft_pipeline.stages import StageResult
 
 SWEEP_FLOW = "sft-sweep"
@@ -36,18 +38,20 @@ def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
         for stage in stages.upto(STAGE_SCORE):
             shared[stage.name] = run_stage(stage, cfg, shared)
         heldout = held_out_set(sweep.heldout_config(cfg, branches), shared)
+        measured = {STAGE_TOKENIZE: heldout}  # what every branch is evaluated on, and the base model on it, once
+        measured[STAGE_BASELINE] = run_stage(stages.get(STAGE_BASELINE), cfg, measured)
         configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
         results = {b.name: dict(shared) for b in branches}
         for name in BRANCH_STAGES:
-            run_branch_stage(stages.get(name), cfg, configs, results, heldout)
+            run_branch_stage(stages.get(name), cfg, configs, results, measured)
         return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
 
 
-def run_branch_stage(stage: stages.Stage, cfg, configs: dict, results: dict[str, dict], heldout) -> None:
+def run_branch_stage(stage: stages.Stage, cfg, configs: dict, results: dict[str, dict], measured: dict) -> None:
     """One stage on every branch: at once where ``concurrent`` allows, else one after another."""
     together, futures = concurrent(stage.name, cfg), {}
     for b in configs:
-        futures[b] = submit_stage(stage, configs[b], upstream(stage, results[b], heldout))
+        futures[b] = submit_stage(stage, configs[b], upstream(stage, results[b], measured))
         if not together:
             futures[b].wait()
     for b, future in futures.items():
@@ -69,12 +73,10 @@ def held_out_set(cfg, shared: dict[str, StageResult]) -> StageResult:
     return results[STAGE_TOKENIZE]
 
 
-def upstream(stage: stages.Stage, results: dict[str, StageResult], heldout: StageResult) -> dict[str, StageResult]:
-    """The stage's inputs in this branch; evaluation reads the sweep's shared held-out rows."""
-    found = {name: results[name] for name in stage.reads}
-    if stage.name == STAGE_EVALUATE:
-        found[STAGE_TOKENIZE] = heldout
-    return found
+def upstream(stage: stages.Stage, results: dict[str, StageResult], measured: dict) -> dict[str, StageResult]:
+    """The stage's inputs in this branch; evaluation reads the sweep's shared held-out rows and baseline."""
+    found = {name: results[name] for name in stage.reads if name in results}
+    return {**found, **measured} if stage.name == STAGE_EVALUATE else found
 
 
 @task(name="sweep-report")

@@ -9,15 +9,15 @@ ROLE_USER = "user"
 ROLE_ASSISTANT = "assistant"
 ROLES = (ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT)
 
-# Stage names, in flow order.
+# Stage names (their order and everything else about them: sft_pipeline/stages.py).
 STAGE_INGEST = "ingest"
 STAGE_SCORE = "score"
 STAGE_FILTER = "filter"
 STAGE_TOKENIZE = "tokenize"
 STAGE_TRAIN = "train"
+STAGE_BASELINE = "baseline"
 STAGE_EVALUATE = "evaluate"
 KEY_CHARS = 16  # characters of a content key in an output folder's name
-STAGES = (STAGE_INGEST, STAGE_SCORE, STAGE_FILTER, STAGE_TOKENIZE, STAGE_TRAIN, STAGE_EVALUATE)
 
 # Files each stage writes inside its output directory.
 MANIFEST_FILE = "manifest.json"
@@ -37,6 +37,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 REPORT_MD_FILE = "report.md"
 REPORT_HTML_FILE = "report.html"
 EVAL_RESULTS_FILE = "eval.json"
+BASELINE_FILE = "base_eval.json"  # the base model's metrics and per-item results (baseline stage)
 MERGED_DIR = "merged"  # train stage: adapter merged into a 16-bit copy of the base (train.merge_export)
 MASK_PREVIEW_FILE = "mask_preview.md"  # tokenize stage: a few rows' token/label tables
 TOKENIZE_DROPPED_FILE = "tokenize_dropped.parquet"  # tokenize stage: rows left out, with reason

@@ -23,10 +23,10 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sft_pipeline.constants import (ADAPTER_DIR, CONVERSATIONS_FILE, DROPPED_FILE, EVAL_RESULTS_FILE, FILTERED_FILE,
-                                    HELDOUT_TOKENS_FILE, KEY_CHARS, METRICS_FILE, REJECTS_FILE, REPORT_MD_FILE, SCORES_FILE,
-                                    STAGE_EVALUATE, STAGE_FILTER, STAGE_INGEST, STAGE_SCORE, STAGE_TOKENIZE,
-                                    STAGE_TRAIN, TRAIN_TOKENS_FILE)
+from sft_pipeline.constants import (ADAPTER_DIR, BASELINE_FILE, CONVERSATIONS_FILE, DROPPED_FILE, EVAL_RESULTS_FILE,
+                                    FILTERED_FILE, HELDOUT_TOKENS_FILE, KEY_CHARS, METRICS_FILE, REJECTS_FILE,
+                                    REPORT_MD_FILE, SCORES_FILE, STAGE_BASELINE, STAGE_EVALUATE, STAGE_FILTER,
+                                    STAGE_INGEST, STAGE_SCORE, STAGE_TOKENIZE, STAGE_TRAIN, TRAIN_TOKENS_FILE)
 from sft_pipeline.artifacts import code_version, folder_digest
 from sft_pipeline.config import PipelineConfig
 
@@ -120,10 +120,14 @@ STAGES: tuple[Stage, ...] = (
     Stage(STAGE_TRAIN, "sft_pipeline.train.stage:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
           sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,
           transient=TRAIN_TRANSIENT),
+    # The base model, measured once per held-out set and evaluation config: a change to training alone, or the
+    # branches of a sweep, reuse it.
+    Stage(STAGE_BASELINE, "sft_pipeline.evaluate.baseline:run_stage", reads={STAGE_TOKENIZE: (HELDOUT_TOKENS_FILE,)},
+          sections=("eval", "model", "run.seed"), writes=(BASELINE_FILE,)),
     # The first three are read for the report's stage tables only: they do not enter the key.
     Stage(STAGE_EVALUATE, "sft_pipeline.evaluate.stage:run_stage",
-          reads={STAGE_INGEST: (), STAGE_SCORE: (), STAGE_FILTER: (),
-                 STAGE_TOKENIZE: (HELDOUT_TOKENS_FILE,), STAGE_TRAIN: (ADAPTER_DIR,)},
+          reads={STAGE_INGEST: (), STAGE_SCORE: (), STAGE_FILTER: (), STAGE_TOKENIZE: (HELDOUT_TOKENS_FILE,),
+                 STAGE_TRAIN: (ADAPTER_DIR,), STAGE_BASELINE: (BASELINE_FILE,)},
           sections=("eval", "model", "run.seed"), writes=(EVAL_RESULTS_FILE, REPORT_MD_FILE)),
 )
 BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}

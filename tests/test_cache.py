@@ -82,14 +82,16 @@ def test_files_named_by_config_enter_keys_by_content(tmp_path):
 
 
 def _evaluate_key(model_dir: str, output_dir: str) -> tuple[str, str]:
-    """Run ingest..train in a fresh process (as a run would) and return evaluate's key and the adapter config."""
+    """Run ingest..baseline in a fresh process (as a run would) and return evaluate's key and the adapter config."""
     data = Path(__file__).parent / "data" / "tiny_chat.jsonl"
     cfg = validate_config({"run": {"output_dir": output_dir, "seed": 0}, "model": {"name_or_path": model_dir},
                            "ingest": {"sources": [{"path": str(data)}]},
                            "tokenize": {"max_length": 128, "max_rows": 8},
-                           "train": {"max_steps": 2, "batch_size": 2, "save_steps": 2}})
+                           "train": {"max_steps": 2, "batch_size": 2, "save_steps": 2},
+                           "eval": {"max_new_tokens": 4, "num_ifeval_prompts": 2, "num_ifbench_prompts": 2,
+                                    "num_generation_prompts": 1}})
     results: dict[str, StageResult] = {}
-    for stage in stages.upto(constants.STAGE_TRAIN):
+    for stage in stages.upto(constants.STAGE_BASELINE):
         results[stage.name] = cache.run(stage, cfg, {name: results[name] for name in stage.reads})
     adapter_dir = Path(results[constants.STAGE_TRAIN].out_dir) / constants.ADAPTER_DIR
     adapter_config = (adapter_dir / "adapter_config.json").read_text()

@@ -198,11 +198,13 @@ def test_questions_cover_categories():
     assert load_questions("/nonexistent.jsonl", 0) == []
 
 
-def run_eval(tiny_model_dir, stage_dirs, out: Path, gate: GateConfig) -> dict:
-    from sft_pipeline.evaluate import evaluate_run
+SMALL_EVAL = dict(max_new_tokens=8, batch_size=8, num_generation_prompts=2, num_ifeval_prompts=6, num_ifbench_prompts=4)
 
-    cfg = EvalConfig(max_new_tokens=8, batch_size=8, num_generation_prompts=2, num_ifeval_prompts=6,
-                     num_ifbench_prompts=4, gate=gate)
+
+def run_eval(tiny_model_dir, stage_dirs, out: Path, gate: GateConfig) -> dict:
+    from sft_pipeline.evaluate.stage import evaluate_run
+
+    cfg = EvalConfig(**SMALL_EVAL, gate=gate)
     out.mkdir()
     return evaluate_run(ModelConfig(name_or_path=str(tiny_model_dir)), stage_dirs, out, cfg, seed=0)
 
@@ -312,3 +314,28 @@ def test_a_second_benchmark_plugs_in_with_one_entry(monkeypatch, tmp_path, tiny_
     assert len(items := results["items"]["stop_rate"]["base"]) == 6 + 6 + 2, items
     report = (tmp_path / "two" / constants.REPORT_MD_FILE).read_text()
     assert "## Instruction following (IFCopy checks)" in report and "IFCopy instruction loose" in report
+
+
+def test_the_baseline_stage_gives_the_numbers_measured_in_process(blocked_run, tiny_model_dir, stage_dirs, tmp_path):
+    """The base model measured by the baseline stage (another process in a run) and read back by evaluate gives
+    exactly what evaluate measured itself; a baseline of other inputs is refused in one line."""
+    from sft_pipeline.config import validate_config
+    from sft_pipeline.errors import VerificationError
+    from sft_pipeline.evaluate import baseline
+    from sft_pipeline.stages import StageRun
+
+    cfg = validate_config({"ingest": {"sources": [{"path": "x"}]}, "model": {"name_or_path": str(tiny_model_dir)},
+                           "eval": {**SMALL_EVAL, "gate": {"min_ifeval_delta": 1.0}}, "run": {"seed": 0}})
+    (tmp_path / "baseline").mkdir()
+    counts = baseline.run_stage(StageRun(cfg, tmp_path / "baseline", {"tokenize": stage_dirs["tokenize"]}, "k"))
+    run_eval(tiny_model_dir, {**stage_dirs, "baseline": tmp_path / "baseline"}, tmp_path / "out", cfg.eval.gate)
+    in_process = json.loads((blocked_run[0] / constants.EVAL_RESULTS_FILE).read_text())
+    read_back = json.loads((tmp_path / "out" / constants.EVAL_RESULTS_FILE).read_text())
+    assert counts["heldout_loss"] == read_back["metrics"]["base"]["heldout_loss"]
+    for part in ("metrics", "items", "comparison", "gate", "ifeval", "generations"):
+        assert read_back[part] == in_process[part], part
+    from sft_pipeline.evaluate.stage import evaluate_run
+
+    fewer = EvalConfig(**{**SMALL_EVAL, "num_ifeval_prompts": 5})  # other prompts than the baseline answered
+    with pytest.raises(VerificationError, match="measured on other held-out rows or prompts"):
+        evaluate_run(cfg.model, {**stage_dirs, "baseline": tmp_path / "baseline"}, tmp_path, fewer, seed=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from sft_pipeline import constants
+from sft_pipeline import constants, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")
@@ -54,7 +54,7 @@ def first_run(prefect_server, overrides):
 
 def test_full_run_writes_every_output(first_run):
     state, results = first_run
-    assert set(results) == set(constants.STAGES)
+    assert set(results) == set(stages.NAMES)
     assert Path(results["filter"].out_dir, constants.FILTERED_FILE).exists()
     assert Path(results["ingest"].out_dir, constants.REJECTS_FILE).exists()
     assert Path(results["evaluate"].out_dir, constants.REPORT_MD_FILE).exists()
@@ -99,7 +99,7 @@ def test_adapter_weights_moved_from_initialisation(first_run):
 def test_second_run_is_all_cached(first_run, overrides):
     state, results = run_flow(overrides)
     states = task_states(state)
-    assert set(states) == {"ingest", "score", "filter", "tokenize", "train", "evaluate"}
+    assert set(states) == set(stages.NAMES)
     assert set(states.values()) == {"Cached"}, states
     assert results["train"].out_dir == first_run[1]["train"].out_dir
 
@@ -112,7 +112,18 @@ def test_threshold_change_recomputes_only_what_changed(first_run, overrides):
     assert states["ingest"] == states["score"] == "Cached"
     assert states["filter"] == "Completed"
     assert results["filter"].out_dir != first_run[1]["filter"].out_dir
-    assert states["tokenize"] == states["train"] == states["evaluate"] == "Cached", states
+    assert states["tokenize"] == states["train"] == states["baseline"] == states["evaluate"] == "Cached", states
+
+
+def test_a_training_change_reuses_the_base_models_evaluation(first_run, overrides):
+    # The base model is measured by its own stage, keyed by the held-out rows and the evaluation config: a new
+    # learning rate trains and evaluates the tuned model again, and the base model's answers are reused.
+    state, results = run_flow(overrides, ["train.learning_rate=0.0005"])
+    states = task_states(state)
+    assert states["tokenize"] == states["baseline"] == "Cached", states
+    assert states["train"] == states["evaluate"] == "Completed", states
+    assert results["baseline"].key == first_run[1]["baseline"].key
+    assert results["evaluate"].counts["heldout_loss_base"] == first_run[1]["evaluate"].counts["heldout_loss_base"]
 
 
 def test_results_and_cache_records_on_an_fsspec_url(first_run, overrides):

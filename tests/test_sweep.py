@@ -124,6 +124,7 @@ def test_a_two_branch_sweep_through_the_flow_shares_what_is_the_same(tiny_model_
     trained = sorted(p.name for p in (tmp_path / "train").iterdir() if not p.name.startswith("."))
     evaluated = sorted(p.name for p in (tmp_path / "evaluate").iterdir() if not p.name.startswith("."))
     assert len(trained) == 2 and len(evaluated) == 2  # three branches, two distinct row sets
+    assert len([p for p in (tmp_path / "baseline").iterdir() if not p.name.startswith(".")]) == 1  # base once
     assert set(summary["verdicts"]) == {"threshold=0.65", "threshold=0.7", "threshold=0.95"}
     report = Path(summary["out_dir"], "sweep.md").read_text()
     assert "| threshold=0.65" in report and "(current)" in report and "vs base (95 % CI)" in report

@@ -1,26 +1,29 @@
-"""EVALUATE stage: base vs tuned on held-out loss, prompt benchmarks and generation behaviour.
+"""BASELINE and EVALUATE stages: base vs tuned on held-out loss, prompt benchmarks and generation behaviour.
 
-The base model is loaded once (not quantised) and measured; the train stage's LoRA
-adapter is then attached and merged into it, and the tuned model is measured on
-exactly the same inputs (same prompts, same decoding). Per-item results of both
-models are kept, every metric gets a paired bootstrap 95 % interval on its delta
-and a verdict, and the gate reads those intervals. Results (``eval.json``), plots
-and the report are written into the stage's output folder.
+The base model (not quantised) is measured by the baseline stage (``base_eval.json``);
+the evaluate stage attaches and merges the train stage's LoRA adapter and measures
+the tuned model on exactly the same inputs (same prompts, same decoding; checked by
+digest). Per-item results of both models are kept, every metric gets a paired
+bootstrap 95 % interval on its delta and a verdict, and the gate reads those
+intervals (``sft_pipeline.evaluate.stage`` writes results, plots and the report).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sft_pipeline import constants
+from sft_pipeline.artifacts import json_digest
+from sft_pipeline.config import EvalConfig
+from sft_pipeline.errors import VerificationError
 from sft_pipeline.files import write_json
-from sft_pipeline.config import EvalConfig, ModelConfig
 from sft_pipeline.evaluate.behaviour import behaviour_items, response_record
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS, Benchmark
-from sft_pipeline.evaluate.gate import NOT_PROMOTED, run_gate
+from sft_pipeline.evaluate.gate import NOT_PROMOTED
 from sft_pipeline.evaluate.generate import generate
 from sft_pipeline.evaluate.ifeval import mean, per_instruction
 from sft_pipeline.evaluate.loss import heldout_loss, read_heldout
@@ -32,6 +35,7 @@ from sft_pipeline.resources import resolve_path
 log = logging.getLogger(__name__)
 
 BASE, TUNED = "base", "tuned"
+BASE_SECONDS_FILE = "base_seconds.json"  # beside constants.BASELINE_FILE: the base evaluation's phase timings
 HELDOUT_SCALARS = ("heldout_loss", "heldout_perplexity", "heldout_tokens", "heldout_rows")
 # Metrics compared base vs tuned, in report order (one block of four per benchmark).
 METRIC_TABLE = metric_table([(b.name, b.title) for b in BENCHMARKS])
@@ -196,28 +200,25 @@ def summary(results: dict) -> dict:
             "failed_checks": list(blocking)}
 
 
-def evaluate_run(model_cfg: ModelConfig, stage_dirs: dict[str, Path], out_dir: Path, cfg: EvalConfig, *,
-                 seed: int) -> dict:
-    """Measure base and tuned, compare them with paired intervals, gate, write results, plots and the report."""
-    from sft_pipeline.models import load_causal_lm, load_tokenizer
-    from sft_pipeline.report import render_report, write_run_file
-
-    out_dir, stage_dirs = Path(out_dir), {k: Path(v) for k, v in stage_dirs.items()}
-    inputs = load_inputs(stage_dirs, cfg)
-    adapter_dir = stage_dirs[constants.STAGE_TRAIN] / constants.ADAPTER_DIR
-    tokenizer = load_tokenizer(model_cfg)
-    model = load_causal_lm(model_cfg).eval()
-    log.info("evaluating base model: %d held-out rows, %s prompts, %d questions", len(inputs.heldout),
+def measure(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int, which: str) -> ModelEval:
+    log.info("evaluating %s model: %d held-out rows, %s prompts, %d questions", which, len(inputs.heldout),
              {k: len(v) for k, v in inputs.prompts.items()}, len(inputs.questions))
-    base = evaluate_model(model, tokenizer, inputs, cfg, seed)
-    model = attach_adapter(model, adapter_dir)
-    log.info("evaluating tuned model (adapter %s)", adapter_dir)
-    tuned = evaluate_model(model, tokenizer, inputs, cfg, seed)
-    compared = comparison(base, tuned, resamples=cfg.bootstrap_resamples, seed=seed)
-    gate = run_gate(base.metrics, tuned.metrics, cfg.gate, compared[0])
-    extra = {"model": model_cfg.name_or_path, "seed": seed, "config": cfg.model_dump(mode="json")}
-    results = build_results(inputs, base, tuned, gate, extra, compared)
-    write_json(out_dir / constants.EVAL_RESULTS_FILE, results)
-    write_run_file(out_dir, stage_dirs)
-    render_report(out_dir)
-    return summary(results)
+    return evaluate_model(model, tokenizer, inputs, cfg, seed)
+
+
+def save_base(path: Path, base: ModelEval, inputs: Inputs) -> None:
+    """The base model's evaluation, with the digest of the inputs it answered; its timings in a file beside it
+    (evaluate's key reads this file: identical runs must give identical bytes)."""
+    data = asdict(base)
+    write_json(path.with_name(BASE_SECONDS_FILE), data.pop("seconds"))
+    write_json(path, {"inputs_digest": json_digest(asdict(inputs)), **data})
+
+
+def load_base(path: Path, inputs: Inputs) -> ModelEval:
+    """The base model's evaluation, if it answered exactly ``inputs`` (else one VerificationError line)."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    if data.pop("inputs_digest", None) != json_digest(asdict(inputs)):
+        raise VerificationError(f"{path}: the base model was measured on other held-out rows or prompts")
+    seconds = path.with_name(BASE_SECONDS_FILE)
+    return ModelEval(**data, seconds=json.loads(seconds.read_text()) if seconds.is_file() else {})

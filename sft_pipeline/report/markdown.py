@@ -14,6 +14,7 @@ from sft_pipeline.evaluate.gate import FAILED, INCONCLUSIVE, NOT_PROMOTED, PROMO
 from sft_pipeline.evaluate.stats import NO_CHANGE
 from sft_pipeline.escape import cell, code, fence, md_inline, md_text
 from sft_pipeline.report.numbers import MISSING, fmt, interval, label, quantity
+from sft_pipeline.stages import NAMES as STAGE_NAMES
 
 SIDES = ("base", "tuned")
 SWEEP_COLUMNS = ("threshold", "rows", "tokens")
@@ -144,8 +145,8 @@ def stage_table(summary: dict) -> str:
 def data_section(run: dict, images: set[str]) -> str:
     parts = ["## Data"]
     stages = run.get("stages") or {}
-    for name in ordered(stages, constants.STAGES):
-        if name != constants.STAGE_TRAIN and stages[name]:
+    for name in ordered(stages, STAGE_NAMES):
+        if name not in (constants.STAGE_TRAIN, constants.STAGE_BASELINE) and stages[name]:
             parts.append(f"### Stage: {md_inline(name)}\n\n" + stage_table(stages[name]))
     sweep = run.get("sweep")
     if isinstance(sweep, list) and sweep:
