@@ -18,10 +18,10 @@ from typing import Any, Iterator, Mapping
 
 from sft_pipeline import storage
 from sft_pipeline.artifacts import file_digest, file_records, library_versions, path_digest, read_manifest, stage_key
-from sft_pipeline.files import atomic_dir, write_json
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import CHECKPOINTS_DIR, MANIFEST_FILE, PACKAGE_SCHEME
 from sft_pipeline.errors import InputError
+from sft_pipeline.files import atomic_dir, write_json
 from sft_pipeline.resources import resolve_path
 from sft_pipeline.stages import KEY_CHARS, Stage, StageResult, StageRun
 

@@ -17,10 +17,10 @@ import torch
 
 from sft_pipeline.artifacts import json_digest, path_digest
 
-from sft_pipeline.files import atomic_dir
 from sft_pipeline.config import ModelConfig
 from sft_pipeline.constants import TESTING_SCHEME
 from sft_pipeline.errors import InputError, VerificationError
+from sft_pipeline.files import atomic_dir
 from sft_pipeline.resources import cache_root, resolve_path
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from sft_pipeline.files import write_json
 from sft_pipeline.escape import code
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS
 from sft_pipeline.evaluate.metrics import compare, metric_table
+from sft_pipeline.files import write_json
 from sft_pipeline.sweep import Branch, BranchRow, Recommendation, read_results, recommend
 
 SWEEP_MD, SWEEP_HTML, SWEEP_JSON, SWEEP_PLOT = "sweep.md", "sweep.html", "sweep.json", "sweep_primary.png"
@@ -143,8 +143,8 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
     """
     from sft_pipeline import cache, storage
     from sft_pipeline.artifacts import code_version, json_digest
-    from sft_pipeline.files import atomic_dir
     from sft_pipeline.constants import STAGE_EVALUATE, STAGE_FILTER
+    from sft_pipeline.files import atomic_dir
     from sft_pipeline.stages import KEY_CHARS
 
     evals = {b.name: stage_results[b.name][STAGE_EVALUATE] for b in branches}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from sft_pipeline.files import atomic_dir
 from sft_pipeline.config import ModelConfig
+from sft_pipeline.files import atomic_dir
 from sft_pipeline.models import load_tokenizer
 
 DEFAULT_TOKENIZER_SOURCE = ModelConfig().name_or_path

@@ -25,9 +25,9 @@ from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig, load_config
 from sft_pipeline.errors import ConfigError
 from sft_pipeline.train import TrainJob
-from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train import levers as train_levers
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
+from sft_pipeline.train.trainer import train_model
 
 CUDA = torch.cuda.is_available()
 NO_CUDA = "no CUDA device (bench/gpu/check.sh runs these on a GPU machine)"

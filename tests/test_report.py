@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from sft_pipeline import constants
-from sft_pipeline.files import write_json
 from sft_pipeline.config import GateConfig
 from sft_pipeline.errors import InputError
 from sft_pipeline.evaluate import METRICS, Inputs, ModelEval, build_results, comparison
 from sft_pipeline.evaluate.behaviour import response_record
 from sft_pipeline.evaluate.gate import run_gate
 from sft_pipeline.evaluate.generate import Generation
+from sft_pipeline.files import write_json
 from sft_pipeline.report import render_report, write_run_file
 from sft_pipeline.report.plots import loss_curve
 

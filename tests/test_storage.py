@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sft_pipeline import cache, constants, stages, storage
-from sft_pipeline.score import entry as score_entry
 from sft_pipeline.config import load_config
 from sft_pipeline.errors import InputError
+from sft_pipeline.score import entry as score_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")

@@ -14,8 +14,8 @@ from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError
 from sft_pipeline.train import TrainJob
-from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train.samples import labelled_rows, pack_rows, toy_conversations, write_rows
+from sft_pipeline.train.trainer import train_model
 
 MAX_LENGTH = 64
 STEPS = 3

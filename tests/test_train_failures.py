@@ -14,8 +14,8 @@ from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.train import TrainJob, is_transient
-from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
+from sft_pipeline.train.trainer import train_model
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB"
 

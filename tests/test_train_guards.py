@@ -16,8 +16,8 @@ from sft_pipeline.config import ModelConfig, TrainConfig, load_config
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.models import NonFiniteError, check_finite_tensors, load_adapter, load_causal_lm
 from sft_pipeline.train import TrainJob, is_transient, train_stage
-from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
+from sft_pipeline.train.trainer import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -15,9 +15,9 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig
 from sft_pipeline.train import TrainJob
-from sft_pipeline.train.trainer import train_model
 from sft_pipeline.train.resume import COMPLETE_MARKER, latest_complete_checkpoint, saved_step
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
+from sft_pipeline.train.trainer import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 8

@@ -49,8 +49,8 @@ def exercise(assets: Path) -> None:
     from sft_pipeline.models import load_causal_lm, load_tokenizer
     from sft_pipeline.testing import make_tiny_model
     from sft_pipeline.train import TrainJob
-    from sft_pipeline.train.trainer import train_model
     from sft_pipeline.train.samples import labelled_rows, pack_rows, toy_conversations, write_rows
+    from sft_pipeline.train.trainer import train_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

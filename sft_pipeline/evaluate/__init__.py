@@ -20,7 +20,6 @@ from sft_pipeline import constants
 from sft_pipeline.artifacts import json_digest
 from sft_pipeline.config import EvalConfig
 from sft_pipeline.errors import VerificationError
-from sft_pipeline.files import write_json
 from sft_pipeline.evaluate.behaviour import behaviour_items, response_record
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS, Benchmark
 from sft_pipeline.evaluate.gate import NOT_PROMOTED
@@ -30,6 +29,7 @@ from sft_pipeline.evaluate.loss import heldout_loss, read_heldout
 from sft_pipeline.evaluate.metrics import HELDOUT_LOSS, bench_items, compare, metric_table
 from sft_pipeline.evaluate.prompts import load_questions
 from sft_pipeline.evaluate.stats import BETTER, WORSE
+from sft_pipeline.files import write_json
 from sft_pipeline.resources import resolve_path
 
 log = logging.getLogger(__name__)

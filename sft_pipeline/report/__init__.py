@@ -16,8 +16,8 @@ from typing import Any
 
 from sft_pipeline import constants, stages
 from sft_pipeline.artifacts import read_manifest
-from sft_pipeline.files import write_json
 from sft_pipeline.errors import InputError
+from sft_pipeline.files import write_json
 from sft_pipeline.report.html import data_uri, markdown_to_html
 from sft_pipeline.report.markdown import IMAGES, build_markdown, comparison
 from sft_pipeline.report.plots import loss_curve, metric_bars

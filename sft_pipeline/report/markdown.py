@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from sft_pipeline import constants
+from sft_pipeline.escape import cell, code, fence, md_inline, md_text
 from sft_pipeline.evaluate.gate import FAILED, INCONCLUSIVE, NOT_PROMOTED, PROMOTED
 from sft_pipeline.evaluate.stats import NO_CHANGE
-from sft_pipeline.escape import cell, code, fence, md_inline, md_text
 from sft_pipeline.report.numbers import MISSING, fmt, interval, label, quantity
 from sft_pipeline.stages import NAMES as STAGE_NAMES
 

@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sft_pipeline import constants
-from sft_pipeline.files import open_parquet
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import InputError
+from sft_pipeline.files import open_parquet
 from sft_pipeline.score import dedup, language
 from sft_pipeline.score.scorer import N_ASSISTANT, N_TURNS, REPETITION_RATIO, ChunkResult, chunks, score_chunk
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from sft_pipeline.constants import ADAPTER_DIR, LOSS_CURVE_FILE, MERGED_DIR, METRICS_FILE
-from sft_pipeline.files import atomic_dir, write_json
 from sft_pipeline.errors import VerificationError
+from sft_pipeline.files import atomic_dir, write_json
 from sft_pipeline.models import NonFiniteError, check_finite_tensors
 from sft_pipeline.train import metrics as measures
 from sft_pipeline.train.ranks import sum_and_max

@@ -34,9 +34,9 @@ import torch
 
 import sft_pipeline
 from sft_pipeline import errors
-from sft_pipeline.files import write_json
 from sft_pipeline.constants import METRICS_FILE
 from sft_pipeline.errors import ConfigError, PipelineError
+from sft_pipeline.files import write_json
 from sft_pipeline.models import compute_dtype
 from sft_pipeline.train import ranks
 from sft_pipeline.train.failures import RankFailure, back_off
