@@ -200,8 +200,8 @@ def summary(results: dict) -> dict:
             "failed_checks": list(blocking)}
 
 
-def measure(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int, which: str) -> ModelEval:
-    log.info("evaluating %s model: %d held-out rows, %s prompts, %d questions", which, len(inputs.heldout),
+def measure(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int, which: str, note: str = "") -> ModelEval:
+    log.info("evaluating %s model%s: %d held-out rows, %s prompts, %d questions", which, note, len(inputs.heldout),
              {k: len(v) for k, v in inputs.prompts.items()}, len(inputs.questions))
     return evaluate_model(model, tokenizer, inputs, cfg, seed)
 

@@ -36,7 +36,7 @@ def evaluate_run(model_cfg: ModelConfig, stage_dirs: dict[str, Path], out_dir: P
     base = load_base(baseline / constants.BASELINE_FILE, inputs) if baseline else \
         measure(model, tokenizer, inputs, cfg, seed, BASE)
     model = attach_adapter(model, adapter_dir)
-    tuned = measure(model, tokenizer, inputs, cfg, seed, f"{TUNED} (adapter {adapter_dir})")
+    tuned = measure(model, tokenizer, inputs, cfg, seed, TUNED, f" (adapter {adapter_dir})")
     compared = comparison(base, tuned, resamples=cfg.bootstrap_resamples, seed=seed)
     gate = run_gate(base.metrics, tuned.metrics, cfg.gate, compared[0])
     extra = {"model": model_cfg.name_or_path, "seed": seed, "config": cfg.model_dump(mode="json")}
