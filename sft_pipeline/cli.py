@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -179,8 +180,9 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser()[0].parse_args(argv)
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, raise_terminated)
+    if threading.current_thread() is threading.main_thread():  # only there can Python install a handler
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, raise_terminated)
     return run_command(args.func, args)
 
 
