@@ -1,5 +1,5 @@
 """The sweep's report: one row per branch, paired intervals against the base model and against the
-config's own branch, a plot of the primary metric with error bars, and the recommendation."""
+config's own branch, a plot of the primary metric's paired change against the base, and the recommendation."""
 
 from __future__ import annotations
 
@@ -78,11 +78,16 @@ def markdown(rows: Sequence[BranchRow], rec: Recommendation, primary: str, *, st
     lines += [f"| {k} | " + " | ".join(_cell(r.versus_base.get(k)) for r in rows) + " |" for k in others]
     lines += ["", f"Command: {code(command)}"]
     if plot_uri:
-        lines += ["", f"![{label} by setting]({plot_uri})"]
+        lines += ["", f"![{label}: change against the base model, by setting]({plot_uri})"]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[BranchRow], primary: str, base: dict, out: Path) -> Path:
+def plot(rows: Sequence[BranchRow], primary: str, label: str, out: Path) -> Path:
+    """The primary metric's paired change against the base model per setting, with its 95 % interval.
+
+    Paired deltas, not each branch's own interval: every branch answered the same items, so the per-item spread
+    that makes absolute intervals wide (hard and easy rows) cancels, and what the table calls significant shows.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,18 +95,15 @@ def plot(rows: Sequence[BranchRow], primary: str, base: dict, out: Path) -> Path
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     for kind in dict.fromkeys(r.branch.kind for r in rows):
-        pts = [r for r in rows if r.branch.kind == kind and r.metrics.get(primary, {}).get("tuned") is not None]
-        xs = [r.branch.value for r in pts]
-        ys = [r.metrics[primary]["tuned"] for r in pts]
-        err = [[y - (r.metrics[primary].get("tuned_low") or y) for y, r in zip(ys, pts)],
-               [(r.metrics[primary].get("tuned_high") or y) - y for y, r in zip(ys, pts)]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"tuned, by {kind}")
-    if base.get("base") is not None:
-        ax.axhline(base["base"], color="grey", linestyle="--", label="base model")
-        if base.get("base_low") is not None:
-            ax.axhspan(base["base_low"], base["base_high"], color="grey", alpha=0.15)
+        pts = [(r.branch.value, r.versus_base[primary]) for r in rows
+               if r.branch.kind == kind and (r.versus_base.get(primary) or {}).get("delta") is not None]
+        ys = [e["delta"] for _, e in pts]
+        err = [[y - (e.get("low") if e.get("low") is not None else y) for y, (_, e) in zip(ys, pts)],
+               [(e.get("high") if e.get("high") is not None else y) - y for y, (_, e) in zip(ys, pts)]]
+        ax.errorbar([x for x, _ in pts], ys, yerr=err, marker="o", capsize=4, label=f"tuned - base, by {kind}")
+    ax.axhline(0.0, color="grey", linestyle="--", label="no change from the base model")
     ax.set_xlabel("filter setting")
-    ax.set_ylabel(base.get("label", primary))
+    ax.set_ylabel(f"{label}\ntuned - base (paired 95 % CI)", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
@@ -120,7 +122,8 @@ def write(out_dir: Path, rows: Sequence[BranchRow], primary: str, direction: int
         return None if entry.get("low") is None else (entry["low"], entry["high"])
 
     rec = recommend(rows, primary, direction, interval)
-    image = plot(rows, primary, rows[0].metrics.get(primary, {}), out_dir / SWEEP_PLOT) if rows else None
+    label = (rows[0].metrics.get(primary) or {}).get("label", primary) if rows else primary
+    image = plot(rows, primary, label, out_dir / SWEEP_PLOT) if rows else None
     text = markdown(rows, rec, primary, steps=steps, heldout=heldout, command=command,
                     plot_uri=data_uri(image) if image else None)
     (out_dir / SWEEP_MD).write_text(text, encoding="utf-8")
