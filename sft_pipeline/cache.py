@@ -223,14 +223,16 @@ def changed_input(stage: Stage, upstream: Mapping[str, StageResult], sources: Ma
     ``DIGEST_CHECK_BYTES`` are served on their size alone). That output's manifest is removed, so the next run
     recomputes it instead of serving it again; None when every input is as recorded (the failure is the stage's)."""
     for name, wanted in stage.reads.items():
+        if not wanted or name not in upstream:  # read for context only (the report's tables)
+            continue
         prefixes = tuple(w.rstrip("/") + "/" for w in wanted)
         for recorded, digest in upstream[name].files.items():
             path = sources[name] / recorded
             if (recorded in wanted or recorded.startswith(prefixes)) and \
                     (not path.is_file() or file_digest(path, fresh=True) != digest):
                 (sources[name] / MANIFEST_FILE).unlink(missing_ok=True)
-                return f"{path} changed after the {name} stage wrote it: that output is discarded and will be " \
-                       f"recomputed on the next run"
+                return f"{path} changed after the {name} stage wrote it: this copy is discarded, and the next run " \
+                       f"recomputes it (or fetches the published copy again when run.output_dir is a URL)"
     return None
 
 

@@ -180,10 +180,13 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser()[0].parse_args(argv)
-    if threading.current_thread() is threading.main_thread():  # only there can Python install a handler
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, raise_terminated)
-    return run_command(args.func, args)
+    in_main = threading.current_thread() is threading.main_thread()  # only there can Python install a handler
+    previous = {signum: signal.signal(signum, raise_terminated) for signum in STOP_SIGNALS} if in_main else {}
+    try:
+        return run_command(args.func, args)
+    finally:  # called in-process (tests, notebooks): Ctrl-C behaves as before afterwards
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

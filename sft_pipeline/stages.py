@@ -121,7 +121,8 @@ STAGES: tuple[Stage, ...] = (
           sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,
           transient=TRAIN_TRANSIENT),
     # The base model, measured once per held-out set and evaluation config: a change to training alone, or the
-    # branches of a sweep, reuse it.
+    # branches of a sweep, reuse it. After train, so that `--until train` does not evaluate (and `--until baseline`
+    # trains first).
     Stage(STAGE_BASELINE, "sft_pipeline.evaluate.baseline:run_stage", reads={STAGE_TOKENIZE: (HELDOUT_TOKENS_FILE,)},
           sections=("eval", "model", "run.seed"), writes=(BASELINE_FILE,)),
     # The first three are read for the report's stage tables only: they do not enter the key.

@@ -131,7 +131,7 @@ def test_an_input_damaged_past_the_digest_check_fails_in_one_line_and_is_recompu
     with pytest.raises(InputError) as failure:
         cache.run(stages.get(constants.STAGE_FILTER), cfg, {constants.STAGE_SCORE: score})
     message = str(failure.value)
-    assert "\n" not in message and str(scores) in message and "recomputed on the next run" in message
+    assert "\n" not in message and str(scores) in message and "the next run recomputes it" in message
     assert cache.find(stages.get(constants.STAGE_SCORE), cfg, score.key) is None
     again = cache.run(stages.get(constants.STAGE_SCORE), cfg, {constants.STAGE_INGEST: ingest})
     assert again.files == score.files

@@ -1,6 +1,7 @@
 """EVALUATE stage on the tiny model: held-out loss, generation, behaviour, gate and the full stage."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -316,7 +317,8 @@ def test_a_second_benchmark_plugs_in_with_one_entry(monkeypatch, tmp_path, tiny_
     assert "## Instruction following (IFCopy checks)" in report and "IFCopy instruction loose" in report
 
 
-def test_the_baseline_stage_gives_the_numbers_measured_in_process(blocked_run, tiny_model_dir, stage_dirs, tmp_path):
+def test_the_baseline_stage_gives_the_numbers_measured_in_process(blocked_run, tiny_model_dir, stage_dirs, tmp_path,
+                                                                  caplog):
     """The base model measured by the baseline stage (another process in a run) and read back by evaluate gives
     exactly what evaluate measured itself; a baseline of other inputs is refused in one line."""
     from sft_pipeline.config import validate_config
@@ -336,6 +338,16 @@ def test_the_baseline_stage_gives_the_numbers_measured_in_process(blocked_run, t
         assert read_back[part] == in_process[part], part
     from sft_pipeline.evaluate.stage import evaluate_run
 
+    # Measured on another device or number format (a bf16 GPU): not paired with this fp32 run; measured again here.
+    saved = tmp_path / "baseline" / constants.BASELINE_FILE
+    saved.write_text(saved.read_text().replace('"device": "cpu"', '"device": "cuda"'))
+    assert '"device": "cuda"' in saved.read_text()
+    with caplog.at_level(logging.WARNING, logger="sft_pipeline.evaluate"):
+        run_eval(tiny_model_dir, {**stage_dirs, "baseline": tmp_path / "baseline"}, tmp_path / "gpu-base",
+                 cfg.eval.gate)
+    assert any("measuring the base model here" in r.getMessage() for r in caplog.records)
+    again = json.loads((tmp_path / "gpu-base" / constants.EVAL_RESULTS_FILE).read_text())
+    assert again["metrics"] == in_process["metrics"] and again["items"] == in_process["items"]
     fewer = EvalConfig(**{**SMALL_EVAL, "num_ifeval_prompts": 5})  # other prompts than the baseline answered
     with pytest.raises(VerificationError, match="measured on other held-out rows or prompts"):
         evaluate_run(cfg.model, {**stage_dirs, "baseline": tmp_path / "baseline"}, tmp_path, fewer, seed=0)

@@ -206,19 +206,31 @@ def measure(model, tokenizer, inputs: Inputs, cfg: EvalConfig, seed: int, which:
     return evaluate_model(model, tokenizer, inputs, cfg, seed)
 
 
-def save_base(path: Path, base: ModelEval, inputs: Inputs) -> None:
-    """The base model's evaluation, with the digest of the inputs it answered; its timings in a file beside it
-    (evaluate's key reads this file: identical runs must give identical bytes)."""
+def compute_of(model) -> dict:
+    """Where and in which number format a model runs (a bf16 GPU and an fp32 CPU give different losses)."""
+    param = next(model.parameters())
+    return {"device": param.device.type, "dtype": str(param.dtype).removeprefix("torch.")}
+
+
+def save_base(path: Path, base: ModelEval, inputs: Inputs, compute: dict) -> None:
+    """The base model's evaluation, with the digest of the inputs it answered and how it ran; its timings in a file
+    beside it (evaluate's key reads this file: identical runs must give identical bytes)."""
     data = asdict(base)
     write_json(path.with_name(BASE_SECONDS_FILE), data.pop("seconds"))
-    write_json(path, {"inputs_digest": json_digest(asdict(inputs)), **data})
+    write_json(path, {"inputs_digest": json_digest(asdict(inputs)), "compute": compute, **data})
 
 
-def load_base(path: Path, inputs: Inputs) -> ModelEval:
-    """The base model's evaluation, if it answered exactly ``inputs`` (else one VerificationError line)."""
+def load_base(path: Path, inputs: Inputs, compute: dict) -> ModelEval | None:
+    """The base model's evaluation, if it answered exactly ``inputs`` (else one VerificationError line); None if it
+    ran on another device or number format than ``compute`` (the pair would not compare like with like)."""
     path = Path(path)
     data = json.loads(path.read_text())
     if data.pop("inputs_digest", None) != json_digest(asdict(inputs)):
         raise VerificationError(f"{path}: the base model was measured on other held-out rows or prompts")
+    measured = data.pop("compute", None)
+    if measured != compute:
+        log.warning("the baseline in %s ran on %s, this evaluation on %s: measuring the base model here",
+                    path.parent, measured, compute)
+        return None
     seconds = path.with_name(BASE_SECONDS_FILE)
     return ModelEval(**data, seconds=json.loads(seconds.read_text()) if seconds.is_file() else {})

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sft_pipeline import constants
-from sft_pipeline.evaluate import BASE, load_inputs, measure, save_base
+from sft_pipeline.evaluate import BASE, compute_of, load_inputs, measure, save_base
 
 if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
@@ -20,5 +20,5 @@ def run_stage(run: StageRun) -> dict:
     inputs = load_inputs(dict(run.inputs), run.cfg.eval)
     model = load_causal_lm(run.cfg.model).eval()
     base = measure(model, load_tokenizer(run.cfg.model), inputs, run.cfg.eval, run.cfg.run.seed, BASE)
-    save_base(run.out / constants.BASELINE_FILE, base, inputs)
+    save_base(run.out / constants.BASELINE_FILE, base, inputs, compute_of(model))
     return dict(base.metrics)

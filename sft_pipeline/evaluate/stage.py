@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from sft_pipeline import constants
 from sft_pipeline.config import EvalConfig, ModelConfig
-from sft_pipeline.evaluate import (BASE, TUNED, attach_adapter, build_results, comparison, load_base, load_inputs,
-                                   measure, summary)
+from sft_pipeline.evaluate import (BASE, TUNED, attach_adapter, build_results, comparison, compute_of, load_base,
+                                   load_inputs, measure, summary)
 from sft_pipeline.evaluate.gate import run_gate
 from sft_pipeline.files import write_json
 
@@ -33,8 +33,8 @@ def evaluate_run(model_cfg: ModelConfig, stage_dirs: dict[str, Path], out_dir: P
     tokenizer = load_tokenizer(model_cfg)
     model = load_causal_lm(model_cfg).eval()
     baseline = stage_dirs.get(constants.STAGE_BASELINE)
-    base = load_base(baseline / constants.BASELINE_FILE, inputs) if baseline else \
-        measure(model, tokenizer, inputs, cfg, seed, BASE)
+    base = load_base(baseline / constants.BASELINE_FILE, inputs, compute_of(model)) if baseline else None
+    base = base or measure(model, tokenizer, inputs, cfg, seed, BASE)
     model = attach_adapter(model, adapter_dir)
     tuned = measure(model, tokenizer, inputs, cfg, seed, TUNED, f" (adapter {adapter_dir})")
     compared = comparison(base, tuned, resamples=cfg.bootstrap_resamples, seed=seed)
