@@ -12,7 +12,9 @@ padding-free using ``seq_lengths``) and uses our ``labels`` unchanged.
 Methods (``train.method``):
 
 * ``qlora``: NF4 base with double quantisation, bf16 compute on a GPU (fp32 on the
-  CPU), ``peft.prepare_model_for_kbit_training``, LoRA adapters;
+  CPU), LoRA adapters; the unquantised weights (embeddings, LM head, norms) stay in the
+  compute dtype, as TRL's ``SFTTrainer`` keeps them (``peft.prepare_model_for_kbit_training``
+  would upcast them to fp32: on the GPU check, an 8B model's 128k-vocabulary head in fp32);
 * ``lora``: LoRA adapters on a 16-bit base (bf16 on a GPU, fp32 on the CPU);
 * ``full``: every weight trained (fp32 master weights, bf16 autocast on a GPU).
 """
@@ -100,12 +102,13 @@ def lora_config(section: LoraSection):
 
 def load_model(model_cfg: ModelConfig, cfg: TrainConfig, levers: Levers = Levers()):
     """The base model prepared for ``cfg.method`` (adapters are added by the trainer)."""
-    from peft import prepare_model_for_kbit_training
-
     model = load_causal_lm(model_cfg, quantize_4bit=cfg.method == "qlora",
                            attn_implementation=levers.attn_implementation)
     if cfg.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        for param in model.parameters():
+            param.requires_grad_(False)  # the frozen base; PEFT adds the trainable adapters
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed blocks need an input that carries a gradient
     elif cfg.method == "full" and model.dtype != torch.float32:
         model = model.float()  # fp32 master weights; bf16 autocast does the compute
     return model
