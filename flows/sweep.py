@@ -3,11 +3,11 @@
 Ingest, score, the shared held-out set and the base model's evaluation on it run once. Each
 branch stage is the same cached task as in `sft`, so a re-run with one more setting trains only
 that branch (if it changes the union of rows the branches train on, the shared held-out set, the
-baseline and every evaluation are redone), and branches whose filters keep the same rows share one
-tokenize/train/evaluate output. Branches of one stage are submitted together, so data stages run in parallel where the
-task runner has room; model stages run one at a time in this process, and with
-``train.work_pool`` set every branch's training goes to `sft-train/<pool>` at once, under the
-GPU concurrency limit, as in `sft`.
+baseline and every evaluation are redone), and branches whose filters keep the same rows share
+one tokenize/train/evaluate output. Branches of one stage are submitted together, so data stages
+run in parallel where the task runner has room; model stages run one at a time in this process,
+and with ``train.work_pool`` set every branch's training goes to `sft-train/<pool>` at once,
+under the GPU concurrency limit, as in `sft`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from sft_pipeline import constants
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.files import open_parquet, write_json
-from sft_pipeline.selection import BY_THRESHOLD, keep_mask
+from sft_pipeline.selection import BY_THRESHOLD, keep_mask, scores_of
 
 if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
@@ -41,10 +41,13 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
     """Split scores.parquet into kept and dropped rows; write the sweep and histogram."""
     pf = open_scores(Path(scores_path))
     table = pf.read(columns=list(DECIDING_COLUMNS))
-    score = table.column(constants.SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(float)
+    score = scores_of(table)
     tokens = table.column(constants.TOKENS_EST_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64)
     keep, mode = keep_mask(score, table.column("id"), cfg)
-    cutoff = cfg.threshold if mode == BY_THRESHOLD else float(score[keep].min()) if keep.any() else None
+    if mode == BY_THRESHOLD:
+        cutoff = cfg.threshold
+    else:  # the lowest score kept
+        cutoff = float(score[keep].min()) if keep.any() else None
     out_dir = Path(out_dir)
     kept, dropped = write_split(pf, keep, out_dir / constants.FILTERED_FILE, out_dir / constants.DROPPED_FILE, mode)
     if kept + dropped != len(score) or kept != int(keep.sum()):

@@ -8,8 +8,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sft_pipeline.config import FilterConfig
+from sft_pipeline.constants import SCORE_COLUMN
 
 BY_THRESHOLD, BY_TOP_FRACTION = "threshold", "top_fraction"
+
+
+def scores_of(table: pa.Table) -> np.ndarray:
+    """The score stage's quality scores of ``table``'s rows, as floats.
+
+    >>> scores_of(pa.table({"score": [1, 0.5]})).tolist()
+    [1.0, 0.5]
+    """
+    return table.column(SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(float)
 
 
 def keep_mask(score: np.ndarray, ids: pa.ChunkedArray, cfg: FilterConfig) -> tuple[np.ndarray, str]:

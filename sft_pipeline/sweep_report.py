@@ -54,9 +54,14 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['delta']:+.3f} [{_num(entry.get('low'))}, {_num(entry.get('high'))}] {short}".strip()
 
 
+def metric_label(rows: Sequence[BranchRow], primary: str) -> str:
+    """The primary metric's readable name, as the evaluation reported it."""
+    return (rows[0].metrics.get(primary) or {}).get("label", primary) if rows else primary
+
+
 def markdown(rows: Sequence[BranchRow], rec: Recommendation, primary: str, *, steps: int, heldout: int,
              command: str, plot_uri: str | None) -> str:
-    label = (rows[0].metrics.get(primary) or {}).get("label", primary) if rows else primary
+    label = metric_label(rows, primary)
     head = ["setting", "rows kept", "tokens kept (est.)", f"{label} (tuned)", "vs base (95 % CI)",
             "vs current setting (95 % CI)", "gate"]
     lines = [f"# Filter sweep: {len(rows)} branches, {steps} training steps each", "",
@@ -122,8 +127,7 @@ def write(out_dir: Path, rows: Sequence[BranchRow], primary: str, direction: int
         return None if entry.get("low") is None else (entry["low"], entry["high"])
 
     rec = recommend(rows, primary, direction, interval)
-    label = (rows[0].metrics.get(primary) or {}).get("label", primary) if rows else primary
-    image = plot(rows, primary, label, out_dir / SWEEP_PLOT) if rows else None
+    image = plot(rows, primary, metric_label(rows, primary), out_dir / SWEEP_PLOT) if rows else None
     text = markdown(rows, rec, primary, steps=steps, heldout=heldout, command=command,
                     plot_uri=data_uri(image) if image else None)
     (out_dir / SWEEP_MD).write_text(text, encoding="utf-8")

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import InputError, VerificationError
-from sft_pipeline.selection import keep_mask
+from sft_pipeline.selection import keep_mask, scores_of
 from sft_pipeline.tokenize.encode import EncodeSettings, encode_all
 from sft_pipeline.tokenize.masks import TRUNCATE_DROP, TRUNCATE_WHOLE_TURNS, Encoded
 from sft_pipeline.tokenize.packing import list_array, pack_rows, packing_efficiency
@@ -120,6 +120,12 @@ def _preview_positions(conversations: Sequence[list[dict]], count: int) -> list[
     return sorted(range(len(conversations)), key=lambda p: (turns[p] < 2, p))[:count]
 
 
+def split_by_id(ids: Sequence[str], cfg: TokenizeConfig, seed: int) -> Split:
+    """The held-out / train split of these rows under ``cfg``'s rules (the same rules for every branch of a sweep)."""
+    return split_rows(ids, seed=seed, heldout_fraction=cfg.heldout_fraction, max_heldout=cfg.max_heldout_rows,
+                      max_rows=cfg.max_rows)
+
+
 def branch_train_rows(table: pa.Table, ids: Sequence[str], cfg: TokenizeConfig, seed: int) -> list[int] | None:
     """The rows that the filter settings of ``cfg.decontaminate_for`` would each select for training from these
     rows (same split rules), together; None when unset (held-out rows are checked against this config's own)."""
@@ -127,13 +133,11 @@ def branch_train_rows(table: pa.Table, ids: Sequence[str], cfg: TokenizeConfig, 
         return None
     if constants.SCORE_COLUMN not in table.column_names:
         raise InputError(f"tokenize.decontaminate_for needs the {constants.SCORE_COLUMN!r} column of the filter stage")
-    score = table.column(constants.SCORE_COLUMN).to_numpy(zero_copy_only=False).astype(float)
+    score = scores_of(table)
     rows: set[int] = set()
     for setting in cfg.decontaminate_for:
         kept = np.flatnonzero(keep_mask(score, table.column("id"), setting)[0])
-        branch = split_rows([ids[i] for i in kept], seed=seed, heldout_fraction=cfg.heldout_fraction,
-                            max_heldout=cfg.max_heldout_rows, max_rows=cfg.max_rows)
-        rows.update(int(kept[j]) for j in branch.train)
+        rows.update(int(kept[j]) for j in split_by_id([ids[i] for i in kept], cfg, seed).train)
     return sorted(rows)
 
 
@@ -142,9 +146,8 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
     out_dir = Path(out_dir)
     table, ids, conversations = read_filtered(filtered_path)
     info = learn_template(tokenizer)
-    split = decontaminate(split_rows(ids, seed=seed, heldout_fraction=cfg.heldout_fraction,
-                                     max_heldout=cfg.max_heldout_rows, max_rows=cfg.max_rows),
-                          conversations, cfg.decontaminate_ngram, against=branch_train_rows(table, ids, cfg, seed))
+    split = decontaminate(split_by_id(ids, cfg, seed), conversations, cfg.decontaminate_ngram,
+                          against=branch_train_rows(table, ids, cfg, seed))
     drops = _drops(ids, split.decontaminated, SPLIT_HELDOUT, DROP_DECONTAMINATED)
     drops += _drops(ids, split.not_selected, SPLIT_TRAIN, DROP_NOT_SELECTED)
 
