@@ -48,7 +48,8 @@ from sft_pipeline import constants
 from sft_pipeline.config import IngestConfig, ModelConfig, SourceConfig
 from sft_pipeline.ingest import ingest_sources
 from sft_pipeline.models import load_tokenizer
-from sft_pipeline.testing import make_tiny_model
+from sft_pipeline.model_files import resolve_model
+from sft_pipeline.tiny_model import TOKENIZER_SOURCE, make_tiny_model
 from sft_pipeline.tokenize.encode import EncodeSettings, encode_all, mp_context
 from sft_pipeline.tokenize.packing import list_array
 from sft_pipeline.tokenize.template import learn_template
@@ -218,7 +219,7 @@ def main() -> None:
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = make_tiny_model(tmp / "tiny")
+        model_dir = make_tiny_model(tmp / "tiny", resolve_model(TOKENIZER_SOURCE))
         tokenizer = load_tokenizer(ModelConfig(name_or_path=str(model_dir), chat_template=TEMPLATE))
         convs = load_conversations(args.rows, tmp)
         trainer = make_trl_trainer(tokenizer, model_dir, args.max_length, tmp)

@@ -113,12 +113,12 @@ def read_conversations(path: Path, n: int) -> list[list[dict]]:
 def model_path(name: str, cache: Path, tokenizer: str | None = None) -> str:
     from sft_pipeline.config import ModelConfig
     from sft_pipeline.models import resolve_model
-    from sft_pipeline.testing import make_tiny_model
+    from sft_pipeline.tiny_model import TOKENIZER_SOURCE, make_tiny_model
 
     if name == "tiny":
-        return str(make_tiny_model(cache / "tiny-model", **({"tokenizer_source": tokenizer} if tokenizer else {})))
+        return str(make_tiny_model(cache / "tiny-model", tokenizer or resolve_model(ModelConfig(name_or_path=TOKENIZER_SOURCE))))
     if name == "smollm2":
-        return resolve_model(ModelConfig())
+        return resolve_model(ModelConfig(name_or_path=TOKENIZER_SOURCE))
     if name in RANDOM_SHAPES:
         sys.path.insert(0, str(GPU_DIR))
         from random_model import write_random_model

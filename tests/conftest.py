@@ -14,9 +14,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer random-init Llama with SmolLM2's real tokenizer and chat template."""
-    from sft_pipeline.testing import make_tiny_model
+    from sft_pipeline.model_files import resolve_model
+    from sft_pipeline.tiny_model import TOKENIZER_SOURCE, make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), resolve_model(TOKENIZER_SOURCE))
 
 
 @pytest.fixture(scope="session")

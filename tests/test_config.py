@@ -62,11 +62,11 @@ def test_tiny_config_names_a_model_built_on_first_use(tmp_path, monkeypatch):
     # deployments/configs/tiny.yaml runs as it is on a fresh clone: testing:tiny builds the model.
     from sft_pipeline.models import resolve_model
     from sft_pipeline.resources import CACHE_ENV
-    from sft_pipeline.testing import DEFAULT_TOKENIZER_SOURCE
+    from sft_pipeline.tiny_model import TOKENIZER_SOURCE
 
     # The tiny model takes its tokenizer from the default model, converted from GGUF once per machine (other
     # tests convert it on a fresh one): lend that conversion to the empty cache, so only the tiny build is new.
-    converted = Path(resolve_model(ModelConfig(name_or_path=DEFAULT_TOKENIZER_SOURCE)))
+    converted = Path(resolve_model(ModelConfig(name_or_path=TOKENIZER_SOURCE)))
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / converted.name).symlink_to(converted)

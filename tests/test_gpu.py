@@ -41,10 +41,11 @@ BF16_LOSS_RTOL = 3e-2  # same run with other kernels in bf16
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from sft_pipeline.testing import DEFAULT_TOKENIZER_SOURCE, make_tiny_model
+    from sft_pipeline.model_files import resolve_model
+    from sft_pipeline.tiny_model import TOKENIZER_SOURCE, make_tiny_model
 
-    source = os.environ.get(TOKENIZER_ENV, DEFAULT_TOKENIZER_SOURCE)
-    return make_tiny_model(tmp_path_factory.mktemp("gpu-tiny-model"), tokenizer_source=source)
+    source = os.environ.get(TOKENIZER_ENV) or resolve_model(TOKENIZER_SOURCE)
+    return make_tiny_model(tmp_path_factory.mktemp("gpu-tiny-model"), source)
 
 
 @pytest.fixture(scope="module")

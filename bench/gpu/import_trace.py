@@ -29,7 +29,7 @@ from wheels import image_packages, wheel_name  # noqa: E402
 
 CHECK_MODULES = (
     "bench_train", "check", "check_report", "default_model", "random_model", "wheels",
-    "sft_pipeline.train", "sft_pipeline.train.levers", "sft_pipeline.testing", "sft_pipeline.evaluate",
+    "sft_pipeline.train", "sft_pipeline.train.levers", "sft_pipeline.tiny_model", "sft_pipeline.evaluate",
     "sft_pipeline.evaluate.generate", "sft_pipeline.train.samples", "sft_pipeline.models",
     "trl", "peft", "bitsandbytes", "datasets", "pydantic", "gguf", "pytest", "xml.etree.ElementTree",
 )
@@ -44,17 +44,17 @@ def exercise(assets: Path) -> None:
 
     from sft_pipeline import constants
     from sft_pipeline.config import ModelConfig, TrainConfig
-    from sft_pipeline.evaluate import attach_adapter  # noqa: F401
+    from sft_pipeline.evaluate.model_eval import attach_adapter  # noqa: F401
     from sft_pipeline.evaluate.generate import generate
     from sft_pipeline.models import load_causal_lm, load_tokenizer
-    from sft_pipeline.testing import make_tiny_model
+    from sft_pipeline.tiny_model import make_tiny_model
     from sft_pipeline.train import TrainJob
     from sft_pipeline.train.samples import labelled_rows, pack_rows, toy_conversations, write_rows
     from sft_pipeline.train.trainer import train_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = make_tiny_model(tmp / "tiny", tokenizer_source=str(assets / "tokenizer"))
+        model = make_tiny_model(tmp / "tiny", assets / "tokenizer")
         rows = labelled_rows(AutoTokenizer.from_pretrained(model), toy_conversations(8), 64)
         write_rows(rows, tmp / "tok" / constants.TRAIN_TOKENS_FILE)
         pack_rows(rows, 128)
