@@ -29,10 +29,11 @@ from typing import Sequence
 
 import torch
 
+from sft_pipeline import supervised_head
 from sft_pipeline.config import LoraSection, ModelConfig, TrainConfig
 from sft_pipeline.errors import ConfigError, InputError, PipelineError
 from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, compute_dtype, ignoring, load_causal_lm, load_tokenizer
-from sft_pipeline.train import ranks
+from sft_pipeline.train import ranks, template_tokens
 from sft_pipeline.train.data import TrainData, load_train_data
 from sft_pipeline.train.failures import RankOutOfMemory, back_off, is_oom, is_transient
 from sft_pipeline.train.guards import FiniteGuard, StopWhenComplete, TrainingComplete, finished_output
@@ -87,7 +88,8 @@ def one_line_errors(what: str):
         raise kind(f"{what}: {first}") from exc
 
 
-def lora_config(section: LoraSection):
+def lora_config(section: LoraSection, token_rows: Sequence[int] = ()):
+    """PEFT's LoraConfig; ``token_rows``: embedding rows trained besides the adapters (tied to the head)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -97,6 +99,7 @@ def lora_config(section: LoraSection):
         target_modules=list(section.target_modules),
         bias="none",
         task_type=PEFT_TASK_TYPE,
+        trainable_token_indices=list(token_rows) or None,
     )
 
 
@@ -185,16 +188,21 @@ def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callb
     with one_line_errors(f"model {job.model.name_or_path}"):
         model = load_model(job.model, job.train, levers)
     adapters = job.train.method != "full"
+    rows = template_tokens.choose(model, tokenizer, job.train.template_tokens,
+                                  job.train.untrained_norm_ratio) if adapters else []
     with one_line_errors("train.lora" if adapters else "train"):
         trainer = trainer_cls(
             model=model,
             args=args,
             train_dataset=data.dataset,
             processing_class=tokenizer,
-            peft_config=lora_config(job.train.lora) if adapters else None,
+            peft_config=lora_config(job.train.lora, rows) if adapters else None,
             callbacks=[*stage_callbacks(job), *callbacks],
         )
     trainer.remove_callback(PrinterCallback)
+    template_tokens.keep_rows_in_fp32(trainer.model)
+    if rows or not torch.cuda.is_available():
+        supervised_head.attach(trainer.model)  # exact for trained rows; on a CPU, the head only where the loss reads
     return trainer
 
 
