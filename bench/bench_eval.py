@@ -79,7 +79,7 @@ def bench_stage(cfg, overrides: list[str], seq_len: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline.evaluate.stage import evaluate_run
+    from sft_pipeline.evaluate.entry import evaluate_run
 
     tokenizer = load_tokenizer(cfg.model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -236,6 +236,13 @@ class TrainConfig(Section):
     # Unpacked rows as one flattened sequence per micro-batch (TRL's position-id path, no pad tokens);
     # auto: only with a varlen attention kernel (sdpa would build a dense mask over the whole micro-batch).
     padding_free: Literal["auto", "on", "off"] = "auto"
+    template_tokens: Literal["untrained", "all", "off"] = Field(default="untrained", description=(
+        "lora/qlora: which embedding rows of the chat template's control tokens train besides the adapters "
+        "(tied to the LM head): untrained = those whose norm is below untrained_norm_ratio x the median row norm "
+        "(a base model never saw them); all = every control token the template writes; off = none "
+        "(sft_pipeline.train.template_tokens)"))
+    untrained_norm_ratio: float = Field(default=0.5, gt=0, lt=1, description=(
+        "template_tokens=untrained: a row whose norm is below this fraction of the median row norm counts as untrained"))
     liger_kernels: bool = False  # Liger's Triton RMSNorm/SwiGLU/RoPE kernels (CUDA only; ignored with a log line on the CPU)
     logging_steps: int = Field(default=1, ge=1)
     # Training curves: TensorBoard event files in <train output>/tensorboard; mlflow: to run.tracking_uri.
@@ -262,19 +269,36 @@ class TrainConfig(Section):
 
 
 class GateConfig(Section):
-    """Regression gate on the 95 % interval of tuned minus base; ``None`` disables a check.
+    """Regression gate on the 95 % interval of tuned minus base (sft_pipeline.evaluate.gate).
 
-    A check fails when its whole interval lies beyond the tolerance, passes when it lies wholly
-    within, and is inconclusive (not promoted) when it straddles it.
+    Each tolerance is a non-inferiority margin ("not worse than the base by more than X"); ``None``
+    disables a check. A check fails when its whole interval lies beyond the tolerance, passes when it lies
+    wholly within, and is inconclusive (not promoted) when it straddles it.
     """
 
-    max_heldout_loss_increase: float | None = Field(default=0.0, ge=0)
-    min_ifeval_delta: float | None = -0.05  # instruction-level loose accuracy; > 0 demands a gain
-    min_stop_rate_delta: float | None = -0.05  # was -0.25, which let a 0.43 -> 0.25 drop through
-    max_repetition_increase: float | None = Field(default=None, ge=0)
-    # Always checked (at tolerance 0 when its own limit is None); None: only the limits above.
-    primary_metric: Literal["heldout_loss", "ifeval_inst_loose", "stop_rate", "repetition_rate"] | None = \
-        "heldout_loss"
+    max_heldout_loss_increase: float | None = Field(default=0.0, ge=0, description=(
+        "held-out loss (nats per supervised token) may rise by at most this much"))
+    min_ifeval_delta: float | None = Field(default=-0.05, description=(
+        "IFEval instruction-level loose accuracy may fall by at most this much (> 0 demands a gain)"))
+    min_ifbench_delta: float | None = Field(default=-0.05, description=(
+        "IFBench prompt-level strict accuracy may fall by at most this much (> 0 demands a gain)"))
+    min_stop_rate_delta: float | None = Field(default=-0.05, description=(
+        "the share of answers that end their turn within eval.max_new_tokens may fall by at most this much"))
+    max_repetition_increase: float | None = Field(default=None, ge=0, description=(
+        "the repeated n-gram rate of answers may rise by at most this much"))
+    primary_metric: Literal["heldout_loss", "ifeval_inst_loose", "ifbench_prompt_strict", "stop_rate",
+                            "repetition_rate"] | None = Field(default="heldout_loss", description=(
+        "always checked (at tolerance 0 when its own check is disabled); if it cannot be measured the model is "
+        "never promoted; None: only the tolerances above"))
+
+    @model_validator(mode="after")
+    def _check_enabled(self) -> "GateConfig":
+        limits = (self.max_heldout_loss_increase, self.min_ifeval_delta, self.min_ifbench_delta,
+                  self.min_stop_rate_delta, self.max_repetition_increase)
+        if self.primary_metric is None and all(limit is None for limit in limits):
+            raise ValueError("no check enabled: a gate without checks would promote anything; set primary_metric "
+                             "or a tolerance")
+        return self
 
 
 class EvalConfig(Section):

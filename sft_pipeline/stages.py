@@ -123,10 +123,10 @@ STAGES: tuple[Stage, ...] = (
     # The base model, measured once per held-out set and evaluation config: a change to training alone, or the
     # branches of a sweep, reuse it. After train, so that `--until train` does not evaluate (and `--until baseline`
     # trains first).
-    Stage(STAGE_BASELINE, "sft_pipeline.evaluate.baseline:run_stage", reads={STAGE_TOKENIZE: (HELDOUT_TOKENS_FILE,)},
+    Stage(STAGE_BASELINE, "sft_pipeline.baseline.entry:run_stage", reads={STAGE_TOKENIZE: (HELDOUT_TOKENS_FILE,)},
           sections=("eval", "model", "run.seed"), writes=(BASELINE_FILE,)),
     # The first three are read for the report's stage tables only: they do not enter the key.
-    Stage(STAGE_EVALUATE, "sft_pipeline.evaluate.stage:run_stage",
+    Stage(STAGE_EVALUATE, "sft_pipeline.evaluate.entry:run_stage",
           reads={STAGE_INGEST: (), STAGE_SCORE: (), STAGE_FILTER: (), STAGE_TOKENIZE: (HELDOUT_TOKENS_FILE,),
                  STAGE_TRAIN: (ADAPTER_DIR,), STAGE_BASELINE: (BASELINE_FILE,)},
           sections=("eval", "model", "run.seed"), writes=(EVAL_RESULTS_FILE, REPORT_MD_FILE)),

@@ -172,21 +172,27 @@ def test_behaviour_metrics():
 def test_gate_promotes_and_blocks():
     from sft_pipeline.evaluate.gate import run_gate
 
-    base = {"heldout_loss": 2.0, "ifeval_inst_loose": 0.40, "stop_rate": 0.9, "repetition_rate": 0.1}
-    better = {"heldout_loss": 1.8, "ifeval_inst_loose": 0.45, "stop_rate": 0.95, "repetition_rate": 0.1}
-    worse = {"heldout_loss": 2.2, "ifeval_inst_loose": 0.30, "stop_rate": 0.5, "repetition_rate": 0.3}
+    base = {"heldout_loss": 2.0, "ifeval_inst_loose": 0.40, "ifbench_prompt_strict": 0.3, "stop_rate": 0.9,
+            "repetition_rate": 0.1}
+    better = {"heldout_loss": 1.8, "ifeval_inst_loose": 0.45, "ifbench_prompt_strict": 0.35, "stop_rate": 0.95,
+              "repetition_rate": 0.1}
+    worse = {"heldout_loss": 2.2, "ifeval_inst_loose": 0.30, "ifbench_prompt_strict": 0.1, "stop_rate": 0.5,
+             "repetition_rate": 0.3}
     gate = GateConfig(max_repetition_increase=0.05)
     ok = run_gate(base, better, gate)
     assert ok["promoted"] and ok["failed_checks"] == []
-    assert {c["status"] for c in ok["checks"]} == {"passed"} and len(ok["checks"]) == 4
+    assert {c["status"] for c in ok["checks"]} == {"passed"} and len(ok["checks"]) == 5
     bad = run_gate(base, worse, gate)
     assert not bad["promoted"]
-    assert bad["failed_checks"] == ["heldout_loss", "ifeval_inst_loose", "stop_rate", "repetition_rate"]
+    assert bad["failed_checks"] == ["heldout_loss", "ifeval_inst_loose", "ifbench_prompt_strict", "stop_rate",
+                                    "repetition_rate"]
     # Tolerances and disabled checks.
-    loose = GateConfig(max_heldout_loss_increase=0.5, min_ifeval_delta=None, min_stop_rate_delta=None)
+    loose = GateConfig(max_heldout_loss_increase=0.5, min_ifeval_delta=None, min_ifbench_delta=None,
+                       min_stop_rate_delta=None)
     assert run_gate(base, worse, loose)["promoted"]
-    skipped = run_gate({**base, "heldout_loss": None}, better, GateConfig())
-    assert skipped["promoted"] and skipped["checks"][0]["status"] == "skipped"
+    # A primary metric that could not be measured (no held-out rows) never promotes.
+    unmeasured = run_gate({**base, "heldout_loss": None}, better, GateConfig())
+    assert not unmeasured["promoted"] and unmeasured["checks"][0]["status"] == "unmeasured"
 
 
 def test_questions_cover_categories():
@@ -203,7 +209,7 @@ SMALL_EVAL = dict(max_new_tokens=8, batch_size=8, num_generation_prompts=2, num_
 
 
 def run_eval(tiny_model_dir, stage_dirs, out: Path, gate: GateConfig) -> dict:
-    from sft_pipeline.evaluate.stage import evaluate_run
+    from sft_pipeline.evaluate.entry import evaluate_run
 
     cfg = EvalConfig(**SMALL_EVAL, gate=gate)
     out.mkdir()
@@ -212,17 +218,18 @@ def run_eval(tiny_model_dir, stage_dirs, out: Path, gate: GateConfig) -> dict:
 
 @pytest.fixture(scope="module")
 def blocked_run(tmp_path_factory, tiny_model_dir, stage_dirs):
-    """A full evaluation whose gate cannot pass (IFEval must rise by a whole 1.0)."""
+    """A full evaluation whose gate cannot pass (the stop rate must rise by a whole 1.0). (Not IFEval: the tiny
+    model's answers are all cut by max_new_tokens, so its IFEval checks are unmeasured, not failed.)"""
     out = tmp_path_factory.mktemp("eval") / "blocked"
-    return out, run_eval(tiny_model_dir, stage_dirs, out, GateConfig(min_ifeval_delta=1.0))
+    return out, run_eval(tiny_model_dir, stage_dirs, out, GateConfig(min_stop_rate_delta=1.0))
 
 
 def test_evaluate_run_writes_results_and_blocks(blocked_run, tiny_model, tiny_tokenizer, stage_dirs):
     out, summary = blocked_run
     for name in (constants.EVAL_RESULTS_FILE, constants.REPORT_MD_FILE, constants.REPORT_HTML_FILE, constants.RUN_FILE,
-                 constants.METRIC_BARS_FILE, constants.LOSS_CURVE_FILE):
+                 constants.METRIC_DELTAS_FILE, constants.LOSS_CURVE_FILE):
         assert (out / name).exists(), name
-    assert summary["promoted"] is False and "ifeval_inst_loose" in summary["failed_checks"]
+    assert summary["promoted"] is False and "stop_rate" in summary["failed_checks"]
     results = json.loads((out / constants.EVAL_RESULTS_FILE).read_text())
     base, tuned = results["metrics"]["base"], results["metrics"]["tuned"]
     # The base numbers are those of the plain base model; the adapter changes the tuned ones.
@@ -240,9 +247,10 @@ def test_evaluate_run_writes_results_and_blocks(blocked_run, tiny_model, tiny_to
 
 
 def test_evaluate_run_promotes(tmp_path, tiny_model_dir, stage_dirs):
-    off = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_stop_rate_delta=None,
-                     primary_metric=None)
-    summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "ok", off)
+    # One check the tiny model passes (a gate with none is refused: it would promote anything).
+    lenient = GateConfig(max_heldout_loss_increase=None, min_ifeval_delta=None, min_ifbench_delta=None,
+                         min_stop_rate_delta=None, max_repetition_increase=1.0, primary_metric=None)
+    summary = run_eval(tiny_model_dir, stage_dirs, tmp_path / "ok", lenient)
     assert summary["promoted"] is True and summary["failed_checks"] == []
     assert "Verdict: promoted" in (tmp_path / "ok" / constants.REPORT_MD_FILE).read_text()
 
@@ -272,7 +280,7 @@ def test_eval_json_keeps_per_item_results_of_both_models(blocked_run, tiny_model
                 "prompt_strict", "inst_strict", "prompt_loose", "inst_loose"} <= set(record)
         assert len(record["inst_loose"]) == len(prompt["instruction_id_list"])
     entries = {e["metric"]: e for e in results["comparison"]}
-    from sft_pipeline.evaluate import METRICS
+    from sft_pipeline.evaluate.model_eval import METRICS
 
     assert [e["metric"] for e in results["comparison"]] == list(METRICS)  # a list: report order survives JSON
     for name, entry in entries.items():
@@ -286,7 +294,8 @@ def test_eval_json_keeps_per_item_results_of_both_models(blocked_run, tiny_model
 def test_summary_is_numbers_plus_verdict(blocked_run):
     _, summary = blocked_run
     assert summary["verdict"] == "not_promoted" and summary["promoted"] is False
-    assert summary["failed_checks"] == ["ifeval_inst_loose"]
+    assert summary["failed_checks"][0] == "stop_rate"
+    assert set(summary["failed_checks"][1:]) <= {"ifeval_inst_loose", "ifbench_prompt_strict"}  # unmeasured: cut
     others = {k: v for k, v in summary.items() if k not in ("verdict", "failed_checks", "promoted")}
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in others.values()), others
     assert summary["heldout_loss_delta_low"] <= summary["heldout_loss_delta_high"]
@@ -296,7 +305,7 @@ def test_summary_is_numbers_plus_verdict(blocked_run):
 def test_a_second_benchmark_plugs_in_with_one_entry(monkeypatch, tmp_path, tiny_model_dir, stage_dirs):
     """A benchmark with ifeval's interface added as one entry gets its own prefixed metrics, intervals,
     per-prompt records and report section; both models answer its prompts."""
-    import sft_pipeline.evaluate as E
+    import sft_pipeline.evaluate.model_eval as E
     from sft_pipeline.evaluate.benchmarks import Benchmark
     from sft_pipeline.evaluate.ifeval import evaluate_ifeval, load_ifeval_prompts
 
@@ -323,11 +332,11 @@ def test_the_baseline_stage_gives_the_numbers_measured_in_process(blocked_run, t
     exactly what evaluate measured itself; a baseline of other inputs is refused in one line."""
     from sft_pipeline.config import validate_config
     from sft_pipeline.errors import VerificationError
-    from sft_pipeline.evaluate import baseline
+    from sft_pipeline.baseline import entry as baseline
     from sft_pipeline.stages import StageRun
 
     cfg = validate_config({"ingest": {"sources": [{"path": "x"}]}, "model": {"name_or_path": str(tiny_model_dir)},
-                           "eval": {**SMALL_EVAL, "gate": {"min_ifeval_delta": 1.0}}, "run": {"seed": 0}})
+                           "eval": {**SMALL_EVAL, "gate": {"min_stop_rate_delta": 1.0}}, "run": {"seed": 0}})
     (tmp_path / "baseline").mkdir()
     counts = baseline.run_stage(StageRun(cfg, tmp_path / "baseline", {"tokenize": stage_dirs["tokenize"]}, "k"))
     run_eval(tiny_model_dir, {**stage_dirs, "baseline": tmp_path / "baseline"}, tmp_path / "out", cfg.eval.gate)
@@ -336,7 +345,7 @@ def test_the_baseline_stage_gives_the_numbers_measured_in_process(blocked_run, t
     assert counts["heldout_loss"] == read_back["metrics"]["base"]["heldout_loss"]
     for part in ("metrics", "items", "comparison", "gate", "ifeval", "generations"):
         assert read_back[part] == in_process[part], part
-    from sft_pipeline.evaluate.stage import evaluate_run
+    from sft_pipeline.evaluate.entry import evaluate_run
 
     # Measured on another device or number format (a bf16 GPU): not paired with this fp32 run; measured again here.
     saved = tmp_path / "baseline" / constants.BASELINE_FILE

@@ -5,8 +5,9 @@ import pytest
 
 from sft_pipeline.config import GateConfig, load_config
 from sft_pipeline.errors import ConfigError
-from sft_pipeline.evaluate import METRIC_TABLE
-from sft_pipeline.evaluate.gate import INCONCLUSIVE, NOT_PROMOTED, PROMOTED, run_gate
+from sft_pipeline.evaluate.model_eval import METRIC_TABLE
+from sft_pipeline.evaluate.gate import run_gate
+from sft_pipeline.verdicts import INCONCLUSIVE, NOT_PROMOTED, PROMOTED
 from sft_pipeline.evaluate.metrics import compare
 
 RESAMPLES = 2000
@@ -25,6 +26,8 @@ def items(rng, n_rows: int, n_prompts: int, *, loss_shift: float, stop: tuple[fl
         | {"weights": np.ones(n_prompts)},
         "ifeval_inst_loose": {side: rng.binomial(n_inst.astype(int), p).astype(float)
                               for side, p in zip(("base", "tuned"), inst)} | {"weights": n_inst},
+        "ifbench_prompt_strict": {side: (rng.random(n_prompts) < p).astype(float)
+                                  for side, p in zip(("base", "tuned"), inst)} | {"weights": np.ones(n_prompts)},
     }
 
 
@@ -87,3 +90,41 @@ def test_gate_config_fails_at_load_time_with_the_dotted_path(tmp_path):
     with pytest.raises(ConfigError, match="eval.bootstrap_resamples"):
         load_config(cfg, ["eval.bootstrap_resamples=5"])
     assert load_config(cfg, ["eval.gate.primary_metric=stop_rate"]).eval.gate.primary_metric == "stop_rate"
+
+
+# The four holes a probe found by calling run_gate on made-up inputs (each promoted, or could not tell, before).
+def test_a_primary_metric_that_could_not_be_measured_never_promotes():
+    cells = items(np.random.default_rng(5), 300, 2000, loss_shift=-0.1, stop=(0.5, 0.6), inst=(0.4, 0.5))
+    del cells["heldout_loss"]  # no held-out rows: no loss for either model
+    result = gate_on(cells)
+    loss = next(c for c in result["checks"] if c["metric"] == "heldout_loss")
+    assert loss["status"] == "unmeasured" and loss["primary"]
+    assert result["verdict"] == NOT_PROMOTED and not result["promoted"]
+
+
+def test_a_gate_with_no_check_enabled_is_refused_at_load():
+    off = ["eval.gate.primary_metric=null"] + [f"eval.gate.{k}=null" for k in (
+        "max_heldout_loss_increase", "min_ifeval_delta", "min_ifbench_delta", "min_stop_rate_delta")]
+    with pytest.raises(ConfigError, match=r"eval\.gate: .*no check enabled"):
+        load_config("deployments/configs/tiny.yaml", off)
+    assert run_gate({}, {}, GateConfig(primary_metric="stop_rate"))["verdict"] == NOT_PROMOTED  # and never promotes
+
+
+def test_ifbench_is_gated_by_default():
+    rng = np.random.default_rng(6)
+    cells = items(rng, 300, 300, loss_shift=-0.1, stop=(0.5, 0.6), inst=(0.5, 0.5))
+    cells["ifbench_prompt_strict"] = {"base": (rng.random(300) < 0.5).astype(float), "tuned": np.zeros(300),
+                                      "weights": np.ones(300)}  # 0.5 -> 0.0
+    result = gate_on(cells)
+    assert result["verdict"] == NOT_PROMOTED and "ifbench_prompt_strict" in result["failed_checks"]
+
+
+def test_each_check_says_what_delta_it_would_need_to_pass_at_its_sample_size():
+    """40 IFEval-sized prompts: a check of >= -0.05 passes only for a clear gain, and the gate says how clear."""
+    rng = np.random.default_rng(7)
+    result = gate_on(items(rng, 300, 40, loss_shift=-0.1, stop=(0.5, 0.5), inst=(0.45, 0.45)))
+    ifeval = next(c for c in result["checks"] if c["metric"] == "ifeval_inst_loose")
+    assert ifeval["passing_delta"] == pytest.approx(-0.05 + (ifeval["delta"] - ifeval["low"]))
+    assert ifeval["passing_delta"] > 0, "at n=40 a zero change cannot pass a -0.05 margin"
+    if ifeval["delta"] < ifeval["passing_delta"]:
+        assert ifeval["status"] != "passed"

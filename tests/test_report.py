@@ -10,7 +10,7 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import GateConfig
 from sft_pipeline.errors import InputError
-from sft_pipeline.evaluate import METRICS, Inputs, ModelEval, build_results, comparison
+from sft_pipeline.evaluate.model_eval import METRICS, Inputs, ModelEval, build_results, comparison
 from sft_pipeline.evaluate.behaviour import response_record
 from sft_pipeline.evaluate.gate import run_gate
 from sft_pipeline.evaluate.generate import Generation
@@ -72,8 +72,8 @@ def test_markdown_has_summary_first_and_every_section(run_dir):
     text = md_path.read_text()
     headings = re.findall(r"^## (.+)$", text, flags=re.M)
     assert headings[0] == "Summary: base vs tuned"
-    assert headings[1:] == ["Regression gate", "Data", "Training", "Instruction following (IFEval checks)",
-                            "Generations: base vs tuned (1 MT-Bench first turns)"]
+    assert headings[1:] == ["Before and after: base vs tuned answers", "Regression gate", "Data", "Training",
+                            "Instruction following (IFEval checks)"]
     assert "NOT promoted" in text and "`heldout_loss`" in text  # loss rose by 0.5 > 0
     assert "| Held-out loss (assistant tokens) | 2.000 | 2.500 | +0.500 | worse |" in text
     assert "| 0.700 (used) | 5 | 99 |" in text  # sweep, configured threshold marked
@@ -128,5 +128,5 @@ def test_inconclusive_gate_reads_as_not_promoted_with_the_items_needed(run_dir):
     text = render_report(run_dir)[0].read_text()
     assert "**Verdict: inconclusive, so NOT promoted.**" in text and "`heldout_loss`" in text
     # n needed: the half-width 0.4 must shrink below |0.5 - 0.6| = 0.1, i.e. 16x the 3 rows.
-    assert "| inconclusive | 3 | 48 |" in text
+    assert "| inconclusive | 3 | delta &lt;= +0.200 | 48 |" in text
     assert "about 48 items (now 3)" in text

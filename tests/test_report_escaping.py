@@ -8,7 +8,7 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.escape import code, fence, md_text
 from sft_pipeline.report.html import markdown_to_html
-from sft_pipeline.report.markdown import generations_section
+from sft_pipeline.report.answers import examples_section
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '<img src=x onerror="alert(2)">'
@@ -39,7 +39,7 @@ def assert_inert(html: str) -> None:
 
 
 def test_report_html_escapes_question_ids_prompts_and_answers():
-    md = generations_section({"generations": [hostile_generation()]})
+    md = examples_section({"generations": [hostile_generation()]})
     html = markdown_to_html(md)
     assert_inert(html)
     body = body_of(html)
@@ -52,7 +52,7 @@ def test_report_html_escapes_question_ids_prompts_and_answers():
 
 def test_markdown_itself_is_inert_for_any_renderer():
     """report.md is also rendered by Prefect's UI: the Markdown must carry no raw HTML or link from data."""
-    md = generations_section({"generations": [hostile_generation()]})
+    md = examples_section({"generations": [hostile_generation()]})
     outside_fences = re.sub(r"(`{3,})text\n.*?\n\1", "", md, flags=re.S)
     assert SCRIPT not in outside_fences and IMG not in outside_fences
     assert not re.search(r"(?<!\\)\]\(javascript:", outside_fences) and JS_AUTOLINK not in outside_fences

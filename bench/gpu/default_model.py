@@ -75,7 +75,7 @@ def time_generation(model_path: str, adapter: Path, max_new_tokens: int) -> list
     import torch
 
     from sft_pipeline.config import ModelConfig
-    from sft_pipeline.evaluate import attach_adapter
+    from sft_pipeline.evaluate.model_eval import attach_adapter
     from sft_pipeline.evaluate.generate import generate
     from sft_pipeline.models import load_causal_lm, load_tokenizer
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sft_pipeline import constants
-from sft_pipeline.evaluate import BASE, compute_of, load_inputs, measure, save_base
+from sft_pipeline.evaluate.model_eval import BASE, compute_of, load_inputs, measure, save_base
 
 if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from sft_pipeline import constants
 from sft_pipeline.config import EvalConfig, ModelConfig
-from sft_pipeline.evaluate import (BASE, TUNED, attach_adapter, build_results, comparison, compute_of, load_base,
+from sft_pipeline.evaluate.model_eval import (BASE, TUNED, attach_adapter, build_results, comparison, compute_of, load_base,
                                    load_inputs, measure, summary)
 from sft_pipeline.evaluate.gate import run_gate
 from sft_pipeline.files import write_json

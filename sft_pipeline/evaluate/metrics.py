@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sft_pipeline.evaluate.stats import HIGHER, LOWER, NEUTRAL, paired_interval, verdict
+from sft_pipeline.evaluate.stats import paired_interval, verdict
+from sft_pipeline.verdicts import HIGHER, LOWER, NEUTRAL
 
 HELDOUT_LOSS, HELDOUT_PERPLEXITY = "heldout_loss", "heldout_perplexity"
 EXP = "exp"  # transform: perplexity is exp(loss) of each resample
@@ -43,9 +44,9 @@ HELDOUT = (
     Metric(HELDOUT_PERPLEXITY, "Held-out perplexity", LOWER, items=HELDOUT_LOSS, transform=EXP),
 )
 BEHAVIOUR = (
-    Metric("stop_rate", "Stop rate", HIGHER, rate=True),  # ends before max_new_tokens
+    Metric("stop_rate", "Stop rate (ended its turn within max_new_tokens)", HIGHER, rate=True),
+    Metric("mean_new_tokens", "Mean answer length (tokens)", NEUTRAL),
     Metric("repetition_rate", "Repeated n-gram rate", LOWER, rate=True),
-    Metric("mean_new_tokens", "Mean new tokens", NEUTRAL),
     Metric("mean_words", "Mean words", NEUTRAL),
     Metric("sycophantic_rate", "Sycophantic opener rate", LOWER, rate=True),
     Metric("too_short_rate", "Too-short rate", LOWER, rate=True),

@@ -5,7 +5,7 @@ the evaluate stage attaches and merges the train stage's LoRA adapter and measur
 the tuned model on exactly the same inputs (same prompts, same decoding; checked by
 digest). Per-item results of both models are kept, every metric gets a paired
 bootstrap 95 % interval on its delta and a verdict, and the gate reads those
-intervals (``sft_pipeline.evaluate.stage`` writes results, plots and the report).
+intervals (``sft_pipeline.evaluate.entry`` writes results, plots and the report).
 """
 
 from __future__ import annotations
@@ -22,19 +22,20 @@ from sft_pipeline.config import EvalConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.evaluate.behaviour import behaviour_items, response_record
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS, Benchmark
-from sft_pipeline.evaluate.gate import NOT_PROMOTED
 from sft_pipeline.evaluate.generate import generate
 from sft_pipeline.evaluate.ifeval import mean, per_instruction
 from sft_pipeline.evaluate.loss import heldout_loss, read_heldout
 from sft_pipeline.evaluate.metrics import HELDOUT_LOSS, bench_items, compare, metric_table
 from sft_pipeline.evaluate.prompts import load_questions
-from sft_pipeline.evaluate.stats import BETTER, WORSE
 from sft_pipeline.files import write_json
 from sft_pipeline.resources import resolve_path
+from sft_pipeline.verdicts import BETTER, NOT_PROMOTED, WORSE
 
 log = logging.getLogger(__name__)
 
 BASE, TUNED = "base", "tuned"
+MOSTLY_CUT = 0.5  # above this share of answers cut by max_new_tokens, a benchmark scores truncation
+QUESTIONS = "questions"  # the MT-Bench answers, in the cut-share table
 BASE_SECONDS_FILE = "base_seconds.json"  # beside constants.BASELINE_FILE: the base evaluation's phase timings
 HELDOUT_SCALARS = ("heldout_loss", "heldout_perplexity", "heldout_tokens", "heldout_rows")
 # Metrics compared base vs tuned, in report order (one block of four per benchmark).
@@ -135,12 +136,42 @@ def delta(base: dict, tuned: dict) -> dict:
             for k in base}
 
 
+def cut_share(records: list[dict]) -> float | None:
+    """The share of answers that hit ``max_new_tokens`` before ending their turn.
+
+    >>> cut_share([{"stopped": True}, {"stopped": False}]), cut_share([])
+    (0.5, None)
+    """
+    return sum(not r["stopped"] for r in records) / len(records) if records else None
+
+
+def cut_shares(base: ModelEval, tuned: ModelEval) -> dict[str, dict]:
+    """Per benchmark (and the MT-Bench questions): the share of each model's answers cut, and their number."""
+    groups = {name: (base.responses[name], tuned.responses.get(name, [])) for name in base.responses}
+    groups[QUESTIONS] = (base.question_responses, tuned.question_responses)
+    return {name: {BASE: cut_share(b), TUNED: cut_share(t), "answers": len(b)} for name, (b, t) in groups.items()}
+
+
+def flag_cut(compared: dict[str, dict], cuts: dict[str, dict]) -> dict[str, dict]:
+    """Mark each benchmark metric with its cut shares, and as mostly cut on a side where most answers were cut."""
+    for name, entry in compared.items():
+        bench = next((b for b in cuts if b != QUESTIONS and name.startswith(f"{b}_")), None)
+        if bench is None:
+            continue
+        for side in (BASE, TUNED):
+            share = cuts[bench][side]
+            entry[f"cut_{side}"] = share
+            entry[f"mostly_cut_{side}"] = share is not None and share > MOSTLY_CUT
+    return compared
+
+
 def comparison(base: ModelEval, tuned: ModelEval, *, resamples: int, seed: int) -> tuple[dict, dict]:
-    """(per-metric comparison with paired intervals, per-item values as saved in eval.json)."""
+    """(per-metric comparison with paired intervals and cut shares, per-item values as saved in eval.json)."""
     items = {name: {BASE: values, TUNED: tuned.items[name][0], "weights": weights}
              for name, (values, weights) in base.items.items() if name in tuned.items}
     table = _table([b for b in BENCHMARKS if b.name in base.verdicts])
-    return compare(table, base.metrics, tuned.metrics, items, resamples=resamples, seed=seed), items
+    compared = compare(table, base.metrics, tuned.metrics, items, resamples=resamples, seed=seed)
+    return flag_cut(compared, cut_shares(base, tuned)), items
 
 
 def _bench_results(bench: Benchmark, rows: list[dict], base: ModelEval, tuned: ModelEval) -> dict:
@@ -164,6 +195,7 @@ def build_results(inputs: Inputs, base: ModelEval, tuned: ModelEval, gate: dict,
         "comparison": [{"metric": name, **entry} for name, entry in compared[0].items()],  # in report order
         "gate": gate,
         "heldout": {"rows": base.metrics["heldout_rows"], "tokens": base.metrics["heldout_tokens"]},
+        "cut": cut_shares(base, tuned),
         "benchmarks": [b.name for b in benches],
         **{b.name: _bench_results(b, inputs.prompts[b.name], base, tuned) for b in benches},
         "generations": [{**q, BASE: b, TUNED: t}
@@ -191,7 +223,8 @@ def summary(results: dict) -> dict:
     """The stage's counts: numbers, plus ``verdict`` (promoted / not_promoted / inconclusive),
     ``promoted`` (bool) and ``failed_checks`` (the metrics that kept the model from promotion)."""
     gate, verdicts = results["gate"], [e.get("verdict") for e in results.get("comparison") or []]
-    blocking = gate["failed_checks"] if gate["verdict"] == NOT_PROMOTED else gate.get("inconclusive_checks", [])
+    blocking = (gate["failed_checks"] if gate["verdict"] == NOT_PROMOTED else gate.get("inconclusive_checks", [])) + \
+        gate.get("unmeasured_checks", [])
     counts = {"heldout_rows": results["heldout"]["rows"], "heldout_tokens": results["heldout"]["tokens"],
               **{f"{b}_prompts": len(results[b]["prompts"]) for b in results["benchmarks"]},
               "generation_prompts": len(results["generations"]),

@@ -19,8 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 LEVEL = 0.95
-BETTER, WORSE, NO_CHANGE = "better", "worse", "no significant change"
-HIGHER, LOWER, NEUTRAL = 1, -1, 0  # which direction of a metric is good
+from sft_pipeline.verdicts import BETTER, HIGHER, LOWER, NEUTRAL, NO_CHANGE, WORSE  # noqa: F401  (LOWER: doctests)
 
 
 @dataclass(frozen=True)

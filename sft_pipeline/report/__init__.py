@@ -20,7 +20,7 @@ from sft_pipeline.errors import InputError
 from sft_pipeline.files import write_json
 from sft_pipeline.report.html import data_uri, markdown_to_html
 from sft_pipeline.report.markdown import IMAGES, build_markdown, comparison
-from sft_pipeline.report.plots import loss_curve, metric_bars
+from sft_pipeline.report.plots import delta_plot, loss_curve
 
 MANIFEST_FIELDS = ("key", "config", "duration_s")
 SHOWN = ("counts", "method", "verdict", "details")  # what a stage table shows of a manifest, merged
@@ -112,7 +112,7 @@ def render_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not isinstance(results, dict) or "metrics" not in results:
         raise InputError(f"{run_dir / constants.EVAL_RESULTS_FILE}: not an evaluation result file")
     run = _read_json(run_dir / constants.RUN_FILE) or {}
-    metric_bars(comparison(results), run_dir / constants.METRIC_BARS_FILE)
+    delta_plot(comparison(results), run_dir / constants.METRIC_DELTAS_FILE)
     images = {name: data_uri(run_dir / name) for name in IMAGES if (run_dir / name).exists()}
     text = build_markdown(results, run, images)
     md_path, html_path = run_dir / constants.REPORT_MD_FILE, run_dir / constants.REPORT_HTML_FILE

@@ -10,23 +10,26 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from sft_pipeline import constants
-from sft_pipeline.escape import cell, code, fence, md_inline, md_text
-from sft_pipeline.evaluate.gate import FAILED, INCONCLUSIVE, NOT_PROMOTED, PROMOTED
-from sft_pipeline.evaluate.stats import NO_CHANGE
+from sft_pipeline.escape import cell, code, md_inline
+from sft_pipeline.report.answers import SIDES, cut_table, examples_section, more_answers_section
 from sft_pipeline.report.numbers import MISSING, fmt, interval, label, quantity
 from sft_pipeline.stages import NAMES as STAGE_NAMES
+from sft_pipeline.verdicts import (FAILED, INCONCLUSIVE, NO_CHANGE, NOT_PROMOTED, PROMOTED, TOLERANCE_MEANING,
+                                   UNMEASURED)
 
-SIDES = ("base", "tuned")
 SWEEP_COLUMNS = ("threshold", "rows", "tokens")
 VERDICT_TEXT = {
     PROMOTED: "**Verdict: promoted.** Every enabled gate check's 95 % interval lies within its tolerance.",
-    NOT_PROMOTED: "**Verdict: NOT promoted.** Significantly worse than tolerated: {why}.",
-    INCONCLUSIVE: "**Verdict: inconclusive, so NOT promoted.** The interval straddles the tolerance for "
-                    "{why}: more data is needed to decide (see the gate table).",
+    NOT_PROMOTED: "**Verdict: NOT promoted.** {why}.",
+    INCONCLUSIVE: "**Verdict: inconclusive, so NOT promoted.** {why}: more data (or longer answers) is needed to "
+                  "decide (see the gate table).",
 }
+BLOCKING = {NOT_PROMOTED: (FAILED, UNMEASURED), INCONCLUSIVE: (INCONCLUSIVE, UNMEASURED)}  # statuses named in why
+STATUS_TEXT = {FAILED: "significantly worse than tolerated", INCONCLUSIVE: "the interval straddles the tolerance",
+               UNMEASURED: "could not be measured"}
 FEW_ITEMS = 20  # below this many items a percentile bootstrap interval under-covers badly
 VERDICT_SHORT = {NO_CHANGE: "n.s."}  # keeps the summary table narrow enough for Prefect's UI
-IMAGES = {constants.METRIC_BARS_FILE: "Metrics base vs tuned, 95 % intervals",
+IMAGES = {constants.METRIC_DELTAS_FILE: "Each metric's paired change, tuned minus base, with its 95 % interval",
           constants.HISTOGRAM_FILE: "Quality score histogram", constants.LOSS_CURVE_FILE: "Training loss curve"}
 
 
@@ -71,13 +74,19 @@ def image(name: str) -> str:
     return f"![{IMAGES[name]}][{name}]"
 
 
+def _why(check: dict) -> str:
+    if check["status"] == UNMEASURED:
+        primary = " (the primary metric)" if check.get("primary") else ""
+        return f"{code(check['metric'])}{primary} could not be measured (no value, or its tuned answers mostly cut)"
+    return (f"{code(check['metric'])} {STATUS_TEXT[check['status']]} (delta {fmt(check['delta'], True)}, 95 % "
+            f"interval {interval(check.get('low'), check.get('high'))}, needs {check['condition']})")
+
+
 def _verdict(results: dict) -> str:
     gate = results["gate"]
     verdict = gate.get("verdict") or (PROMOTED if gate["promoted"] else NOT_PROMOTED)
-    status = {NOT_PROMOTED: FAILED, INCONCLUSIVE: INCONCLUSIVE}.get(verdict)
-    why = "; ".join(f"{code(c['metric'])} (delta {fmt(c['delta'], True)}, 95 % interval "
-                    f"{interval(c.get('low'), c.get('high'))}, needs {c['condition']})"
-                    for c in gate.get("checks", []) if c["status"] == status)
+    named = [c for c in gate.get("checks", []) if c["status"] in BLOCKING.get(verdict, ())]
+    why = "; ".join(_why(c) for c in named) or "No gate check is enabled"
     return VERDICT_TEXT[verdict].format(why=why)
 
 
@@ -104,33 +113,55 @@ def sample_sizes(results: dict) -> str:
     return "; ".join(parts + [f"behaviour rates: {fmt(answers)} answers"])
 
 
+def verdict_cell(entry: dict) -> str:
+    """A metric's verdict, flagged *cut* when most answers behind it (on either side) hit max_new_tokens.
+
+    >>> verdict_cell({"verdict": "better", "mostly_cut_base": True}), verdict_cell({"verdict": "no significant change"})
+    ('better (cut: base)', 'n.s.')
+    """
+    text = VERDICT_SHORT.get(entry.get("verdict"), entry.get("verdict") or MISSING)
+    cut = [side for side in SIDES if entry.get(f"mostly_cut_{side}")]
+    return f"{text} (cut: {' and '.join(cut)})" if cut else text
+
+
 def summary_section(results: dict) -> str:
-    rows = [[e["label"], fmt(e["base"]), fmt(e["tuned"]), fmt(e["delta"], True),
-             VERDICT_SHORT.get(e.get("verdict"), e.get("verdict") or MISSING), interval(e.get("low"), e.get("high"))]
-            for e in comparison(results).values()]
+    rows = [[e["label"], fmt(e["base"]), fmt(e["tuned"]), fmt(e["delta"], True), verdict_cell(e),
+             interval(e.get("low"), e.get("high"))] for e in comparison(results).values()]
     note = ("Delta is tuned minus base; the 95 % interval of the delta is a paired bootstrap (items resampled "
             "together for both models, seeded); the verdict says better or worse only when that interval excludes 0 "
             f"(n.s.: no significant change; –: no good direction). Items: {sample_sizes(results)}.")
     if any((e.get("n") or FEW_ITEMS) < FEW_ITEMS for e in comparison(results).values()):
         note += (f" **Fewer than {FEW_ITEMS} items on some metrics: bootstrap intervals are too narrow on so few "
                  "items; treat them as indicative only.**")
-    return "## Summary: base vs tuned\n\n" + table(
-        ["metric", "base", "tuned", "delta", "verdict", "95 % interval"], rows) + "\n\n" + note
+    body = table(["metric", "base", "tuned", "delta", "verdict", "95 % interval"], rows)
+    return "\n\n".join(part for part in ("## Summary: base vs tuned", body, note, cut_table(results, table)) if part)
+
+
+def passes_at(check: dict) -> str:
+    """The delta the check needs to pass at this sample size (its interval's spread as observed).
+
+    >>> passes_at({"condition": "tuned - base >= -0.05", "passing_delta": 0.036}), passes_at({})
+    ('delta >= +0.036', '–')
+    """
+    if check.get("passing_delta") is None:
+        return MISSING
+    return f"delta {'>=' if '>=' in check['condition'] else '<='} {fmt(check['passing_delta'], True)}"
 
 
 def gate_section(results: dict) -> str:
     gate = results["gate"]
     rows = [[c["metric"] + (" (primary)" if c.get("primary") else ""), c["condition"], fmt(c["delta"], True),
-             interval(c.get("low"), c.get("high")), c["status"], fmt(c.get("n")), fmt(c.get("needed_n"))]
+             interval(c.get("low"), c.get("high")), c["status"], fmt(c.get("n")), passes_at(c), fmt(c.get("needed_n"))]
             for c in gate.get("checks", [])]
     if not rows:
         return "## Regression gate\n\nNo checks enabled."
     needs = [f"- {code(c['metric'])}: about {fmt(c['needed_n'])} items (now {fmt(c['n'])}) would make the "
              f"interval narrower than the distance of the delta from the tolerance."
              for c in gate["checks"] if c.get("needed_n")]
-    note = ("A check fails when its whole interval lies beyond the tolerance, passes when it lies wholly "
-            "within, and is inconclusive when it straddles it; an inconclusive gate does not promote.")
-    body = table(["metric", "condition", "delta", "95 % interval", "result", "n", "n needed"], rows)
+    note = (TOLERANCE_MEANING + " *Passes at* is the delta a check needs at this sample size: where it is "
+            "beyond 0 on the good side, only a clear gain can pass, and an inconclusive result says the sample is "
+            "too small, not that the model regressed.")
+    body = table(["metric", "condition", "delta", "95 % interval", "result", "n", "passes at", "n needed"], rows)
     return "\n\n".join(["## Regression gate", body, note] + (["\n".join(needs)] if needs else []))
 
 
@@ -188,25 +219,6 @@ def bench_section(results: dict, name: str) -> str:
         ["instruction", "base", "tuned"], rows)
 
 
-def _reply(side: str, gen: dict) -> str:
-    status = "stopped" if gen["stopped"] else "hit max_new_tokens"
-    return f'<div markdown="1">\n\n**{side.capitalize()}** ({fmt(gen["new_tokens"])} tokens, {status})\n\n' \
-           f'{fence(gen["text"] or "(empty)")}\n\n</div>'
-
-
-def generations_section(results: dict) -> str:
-    gens = results.get("generations") or []
-    if not gens:
-        return "## Generations\n\nNo generation prompts configured."
-    parts = [f"## Generations: base vs tuned ({len(gens)} MT-Bench first turns)"]
-    for i, g in enumerate(gens, start=1):
-        quoted = "\n".join("> " + md_text(line) for line in str(g["prompt"]).splitlines())
-        pair = "\n\n".join(_reply(side, g[side]) for side in SIDES)
-        parts.append(f"### {i}. {md_inline(g.get('category', ''))} (question {md_inline(g.get('id', ''))})\n\n"
-                     f'{quoted}\n\n<div class="pair" markdown="1">\n\n{pair}\n\n</div>')
-    return "\n\n".join(parts)
-
-
 def header(results: dict) -> str:
     cfg = results.get("config") or {}
     decoding = "sampling (T={})".format(fmt(cfg.get("temperature"))) if cfg.get("do_sample") else "greedy"
@@ -225,12 +237,13 @@ def image_refs(images: dict[str, str]) -> str:
 def build_markdown(results: dict, run: dict, images: dict[str, str]) -> str:
     """The whole report; ``images`` maps the PNG file names present to their data URIs."""
     parts = [header(results), summary_section(results)]
-    if constants.METRIC_BARS_FILE in images:
-        parts.append(image(constants.METRIC_BARS_FILE))
+    if constants.METRIC_DELTAS_FILE in images:
+        parts.append(image(constants.METRIC_DELTAS_FILE))
+    parts += [part for part in (examples_section(results),) if part]
     benches = results.get("benchmarks") or [n for n in ("ifeval",) if n in results]
     parts += [gate_section(results), data_section(run, set(images)), training_section(run, set(images))]
     parts += [bench_section(results, name) for name in benches]
-    parts += [generations_section(results)]
+    parts += [part for part in (more_answers_section(results),) if part]
     if images:
         parts.append(image_refs(images))
     return "\n\n".join(parts) + "\n"
