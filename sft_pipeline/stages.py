@@ -115,7 +115,7 @@ STAGES: tuple[Stage, ...] = (
           sections=("score",), writes=(SCORES_FILE,)),
     Stage(STAGE_FILTER, "sft_pipeline.filter:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
           sections=("filter",), writes=(FILTERED_FILE, DROPPED_FILE)),
-    Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
+    Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize.entry:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
           sections=("tokenize", "model", "run.seed"), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
     Stage(STAGE_TRAIN, "sft_pipeline.train.stage:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
           sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,

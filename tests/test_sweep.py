@@ -45,7 +45,7 @@ def test_the_shared_heldout_set_is_checked_against_what_every_branch_trains_on()
 
     from sft_pipeline.config import FilterConfig, TokenizeConfig
     from sft_pipeline.tokenize.split import split_rows
-    from sft_pipeline.tokenize.stage import branch_train_rows
+    from sft_pipeline.tokenize.token_files import branch_train_rows
 
     ids = [f"row-{i}" for i in range(600)]
     score = np.random.default_rng(0).random(600)

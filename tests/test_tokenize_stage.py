@@ -12,7 +12,8 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import InputError, VerificationError
-from sft_pipeline.tokenize import encode_conversation, tokenize_split
+from sft_pipeline.tokenize.masks import encode_conversation
+from sft_pipeline.tokenize.token_files import tokenize_split
 from sft_pipeline.tokenize.verify import check_rows
 
 SEED = 7

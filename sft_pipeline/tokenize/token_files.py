@@ -1,4 +1,4 @@
-"""The tokenize stage: split, encode, verify, (pack) and write token files.
+"""Split, encode, verify, (pack) and write the tokenize stage's token files.
 
 Every input row ends up in exactly one place: ``train.parquet``, ``heldout.parquet``
 or ``tokenize_dropped.parquet`` (with its reason). Nothing is written unless every kept

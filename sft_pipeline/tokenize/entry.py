@@ -1,0 +1,14 @@
+"""The tokenize stage's entry (sft_pipeline.stages): the filter stage's kept rows -> train and held-out tokens."""
+
+from __future__ import annotations
+
+from sft_pipeline.constants import FILTERED_FILE, STAGE_FILTER
+from sft_pipeline.models import load_tokenizer
+from sft_pipeline.stages import StageRun
+from sft_pipeline.tokenize.token_files import tokenize_split
+
+
+def run_stage(run: StageRun) -> dict:
+    """Split, encode, verify and write the filter stage's kept rows (see ``token_files.tokenize_split``)."""
+    source = run.inputs[STAGE_FILTER] / FILTERED_FILE
+    return tokenize_split(source, run.out, load_tokenizer(run.cfg.model), run.cfg.tokenize, seed=run.cfg.run.seed)
