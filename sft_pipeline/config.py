@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sft_pipeline import constants
 from sft_pipeline.errors import ConfigError
+from sft_pipeline.tokenize.truncation import Truncation
 from sft_pipeline.urls import check_url, folder_problem, is_url
 
 
@@ -191,7 +192,7 @@ class TokenizeConfig(Section):
     max_length: int = Field(default=1024, ge=8)
     # whole_turns: keep whole turns up to the last assistant turn ending inside max_length (rows whose first
     # answer does not fit are dropped); keep_start: the first max_length tokens; drop: drop longer rows (all counted)
-    truncation: Literal["whole_turns", "keep_start", "drop"] = "whole_turns"
+    truncation: Truncation = Truncation.WHOLE_TURNS
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     packing: bool = False  # best-fit-decreasing, padding-free (seq_lengths + position_ids)
     heldout_fraction: float = Field(default=0.05, ge=0, lt=1)  # by row-id hash
