@@ -199,16 +199,9 @@ class TokenizeConfig(Section):
     max_heldout_rows: int | None = Field(default=200, ge=1)  # extra candidates stay in train
     max_rows: int | None = Field(default=None, ge=1)  # deterministic subset of train rows (by id hash)
     decontaminate_ngram: int = Field(default=8, ge=3)  # drop held-out rows sharing a word n-gram with train
-    # A sweep's shared held-out set: decontaminate against the union of the train rows these filter settings
-    # would select from the same rows (their branches), instead of against this config's own train rows.
-    decontaminate_for: list[FilterConfig] = Field(default_factory=list)
     num_proc: int = Field(default=1, ge=1)  # encoding processes (spawned, not forked, when threads run)
     batch_rows: int = Field(default=512, ge=1)  # rows per tokenizer call / worker task
     preview_rows: int = Field(default=3, ge=0)  # rows shown in mask_preview.md
-
-    def outside_key(self) -> set[str]:
-        """Unset, ``decontaminate_for`` stays out of the key, so keys from before it existed stay valid."""
-        return set() if self.decontaminate_for else {"decontaminate_for"}
 
 
 class LoraSection(Section):

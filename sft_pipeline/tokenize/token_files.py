@@ -9,20 +9,18 @@ Nothing is written unless every kept row passes the label-mask gate.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import InputError, VerificationError
-from sft_pipeline.selection import keep_mask, scores_of
 from sft_pipeline.tokenize.encode import EncodeSettings, encode_all
 from sft_pipeline.tokenize.outputs import (SPLIT_HELDOUT, SPLIT_TRAIN, Drop, Part, Rows, Tokenizing, drops_of,
                                            eot_stats, length_stats, write_outputs)
-from sft_pipeline.tokenize.split import Split, decontaminate, split_rows
+from sft_pipeline.tokenize.split import Split, decontaminate, split_by_id
 from sft_pipeline.tokenize.template import learn_template
 from sft_pipeline.tokenize.truncation import drop_counts, truncation_stats
 from sft_pipeline.tokenize.verify import MAX_LISTED, check_rows, target_turns
@@ -109,33 +107,27 @@ def verify(parts: Sequence[Part], rows: Rows, job: Tokenizing) -> list[list[tupl
     return [eots[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def split_by_id(ids: Sequence[str], cfg: TokenizeConfig, seed: int) -> Split:
-    """The held-out / train split of these rows under ``cfg``'s rules (the same rules for every branch of a sweep)."""
-    return split_rows(ids, seed=seed, heldout_fraction=cfg.heldout_fraction, max_heldout=cfg.max_heldout_rows,
-                      max_rows=cfg.max_rows)
+def read_ids(path: Path) -> set[str]:
+    """The ``id`` column of a Parquet file (the rows a sweep's branches train on); InputError if unreadable."""
+    try:
+        return set(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    except Exception as exc:  # noqa: BLE001 - any pyarrow failure means an unreadable file
+        raise InputError(f"{path}: not a Parquet file with an id column ({str(exc).splitlines()[0]})") from None
 
 
-def branch_train_rows(table: pa.Table, ids: Sequence[str], cfg: TokenizeConfig, seed: int) -> list[int] | None:
-    """The rows that the filter settings of ``cfg.decontaminate_for`` would each select for training from these
-    rows (same split rules), together; None when unset (held-out rows are checked against this config's own)."""
-    if not cfg.decontaminate_for:
-        return None
-    if constants.SCORE_COLUMN not in table.column_names:
-        raise InputError(f"tokenize.decontaminate_for needs the {constants.SCORE_COLUMN!r} column of the filter stage")
-    score = scores_of(table)
-    rows: set[int] = set()
-    for setting in cfg.decontaminate_for:
-        kept = np.flatnonzero(keep_mask(score, table.column("id"), setting)[0])
-        rows.update(int(kept[j]) for j in split_by_id([ids[i] for i in kept], cfg, seed).train)
-    return sorted(rows)
+def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeConfig, *, seed: int,
+                   decontaminate_against: Collection[str] | None = None) -> dict:
+    """Split, encode, verify and write ``train.parquet``, ``heldout.parquet`` and the mask preview.
 
-
-def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeConfig, *, seed: int) -> dict:
-    """Split, encode, verify and write ``train.parquet``, ``heldout.parquet`` and the mask preview."""
+    Held-out rows sharing an n-gram with a train row are left out; with ``decontaminate_against``
+    (row ids), with one of those rows instead (a sweep's shared held-out set: the rows its branches train on).
+    """
     rows = read_filtered(filtered_path)
     job = Tokenizing(tokenizer, learn_template(tokenizer), cfg)
+    against = None if decontaminate_against is None else \
+        [i for i, row_id in enumerate(rows.ids) if row_id in decontaminate_against]
     split = decontaminate(split_by_id(rows.ids, cfg, seed), rows.conversations, cfg.decontaminate_ngram,
-                          against=branch_train_rows(rows.table, rows.ids, cfg, seed))
+                          against=against)
     drops = drops_of(rows, split.decontaminated, SPLIT_HELDOUT, DROP_DECONTAMINATED)
     drops += drops_of(rows, split.not_selected, SPLIT_TRAIN, DROP_NOT_SELECTED)
 
