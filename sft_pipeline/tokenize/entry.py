@@ -14,5 +14,8 @@ def run_stage(run: StageRun) -> dict:
     source = run.inputs[STAGE_FILTER] / FILTERED_FILE
     branch_rows = run.inputs.get(STAGE_SWEEP_TRAIN_IDS)
     against = None if branch_rows is None else read_ids(branch_rows / TRAIN_IDS_FILE)
-    return tokenize_split(source, run.out, load_tokenizer(run.cfg.model), run.cfg.tokenize, seed=run.cfg.run.seed,
-                          decontaminate_against=against)
+    model = run.cfg.model
+    template = f"chat template {model.chat_template!r}" if model.chat_template else \
+        f"the chat template of {model.name_or_path}"
+    return tokenize_split(source, run.out, load_tokenizer(model), run.cfg.tokenize, seed=run.cfg.run.seed,
+                          decontaminate_against=against, template=template)

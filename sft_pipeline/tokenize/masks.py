@@ -190,6 +190,8 @@ def render_batch(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str
 def encode_rendered(texts: Sequence[str], turns: Sequence[Sequence[Span]], tokenizer, info: TemplateInfo,
                     settings: EncodeSettings) -> list[Encoded]:
     """Tokenize many rendered conversations in one call; ``turns``: each row's assistant spans."""
+    if not texts:  # the tokenizer fails on an empty batch
+        return []
     batch = tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False)
     return [encode_one(ids, encoding, row_turns, info, settings)
             for ids, encoding, row_turns in zip(batch["input_ids"], batch.encodings, turns)]

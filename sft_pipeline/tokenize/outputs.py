@@ -64,6 +64,7 @@ class Tokenizing:
     tokenizer: Any
     info: TemplateInfo
     cfg: TokenizeConfig
+    template: str  # the chat template, as messages name it
 
     @property
     def markers(self) -> tuple[str, str]:

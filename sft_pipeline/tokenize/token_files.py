@@ -1,9 +1,10 @@
 """Split, encode, verify, (pack) and write the tokenize stage's token files.
 
 Every input row ends up in exactly one place: ``train.parquet``, ``heldout.parquet``
-or ``tokenize_dropped.parquet`` (with its reason). What is kept of a long row, and which
-rows are dropped for their length, is the truncation policy's (``truncation.py``).
-Nothing is written unless every kept row passes the label-mask gate.
+or ``tokenize_dropped.parquet`` (with its reason: a row the chat template refuses is dropped
+with the template's message). What is kept of a long row, and which rows are dropped for
+their length, is the truncation policy's (``truncation.py``). Nothing is written unless
+every kept row passes the label-mask gate.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ import pyarrow.parquet as pq
 
 from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
-from sft_pipeline.errors import InputError, VerificationError
-from sft_pipeline.tokenize.encode import EncodeSettings, encode_all
+from sft_pipeline.errors import ConfigError, InputError, VerificationError
+from sft_pipeline.tokenize.encode import EncodeSettings, RowProblem, encode_all
 from sft_pipeline.tokenize.outputs import (SPLIT_HELDOUT, SPLIT_TRAIN, Drop, Part, Rows, Tokenizing, drops_of,
                                            eot_stats, length_stats, write_outputs)
 from sft_pipeline.tokenize.split import Split, decontaminate, split_by_id
 from sft_pipeline.tokenize.template import learn_template
 from sft_pipeline.tokenize.truncation import drop_counts, truncation_stats
-from sft_pipeline.tokenize.verify import MAX_LISTED, check_rows, target_turns
+from sft_pipeline.tokenize.verify import check_rows, listed, target_turns
 
 DROP_DECONTAMINATED = "heldout_ngram_overlap_with_train"
 DROP_NOT_SELECTED = "not_in_max_rows_subset"
+DROP_TEMPLATE_REFUSED = "chat_template_refused"  # followed by the template's message
 REQUIRED_COLUMNS = ("id", "messages")
 
 
@@ -74,26 +76,32 @@ def apply_policy(part: Part, rows: Rows, cfg: TokenizeConfig) -> tuple[Part, lis
     return part.keep(kept), drops
 
 
-def encode_part(name: str, indices: Sequence[int], rows: Rows, job: Tokenizing) -> tuple[Part, list[str]]:
-    """One split's rows encoded, and a problem line for each row that cannot be encoded."""
+def encode_part(name: str, indices: Sequence[int], rows: Rows, job: Tokenizing) -> tuple[Part, list[Drop], list[str]]:
+    """One split's rows encoded; a drop for each row the chat template refuses, and a problem line for each row
+    whose masks cannot be built."""
     cfg = job.cfg
     settings = EncodeSettings(max_length=cfg.max_length, train_on=cfg.train_on, truncation=cfg.truncation)
     results = encode_all([rows.conversations[i] for i in indices], job.tokenizer, job.info, settings,
                          batch_rows=cfg.batch_rows, num_proc=cfg.num_proc)
-    failures = [f"{rows.ids[i]} ({r})" for i, r in zip(indices, results) if isinstance(r, str)]
-    return Part(name, list(indices), results), failures
+    problems = [(i, r) for i, r in zip(indices, results) if isinstance(r, RowProblem)]
+    refused = [Drop(rows.ids[i], name, f"{DROP_TEMPLATE_REFUSED}: {r.message}") for i, r in problems if r.refused]
+    failures = [f"{rows.ids[i]} ({r.message})" for i, r in problems if not r.refused]
+    encoded = [(i, r) for i, r in zip(indices, results) if not isinstance(r, RowProblem)]
+    return Part(name, [i for i, _ in encoded], [r for _, r in encoded]), refused, failures
 
 
-def encode_parts(split: Split, rows: Rows, job: Tokenizing) -> tuple[Part, Part]:
-    """The train and held-out rows encoded; VerificationError naming every row that cannot be encoded."""
-    train, train_failures = encode_part(SPLIT_TRAIN, split.train, rows, job)
-    heldout, heldout_failures = encode_part(SPLIT_HELDOUT, split.heldout, rows, job)
-    failures = train_failures + heldout_failures
+def encode_parts(split: Split, rows: Rows, job: Tokenizing) -> tuple[tuple[Part, Part], list[Drop]]:
+    """The train and held-out rows encoded, and the rows the chat template refuses; VerificationError naming every
+    row whose masks cannot be built, ConfigError when the template refuses every row."""
+    (train, train_refused, train_failures) = encode_part(SPLIT_TRAIN, split.train, rows, job)
+    (heldout, heldout_refused, heldout_failures) = encode_part(SPLIT_HELDOUT, split.heldout, rows, job)
+    refused, failures = train_refused + heldout_refused, train_failures + heldout_failures
+    if refused and not (train.indices or heldout.indices or failures):
+        raise ConfigError(f"tokenize: {job.template} refuses every row ({len(refused)}), e.g. {refused[0].id}: "
+                          f"{refused[0].reason.partition(': ')[2]}")
     if failures:
-        more = f" and {len(failures) - MAX_LISTED} more" if len(failures) > MAX_LISTED else ""
-        raise VerificationError(f"tokenize: cannot build label masks for {len(failures)} row(s): "
-                                f"{'; '.join(failures[:MAX_LISTED])}{more}")
-    return train, heldout
+        raise VerificationError(f"tokenize: cannot build label masks for {listed(failures)}")
+    return (train, heldout), refused
 
 
 def verify(parts: Sequence[Part], rows: Rows, job: Tokenizing) -> list[list[tuple[int, bool]]]:
@@ -116,14 +124,16 @@ def read_ids(path: Path) -> set[str]:
 
 
 def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeConfig, *, seed: int,
-                   decontaminate_against: Collection[str] | None = None) -> dict:
+                   decontaminate_against: Collection[str] | None = None, template: str | None = None) -> dict:
     """Split, encode, verify and write ``train.parquet``, ``heldout.parquet`` and the mask preview.
 
     Held-out rows sharing an n-gram with a train row are left out; with ``decontaminate_against``
     (row ids), with one of those rows instead (a sweep's shared held-out set: the rows its branches train on).
+    ``template`` names the chat template in messages (default: the tokenizer's).
     """
     rows = read_filtered(filtered_path)
-    job = Tokenizing(tokenizer, learn_template(tokenizer), cfg)
+    template = template or f"the chat template of {getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}"
+    job = Tokenizing(tokenizer, learn_template(tokenizer), cfg, template)
     against = None if decontaminate_against is None else \
         [i for i, row_id in enumerate(rows.ids) if row_id in decontaminate_against]
     split = decontaminate(split_by_id(rows.ids, cfg, seed), rows.conversations, cfg.decontaminate_ngram,
@@ -131,7 +141,8 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
     drops = drops_of(rows, split.decontaminated, SPLIT_HELDOUT, DROP_DECONTAMINATED)
     drops += drops_of(rows, split.not_selected, SPLIT_TRAIN, DROP_NOT_SELECTED)
 
-    encoded = encode_parts(split, rows, job)
+    encoded, refused = encode_parts(split, rows, job)
+    drops += refused
     kept = []
     for part in encoded:
         part_kept, part_drops = apply_policy(part, rows, cfg)
@@ -144,6 +155,7 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
     stats.update(length_stats(encoded[0].encoded, cfg.max_length))
     stats.update(rows_in=len(rows.ids), heldout_decontaminated=len(split.decontaminated),
                  not_selected_by_max_rows=len(split.not_selected), **drop_counts([d.reason for d in drops]),
+                 rows_refused_by_chat_template=len(refused),
                  **truncation_stats(train.encoded), **eot_stats(train_eot),
                  eot_marker_mid=job.info.mid_marker, eot_marker_last=job.info.last_marker,
                  bos_prepended=job.info.bos_id is not None)
