@@ -17,7 +17,7 @@ STAGE_TOKENIZE = "tokenize"
 STAGE_TRAIN = "train"
 STAGE_BASELINE = "baseline"
 STAGE_EVALUATE = "evaluate"
-STAGE_SWEEP_TRAIN_IDS = "sweep_train_ids"  # a sweep's own step: the rows its branches train on (sft_pipeline.sweep_rows)
+STAGE_SWEEP_TRAIN_IDS = "sweep_train_ids"  # a sweep's own step: the rows its branches train on (sweep_rows.py)
 KEY_CHARS = 16  # characters of a content key in an output folder's name
 
 # Files each stage writes inside its output directory.

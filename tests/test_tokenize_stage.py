@@ -241,7 +241,8 @@ def test_a_sweeps_heldout_set_is_checked_against_the_rows_handed_over(tmp_path, 
     others = cache.run(tokenize, cfg, {"filter": leaked, constants.STAGE_SWEEP_TRAIN_IDS: train_ids("a", train[1:])})
     handed = cache.run(tokenize, cfg, {"filter": leaked, constants.STAGE_SWEEP_TRAIN_IDS: train_ids("b", train[:1])})
     assert own.counts["heldout_decontaminated"] == 1 == handed.counts["heldout_decontaminated"]
-    assert others.counts["heldout_decontaminated"] == 0 and held[0] in ids_of(Path(others.out_dir), constants.HELDOUT_TOKENS_FILE)
+    assert others.counts["heldout_decontaminated"] == 0
+    assert held[0] in ids_of(Path(others.out_dir), constants.HELDOUT_TOKENS_FILE)
     assert held[0] not in ids_of(Path(handed.out_dir), constants.HELDOUT_TOKENS_FILE)
     assert len({own.key, others.key, handed.key}) == 3
     again = cache.run(tokenize, cfg, {"filter": leaked, constants.STAGE_SWEEP_TRAIN_IDS: train_ids("c", train[:1])})

@@ -180,10 +180,10 @@ def _check_markers(name: str, *markers: str) -> None:
     """ConfigError when what follows an assistant turn holds message content (a template repeating an answer).
 
     >>> _check_markers("t", "<|im_end|>", "<|im_end|>")
-    >>> _check_markers("t", "<|im_end|>", "Probe answer delta.<|im_end|>")
+    >>> _check_markers("t", "<|im_end|>", "Probe answer delta.<|im_end|>")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    sft_pipeline.errors.ConfigError: chat template of t: writes message content again after an assistant turn ('Probe answer delta.<|im_end|>' follows it); a template that repeats or rewrites content is not supported
+    sft_pipeline.errors.ConfigError: chat template of t: writes message content again after an assistant turn ...
     """
     for marker in markers:
         if any(probe in marker for probe in (PROBE_SYSTEM, *PROBE_USERS, *PROBE_ANSWERS)):

@@ -64,44 +64,47 @@ def read_filtered(path: Path) -> Rows:
     return Rows(table, ids, conversations)
 
 
-def apply_policy(part: Part, rows: Rows, cfg: TokenizeConfig) -> tuple[Part, list[Drop]]:
-    """The part's rows that the truncation policy keeps, and a drop record for each of the others."""
+def apply_policy(parts: Sequence[Part], rows: Rows, cfg: TokenizeConfig) -> tuple[list[Part], list[Drop]]:
+    """Each part's rows that the truncation policy keeps, and a drop record for each of the others."""
     kept, drops = [], []
-    for pos, enc in enumerate(part.encoded):
-        reason = cfg.truncation.drop_reason(enc)
-        if reason is None:
-            kept.append(pos)
-        else:
-            drops += drops_of(rows, [part.indices[pos]], part.name, reason)
-    return part.keep(kept), drops
+    for part in parts:
+        positions = []
+        for pos, enc in enumerate(part.encoded):
+            reason = cfg.truncation.drop_reason(enc)
+            if reason is None:
+                positions.append(pos)
+            else:
+                drops += drops_of(rows, [part.indices[pos]], part.name, reason)
+        kept.append(part.keep(positions))
+    return kept, drops
 
 
-def encode_part(name: str, indices: Sequence[int], rows: Rows, job: Tokenizing) -> tuple[Part, list[Drop], list[str]]:
-    """One split's rows encoded; a drop for each row the chat template refuses, and a problem line for each row
-    whose masks cannot be built."""
+def encode_part(name: str, indices: Sequence[int], rows: Rows, job: Tokenizing) -> tuple[Part, list[tuple]]:
+    """One split's rows encoded, and (row index, problem) for each row that could not be."""
     cfg = job.cfg
     settings = EncodeSettings(max_length=cfg.max_length, train_on=cfg.train_on, truncation=cfg.truncation)
     results = encode_all([rows.conversations[i] for i in indices], job.tokenizer, job.info, settings,
                          batch_rows=cfg.batch_rows, num_proc=cfg.num_proc)
-    problems = [(i, r) for i, r in zip(indices, results) if isinstance(r, RowProblem)]
-    refused = [Drop(rows.ids[i], name, f"{DROP_TEMPLATE_REFUSED}: {r.message}") for i, r in problems if r.refused]
-    failures = [f"{rows.ids[i]} ({r.message})" for i, r in problems if not r.refused]
     encoded = [(i, r) for i, r in zip(indices, results) if not isinstance(r, RowProblem)]
-    return Part(name, [i for i, _ in encoded], [r for _, r in encoded]), refused, failures
+    problems = [(i, r) for i, r in zip(indices, results) if isinstance(r, RowProblem)]
+    return Part(name, [i for i, _ in encoded], [r for _, r in encoded]), problems
 
 
-def encode_parts(split: Split, rows: Rows, job: Tokenizing) -> tuple[tuple[Part, Part], list[Drop]]:
-    """The train and held-out rows encoded, and the rows the chat template refuses; VerificationError naming every
-    row whose masks cannot be built, ConfigError when the template refuses every row."""
-    (train, train_refused, train_failures) = encode_part(SPLIT_TRAIN, split.train, rows, job)
-    (heldout, heldout_refused, heldout_failures) = encode_part(SPLIT_HELDOUT, split.heldout, rows, job)
-    refused, failures = train_refused + heldout_refused, train_failures + heldout_failures
-    if refused and not (train.indices or heldout.indices or failures):
-        raise ConfigError(f"tokenize: {job.template} refuses every row ({len(refused)}), e.g. {refused[0].id}: "
-                          f"{refused[0].reason.partition(': ')[2]}")
+def encode_parts(split: Split, rows: Rows, job: Tokenizing) -> tuple[list[Part], list[Drop]]:
+    """The train and held-out rows encoded, and a drop for each row the chat template refuses; VerificationError
+    naming every row whose masks cannot be built, ConfigError when the template refuses every row."""
+    parts, refused, failures = [], [], []
+    for name, indices in ((SPLIT_TRAIN, split.train), (SPLIT_HELDOUT, split.heldout)):
+        part, problems = encode_part(name, indices, rows, job)
+        parts.append(part)
+        refused += [(rows.ids[i], name, problem.message) for i, problem in problems if problem.refused]
+        failures += [f"{rows.ids[i]} ({problem.message})" for i, problem in problems if not problem.refused]
+    if refused and not failures and not any(part.indices for part in parts):
+        row_id, _, message = refused[0]
+        raise ConfigError(f"tokenize: {job.template} refuses every row ({len(refused)}), e.g. {row_id}: {message}")
     if failures:
         raise VerificationError(f"tokenize: cannot build label masks for {listed(failures)}")
-    return (train, heldout), refused
+    return parts, [Drop(row_id, name, f"{DROP_TEMPLATE_REFUSED}: {message}") for row_id, name, message in refused]
 
 
 def verify(parts: Sequence[Part], rows: Rows, job: Tokenizing) -> list[list[tuple[int, bool]]]:
@@ -142,12 +145,8 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
     drops += drops_of(rows, split.not_selected, SPLIT_TRAIN, DROP_NOT_SELECTED)
 
     encoded, refused = encode_parts(split, rows, job)
-    drops += refused
-    kept = []
-    for part in encoded:
-        part_kept, part_drops = apply_policy(part, rows, cfg)
-        kept.append(part_kept)
-        drops += part_drops
+    kept, too_long = apply_policy(encoded, rows, cfg)
+    drops += refused + too_long
     train, heldout = kept
     train_eot = verify(kept, rows, job)[0]
 
