@@ -50,7 +50,7 @@ from sft_pipeline.ingest import ingest_sources
 from sft_pipeline.models import load_tokenizer
 from sft_pipeline.model_files import resolve_model
 from sft_pipeline.tiny_model import TOKENIZER_SOURCE, make_tiny_model
-from sft_pipeline.tokenize.encode import EncodeSettings, encode_all, mp_context
+from sft_pipeline.tokenize.encode import EncodeSettings, RowProblem, encode_all, mp_context
 from sft_pipeline.tokenize.packing import list_array
 from sft_pipeline.tokenize.template import learn_template
 
@@ -127,9 +127,9 @@ def run_ours(convs, tokenizer, max_length, num_proc) -> tuple[list, list]:
     info = learn_template(tokenizer)
     settings = EncodeSettings(max_length=max_length, train_on="all_assistant")
     encoded = encode_all(convs, tokenizer, info, settings, batch_rows=BATCH_ROWS, num_proc=num_proc)
-    bad = [e for e in encoded if isinstance(e, str)]
+    bad = [e for e in encoded if isinstance(e, RowProblem)]
     if bad:
-        raise SystemExit(f"ours: {len(bad)} rows failed, first: {bad[0]}")
+        raise SystemExit(f"ours: {len(bad)} rows failed, first: {bad[0].message}")
     ids, labels = [e.input_ids for e in encoded], [e.labels for e in encoded]
     list_array(ids), list_array(labels)  # the Arrow columns written to train.parquet
     return ids, labels

@@ -1,6 +1,8 @@
 """The `sft-sweep` flow: filter -> tokenize -> train -> evaluate for each filter setting, compared.
 
-Ingest, score, the shared held-out set and the base model's evaluation on it run once. Each
+Ingest, score, the shared held-out set and the base model's evaluation on it run once; the held-out
+set is drawn after every branch's filter, and decontaminated against the rows the branches train on
+(``sft_pipeline.sweep_rows``). Each
 branch stage is the same cached task as in `sft`, so a re-run with one more setting trains only
 that branch (if it changes the union of rows the branches train on, the shared held-out set, the
 baseline and every evaluation are redone), and branches whose filters keep the same rows share
@@ -17,14 +19,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.logs import library_logs
 from flows.sft import DEFAULT_CONFIG, run_stage, submit_stage
-from sft_pipeline import stages, sweep
+from sft_pipeline import cache, stages, sweep, sweep_rows
 from sft_pipeline.config import load_config
-from sft_pipeline.constants import (STAGE_BASELINE, STAGE_EVALUATE, STAGE_FILTER, STAGE_SCORE, STAGE_TOKENIZE,
-                                    STAGE_TRAIN)
+from sft_pipeline.constants import (STAGE_BASELINE, STAGE_EVALUATE, STAGE_FILTER, STAGE_SCORE,
+                                    STAGE_SWEEP_TRAIN_IDS, STAGE_TOKENIZE, STAGE_TRAIN)
 from sft_pipeline.stages import StageResult
 
 SWEEP_FLOW = "sft-sweep"
-BRANCH_STAGES = (STAGE_FILTER, STAGE_TOKENIZE, STAGE_TRAIN, STAGE_EVALUATE)
+BRANCH_STAGES = (STAGE_TOKENIZE, STAGE_TRAIN, STAGE_EVALUATE)  # after each branch's filter and the held-out set
 MODEL_STAGES = (STAGE_TRAIN, STAGE_EVALUATE)
 
 
@@ -38,11 +40,13 @@ def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
         shared: dict[str, StageResult] = {}
         for stage in stages.upto(STAGE_SCORE):
             shared[stage.name] = run_stage(stage, cfg, shared)
-        heldout = held_out_set(sweep.heldout_config(cfg, branches), shared)
-        measured = {STAGE_TOKENIZE: heldout}  # what every branch is evaluated on, and the base model on it, once
-        measured[STAGE_BASELINE] = run_stage(stages.get(STAGE_BASELINE), cfg, measured)
         configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
         results = {b.name: dict(shared) for b in branches}
+        run_branch_stage(stages.get(STAGE_FILTER), cfg, configs, results, {})
+        trained = branch_train_ids(cfg, {b: results[b][STAGE_FILTER] for b in configs})
+        heldout = held_out_set(sweep.heldout_config(cfg), {**shared, STAGE_SWEEP_TRAIN_IDS: trained})
+        measured = {STAGE_TOKENIZE: heldout}  # what every branch is evaluated on, and the base model on it, once
+        measured[STAGE_BASELINE] = run_stage(stages.get(STAGE_BASELINE), cfg, measured)
         for name in BRANCH_STAGES:
             run_branch_stage(stages.get(name), cfg, configs, results, measured)
         return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
@@ -66,12 +70,19 @@ def concurrent(stage: str, cfg) -> bool:
     return stage not in MODEL_STAGES or (stage == STAGE_TRAIN and bool(cfg.train.work_pool))
 
 
+@task(name=STAGE_SWEEP_TRAIN_IDS)
+def branch_train_ids(cfg, filtered: dict[str, StageResult]) -> StageResult:
+    """The ids of the rows any branch trains on, from each branch's filter output (cached by their content)."""
+    return cache.run(sweep_rows.stage(list(filtered)), cfg, filtered)
+
+
 def held_out_set(cfg, shared: dict[str, StageResult]) -> StageResult:
-    """The tokenize output whose held-out rows every branch is evaluated on (drawn before filtering)."""
+    """The tokenize output whose held-out rows every branch is evaluated on: drawn before filtering, and
+    decontaminated against the rows any branch trains on (``shared`` holds them)."""
     results = dict(shared)
-    for name in (STAGE_FILTER, STAGE_TOKENIZE):
-        results[name] = run_stage(stages.get(name), cfg, results)
-    return results[STAGE_TOKENIZE]
+    results[STAGE_FILTER] = run_stage(stages.get(STAGE_FILTER), cfg, results)
+    tokenize = stages.get(STAGE_TOKENIZE)
+    return submit_stage(tokenize, cfg, {name: results[name] for name in tokenize.reads_given(results)}).result()
 
 
 def upstream(stage: stages.Stage, results: dict[str, StageResult], measured: dict) -> dict[str, StageResult]:

@@ -74,7 +74,8 @@ def named_files(part: Mapping[str, Any]) -> dict[str, str]:
 
 def inputs(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult]) -> dict[str, str]:
     """Digests of what the stage reads: upstream files (from their manifests) and files the config names."""
-    digests = {f"{name}/{file}": upstream[name].digest(file) for name, files in stage.reads.items() for file in files}
+    digests = {f"{name}/{file}": upstream[name].digest(file)
+               for name, files in stage.reads_given(upstream).items() for file in files}
     return {**digests, **named_files(config_part(stage, cfg))}
 
 
@@ -222,7 +223,7 @@ def changed_input(stage: Stage, upstream: Mapping[str, StageResult], sources: Ma
     """After a stage failed: the first file it read whose bytes differ from its upstream manifest (files over
     ``DIGEST_CHECK_BYTES`` are served on their size alone). That output's manifest is removed, so the next run
     recomputes it instead of serving it again; None when every input is as recorded (the failure is the stage's)."""
-    for name, wanted in stage.reads.items():
+    for name, wanted in stage.reads_given(upstream).items():
         if not wanted or name not in upstream:  # read for context only (the report's tables)
             continue
         prefixes = tuple(w.rstrip("/") + "/" for w in wanted)

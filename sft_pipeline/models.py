@@ -53,7 +53,10 @@ def hub_errors(cfg: ModelConfig, source: str):
 def _template_text(spec: str) -> str:
     path = Path(spec)
     if path.is_file():
-        return path.read_text()
+        try:
+            return path.read_text()
+        except UnicodeDecodeError:
+            raise InputError(f"chat template {spec}: not a text file (not UTF-8): name a Jinja template") from None
     import trl
 
     bundled = Path(trl.__file__).parent / "chat_templates" / f"{spec}.jinja"

@@ -1,5 +1,4 @@
-"""Which rows a filter setting keeps: used by the filter stage, and by a sweep's shared held-out set to know
-which rows each branch may train on."""
+"""Which rows a filter setting keeps (the filter stage), and the score column they are chosen by."""
 
 from __future__ import annotations
 

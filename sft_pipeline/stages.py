@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sft_pipeline.constants import (ADAPTER_DIR, BASELINE_FILE, CONVERSATIONS_FILE, DROPPED_FILE, EVAL_RESULTS_FILE,
                                     FILTERED_FILE, HELDOUT_TOKENS_FILE, KEY_CHARS, METRICS_FILE, REJECTS_FILE,
                                     REPORT_MD_FILE, SCORES_FILE, STAGE_BASELINE, STAGE_EVALUATE, STAGE_FILTER,
-                                    STAGE_INGEST, STAGE_SCORE, STAGE_TOKENIZE, STAGE_TRAIN, TRAIN_TOKENS_FILE)
+                                    STAGE_INGEST, STAGE_SCORE, STAGE_SWEEP_TRAIN_IDS, STAGE_TOKENIZE, STAGE_TRAIN,
+                                    TRAIN_IDS_FILE, TRAIN_TOKENS_FILE)
 from sft_pipeline.artifacts import code_version, folder_digest
 from sft_pipeline.config import PipelineConfig
 
@@ -39,6 +40,7 @@ class Stage:
     name: str
     entry: str  # "module:function": takes a StageRun, writes into run.out, returns its summary
     reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # upstream stage -> files/folders it keys on
+    optional_reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the same, when the flow hands it over
     sections: tuple[str, ...] = ()  # dotted config paths whose values (and named files) enter the key
     writes: tuple[str, ...] = ()  # files every complete output has
     atomic: bool = True  # False: written in place, so that checkpoints survive a retry
@@ -50,6 +52,14 @@ class Stage:
 
     def function(self) -> Callable[[StageRun], dict]:
         return resolve(self.entry)
+
+    def reads_given(self, upstream: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        """What the stage reads of ``upstream``: every one of ``reads``, and each optional read that is there.
+
+        >>> Stage("s", "m:f", reads={"a": ("x",)}, optional_reads={"b": ("y",)}).reads_given({"a": 1})
+        {'a': ('x',)}
+        """
+        return {**self.reads, **{name: files for name, files in self.optional_reads.items() if name in upstream}}
 
 
 def resolve(ref: str) -> Callable:
@@ -115,7 +125,9 @@ STAGES: tuple[Stage, ...] = (
           sections=("score",), writes=(SCORES_FILE,)),
     Stage(STAGE_FILTER, "sft_pipeline.filter:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
           sections=("filter",), writes=(FILTERED_FILE, DROPPED_FILE)),
-    Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
+    # A sweep's shared held-out set also reads the ids of the rows its branches train on (sft_pipeline.sweep_rows).
+    Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize.entry:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
+          optional_reads={STAGE_SWEEP_TRAIN_IDS: (TRAIN_IDS_FILE,)},
           sections=("tokenize", "model", "run.seed"), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
     Stage(STAGE_TRAIN, "sft_pipeline.train.stage:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
           sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,

@@ -79,19 +79,18 @@ def derive(cfg: PipelineConfig, overrides: Sequence[str]) -> PipelineConfig:
     return validate_config(tree, "sweep")
 
 
-def heldout_config(cfg: PipelineConfig, branches: Sequence[Branch]) -> PipelineConfig:
-    """The config whose tokenize stage draws the sweep's held-out set from every scored row, before filtering,
-    decontaminated against the rows any branch trains on. Its held-out cap is the branches': a row among the
-    first ``max_heldout_rows`` candidates of all rows is among the first of any subset, so no branch trains on it.
+def heldout_config(cfg: PipelineConfig) -> PipelineConfig:
+    """The config whose tokenize stage draws the sweep's held-out set from every scored row, before filtering.
+    The sweep hands that stage the rows any branch trains on (``sft_pipeline.sweep_rows``) to decontaminate the
+    held-out rows against. Its held-out cap is the branches': a row among the first ``max_heldout_rows``
+    candidates of all rows is among the first of any subset, so no branch trains on it.
 
     >>> c = validate_config({"ingest": {"sources": [{"path": "x"}]}, "tokenize": {"max_rows": 10}})
-    >>> h = heldout_config(c, [Branch(THRESHOLD, 0.5), Branch(TOP_FRACTION, 0.8)])
-    >>> h.filter.threshold, h.tokenize.max_rows, [(f.threshold, f.top_fraction) for f in h.tokenize.decontaminate_for]
-    (0.0, 10, [(0.5, None), (0.7, 0.8)])
+    >>> h = heldout_config(c)
+    >>> h.filter.threshold, h.filter.top_fraction, h.tokenize.max_rows
+    (0.0, None, 10)
     """
-    settings = ", ".join(f"{{{b.kind}: {b.value!r}}}" for b in branches)
-    return derive(cfg, [f"filter.{TOP_FRACTION}=null", f"filter.{THRESHOLD}=0.0",
-                        f"tokenize.decontaminate_for=[{settings}]"])
+    return derive(cfg, [f"filter.{TOP_FRACTION}=null", f"filter.{THRESHOLD}=0.0"])
 
 
 @dataclass

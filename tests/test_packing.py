@@ -76,3 +76,13 @@ def test_trl_padding_free_collator_reads_packed_rows(rows):
     expected = torch.tensor([lab for r in packed for lab in r["labels"]])
     expected[ours == 0] = IGNORE_INDEX  # the collator never trains a sequence's first token
     assert torch.equal(batch["labels"][0], expected)
+
+
+def test_no_rows_pack_into_an_empty_table_of_the_same_columns(rows):
+    # Every train row dropped (e.g. longer than max_length under truncation=drop) was a ValueError traceback
+    # from TRL's packing.
+    ids, input_ids, labels = rows
+    full = pack_rows(ids[:3], list_array(input_ids[:3]), list_array(labels[:3]), MAX_LENGTH)
+    empty = pack_rows([], list_array([]), list_array([]), MAX_LENGTH)
+    assert empty.num_rows == 0 and empty.schema == full.schema
+    assert packing_efficiency(empty, MAX_LENGTH) == 0.0

@@ -28,13 +28,16 @@ def test_plan_adds_the_current_setting_and_needs_a_budget():
 
 
 def test_heldout_config_keeps_every_row_before_filtering():
+    from sft_pipeline import sweep_rows
+
     base = validate_config({"ingest": {"sources": [{"path": "x"}]}, "filter": {"top_fraction": 0.5},
                             "tokenize": {"max_rows": 10, "max_heldout_rows": 7}})
     branches = sweep.plan(base.model_copy(update={"train": base.train.model_copy(update={"max_steps": 1})}), [0.9])
-    cfg = sweep.heldout_config(base, branches)
+    cfg = sweep.heldout_config(base)
     assert cfg.filter.threshold == 0.0 and cfg.filter.top_fraction is None
     assert (cfg.tokenize.max_rows, cfg.tokenize.max_heldout_rows) == (10, 7)  # the branches' caps
-    assert [(f.threshold, f.top_fraction) for f in cfg.tokenize.decontaminate_for] == [(0.9, None), (0.7, 0.5)]
+    # It is decontaminated against the rows of every branch's own filter output.
+    assert sorted(sweep_rows.stage([b.name for b in branches]).reads) == ["threshold=0.9", "top_fraction=0.5"]
 
 
 def test_the_shared_heldout_set_is_checked_against_what_every_branch_trains_on():
@@ -43,17 +46,20 @@ def test_the_shared_heldout_set_is_checked_against_what_every_branch_trains_on()
     import numpy as np
     import pyarrow as pa
 
+    from sft_pipeline import constants, stages
     from sft_pipeline.config import FilterConfig, TokenizeConfig
+    from sft_pipeline.selection import keep_mask
+    from sft_pipeline.sweep_rows import train_ids
     from sft_pipeline.tokenize.split import split_rows
-    from sft_pipeline.tokenize.stage import branch_train_rows
 
     ids = [f"row-{i}" for i in range(600)]
     score = np.random.default_rng(0).random(600)
-    table = pa.table({"id": ids, "score": score})
     settings = [FilterConfig(threshold=0.5), FilterConfig(top_fraction=0.3)]
-    cfg = TokenizeConfig(heldout_fraction=0.2, max_heldout_rows=40, max_rows=60, decontaminate_for=settings)
-    union = set(branch_train_rows(table, ids, cfg, seed=3))
-    assert branch_train_rows(table, ids, cfg.model_copy(update={"decontaminate_for": []}), seed=3) is None
+    kept_by = [[ids[i] for i in np.flatnonzero(keep_mask(score, pa.chunked_array([ids]), s)[0])] for s in settings]
+    cfg = TokenizeConfig(heldout_fraction=0.2, max_heldout_rows=40, max_rows=60)
+    union = {ids.index(i) for i in train_ids(kept_by, cfg, seed=3)}
+    tokenize = stages.get(constants.STAGE_TOKENIZE)  # outside a sweep, tokenize reads no such rows
+    assert tokenize.reads_given({constants.STAGE_FILTER: None}) == tokenize.reads
     shared = split_rows(ids, seed=3, heldout_fraction=0.2, max_heldout=40, max_rows=60).heldout
     assert len(shared) == 40 and not union & set(shared)  # no branch trains on a shared held-out row
     kept = [i for i in range(600) if score[i] >= 0.5]  # the threshold branch, as its tokenize stage splits it

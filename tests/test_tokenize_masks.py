@@ -12,7 +12,8 @@ import trl
 
 from sft_pipeline.constants import IGNORE_INDEX
 from sft_pipeline.errors import ConfigError
-from sft_pipeline.tokenize import encode_conversation, learn_template
+from sft_pipeline.tokenize.masks import encode_conversation
+from sft_pipeline.tokenize.template import learn_template
 
 TEMPLATES_DIR = Path(trl.__file__).parent / "chat_templates"
 GOLDEN_DIR = Path(__file__).parent / "golden"

@@ -12,7 +12,8 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import InputError, VerificationError
-from sft_pipeline.tokenize import encode_conversation, tokenize_split
+from sft_pipeline.tokenize.masks import encode_conversation
+from sft_pipeline.tokenize.token_files import tokenize_split
 from sft_pipeline.tokenize.verify import check_rows
 
 SEED = 7
@@ -204,3 +205,45 @@ def test_stage_runner_writes_manifest_and_caches(tmp_path, tiny_model_dir):
     assert counts["rows_in"] == 20 == counts["train_rows"] + counts["heldout_rows"] + counts["dropped_rows"]
     assert manifest["details"]["eot_marker_last"] == "<|im_end|>" and counts["packing_efficiency"] > 0
     assert result.key == cache.key(stages.get(constants.STAGE_TOKENIZE), cfg, {"filter": upstream})
+
+
+def test_a_sweeps_heldout_set_is_checked_against_the_rows_handed_over(tmp_path, tiny_model_dir):
+    # A sweep hands its shared held-out set's tokenize stage the ids of the rows its branches train on: held-out
+    # rows are checked against those rows instead of its own train rows, and the file's content enters the key.
+    from sft_pipeline import cache, stages
+    from sft_pipeline.artifacts import path_digest
+    from sft_pipeline.config import validate_config
+
+    cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": [{"path": "x"}]},
+                           "model": {"name_or_path": str(tiny_model_dir)},
+                           "tokenize": {"heldout_fraction": 0.2, "decontaminate_ngram": 8}})
+    tokenize = stages.get(constants.STAGE_TOKENIZE)
+
+    def given(stage: str, name: str, file: str, table: pa.Table) -> stages.StageResult:
+        (tmp_path / name).mkdir()
+        pq.write_table(table, tmp_path / name / file)
+        return stages.StageResult(stage=stage, key=name, out_dir=str(tmp_path / name),
+                                  files={file: path_digest(tmp_path / name / file)})
+
+    def filtered(name: str, convs) -> stages.StageResult:
+        rows = [{"id": f"row-{i:03d}", "messages": m, "score": 0.9} for i, m in enumerate(convs)]
+        return given(constants.STAGE_FILTER, name, constants.FILTERED_FILE, pa.Table.from_pylist(rows))
+
+    def train_ids(name: str, ids: list[str]) -> stages.StageResult:
+        return given(constants.STAGE_SWEEP_TRAIN_IDS, name, constants.TRAIN_IDS_FILE, pa.table({"id": ids}))
+
+    convs = [conversation(i, turns=1) for i in range(40)]
+    first = Path(cache.run(tokenize, cfg, {"filter": filtered("f1", convs)}).out_dir)
+    held, train = ids_of(first, constants.HELDOUT_TOKENS_FILE), ids_of(first, constants.TRAIN_TOKENS_FILE)
+    convs[int(train[0][4:])][-1]["content"] += " " + " ".join(words(int(held[0][4:]), 1, 12).split()[2:10])
+    leaked = filtered("f2", convs)
+    own = cache.run(tokenize, cfg, {"filter": leaked})
+    others = cache.run(tokenize, cfg, {"filter": leaked, constants.STAGE_SWEEP_TRAIN_IDS: train_ids("a", train[1:])})
+    handed = cache.run(tokenize, cfg, {"filter": leaked, constants.STAGE_SWEEP_TRAIN_IDS: train_ids("b", train[:1])})
+    assert own.counts["heldout_decontaminated"] == 1 == handed.counts["heldout_decontaminated"]
+    assert others.counts["heldout_decontaminated"] == 0
+    assert held[0] in ids_of(Path(others.out_dir), constants.HELDOUT_TOKENS_FILE)
+    assert held[0] not in ids_of(Path(handed.out_dir), constants.HELDOUT_TOKENS_FILE)
+    assert len({own.key, others.key, handed.key}) == 3
+    again = cache.run(tokenize, cfg, {"filter": leaked, constants.STAGE_SWEEP_TRAIN_IDS: train_ids("c", train[:1])})
+    assert again.key == handed.key  # the same rows under another upstream key: keyed by content

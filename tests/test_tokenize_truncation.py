@@ -15,7 +15,8 @@ import trl
 from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import VerificationError
-from sft_pipeline.tokenize import encode_conversation, tokenize_split
+from sft_pipeline.tokenize.masks import encode_conversation
+from sft_pipeline.tokenize.token_files import tokenize_split
 from sft_pipeline.tokenize.verify import check_rows, supervised_runs
 
 TEMPLATES_DIR = Path(trl.__file__).parent / "chat_templates"

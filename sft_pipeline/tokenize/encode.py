@@ -10,13 +10,23 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Sequence
 
 from sft_pipeline.tokenize.masks import EncodeSettings, Encoded, SpanError, encode_rendered, locate_turns, render_batch
 from sft_pipeline.tokenize.template import TemplateInfo
 
 FORK, SPAWN = "fork", "spawn"
-__all__ = ["EncodeSettings", "encode_all", "encode_many"]
+__all__ = ["EncodeSettings", "RowProblem", "encode_all", "encode_many"]
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """Why one row was not encoded: the chat template refused it (``refused``: the row is rejected, with the
+    template's message), or its assistant turns cannot be located in its rendering (its masks cannot be built)."""
+
+    message: str
+    refused: bool = False
 
 
 def _render_rows(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str | Exception]:
@@ -45,22 +55,22 @@ def first_line(exc: Exception) -> str:
 
 
 def encode_many(conversations: Sequence[Sequence[dict]], tokenizer, info: TemplateInfo,
-                settings: EncodeSettings) -> list[Encoded | str]:
-    """Encode rows; a row that cannot be encoded gets a one-line problem string instead."""
-    results: list[Encoded | str] = []
+                settings: EncodeSettings) -> list[Encoded | RowProblem]:
+    """Encode rows; a row that cannot be encoded gets its problem instead."""
+    results: list[Encoded | RowProblem] = []
     texts, turns, slots = [], [], []
     for conv, text in zip(conversations, _render_rows(tokenizer, conversations)):
         if isinstance(text, Exception):
-            results.append(f"chat template cannot render it: {first_line(text)}")
+            results.append(RowProblem(first_line(text), refused=True))
             continue
         text = info.finish(text, conv)
         try:
             row_turns = locate_turns(text, conv, info)
         except SpanError as exc:
-            results.append(str(exc))
+            results.append(RowProblem(str(exc)))
             continue
         slots.append(len(results))
-        results.append("")
+        results.append(RowProblem(""))
         texts.append(text)
         turns.append(row_turns)
     for slot, enc in zip(slots, encode_rendered(texts, turns, tokenizer, info, settings)):
@@ -75,7 +85,7 @@ def _init_worker(tokenizer, info: TemplateInfo, settings: EncodeSettings) -> Non
     _WORKER.update(tokenizer=tokenizer, info=info, settings=settings)
 
 
-def _encode_chunk(conversations: Sequence[Sequence[dict]]) -> list[Encoded | str]:
+def _encode_chunk(conversations: Sequence[Sequence[dict]]) -> list[Encoded | RowProblem]:
     return encode_many(conversations, _WORKER["tokenizer"], _WORKER["info"], _WORKER["settings"])
 
 
@@ -96,7 +106,7 @@ def mp_context():
 
 
 def encode_all(conversations: Sequence[Sequence[dict]], tokenizer, info: TemplateInfo, settings: EncodeSettings,
-               *, batch_rows: int, num_proc: int) -> list[Encoded | str]:
+               *, batch_rows: int, num_proc: int) -> list[Encoded | RowProblem]:
     """Encode every row, in chunks of ``batch_rows``, over ``num_proc`` processes."""
     parts = chunks(list(conversations), batch_rows)
     if num_proc <= 1 or len(parts) <= 1:

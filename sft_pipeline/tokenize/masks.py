@@ -6,28 +6,21 @@ conversation. Each assistant turn's content is located in the rendered text
 (searching forward, and requiring the template's end-of-turn marker right after it),
 its character span is extended over that marker, and the fast tokenizer's offsets turn
 character spans into token spans. Every assistant turn is supervised, earlier ones
-included, unless ``train_on="last_assistant"``.
-
-Rows longer than ``max_length``: ``keep_start`` (and ``drop``, which the stage then
-drops) keeps the first ``max_length`` tokens; ``whole_turns`` keeps the tokens up to
-the end of the last assistant turn whose end-of-turn marker lies inside the window
-(none when the first one does not fit), so no supervised turn is ever cut.
+included, unless ``train_on="last_assistant"``. What is kept of a row longer than
+``max_length`` is the truncation policy's window (``sft_pipeline.tokenize.truncation``).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Sequence
 
 from sft_pipeline.constants import IGNORE_INDEX, ROLE_ASSISTANT
 from sft_pipeline.tokenize.template import TemplateInfo, learn_template
+from sft_pipeline.tokenize.truncation import Truncation
 
 TRAIN_ALL = "all_assistant"
 TRAIN_LAST = "last_assistant"
-TRUNCATE_KEEP_START = "keep_start"  # the first max_length tokens, wherever the cut falls
-TRUNCATE_WHOLE_TURNS = "whole_turns"  # up to the last assistant turn that ends inside max_length
-TRUNCATE_DROP = "drop"  # longer rows are dropped (encoded as keep_start, dropped by the stage)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 Span = tuple[int, int]
 
@@ -40,7 +33,7 @@ class SpanError(ValueError):
 class EncodeSettings:
     max_length: int | None
     train_on: str
-    truncation: str = TRUNCATE_KEEP_START
+    truncation: Truncation = Truncation.KEEP_START
 
 
 @dataclass
@@ -51,7 +44,7 @@ class Encoded:
     labels: list[int]
     full_length: int
     turns: int = 0  # assistant turns in the conversation
-    turns_kept: int | None = None  # whole_turns: assistant turns kept whole (0: the first does not fit)
+    turns_kept: int | None = None  # assistant turns kept whole (0: the first does not fit; None: cut anywhere)
 
     @property
     def truncated(self) -> bool:
@@ -59,12 +52,12 @@ class Encoded:
 
     @property
     def cut_inside_turn(self) -> bool:
-        """Cut at ``max_length`` wherever it fell (keep_start), not at the end of a turn."""
+        """Cut at ``max_length`` wherever it fell, not at the end of a turn."""
         return self.truncated and self.turns_kept is None
 
     @property
     def turns_dropped(self) -> int:
-        """Assistant turns left out by whole_turns (0 under the other policies)."""
+        """Assistant turns left out whole (0 when the policy cuts anywhere)."""
         return 0 if self.turns_kept is None else self.turns - self.turns_kept
 
     @property
@@ -168,15 +161,6 @@ def token_labels(ids: list[int], encoding, spans: Sequence[Span]) -> list[int]:
     return labels
 
 
-def turns_that_fit(turn_ends: Sequence[int], max_length: int) -> int:
-    """How many leading turns end (marker included) within ``max_length`` tokens.
-
-    >>> turns_that_fit([40, 90, 300], 256), turns_that_fit([300, 400], 256), turns_that_fit([256], 256)
-    (2, 0, 1)
-    """
-    return bisect_right(list(turn_ends), max_length)
-
-
 def token_end(encoding, span: Span, length: int) -> int:
     """Index after the last token overlapping ``span`` (``length`` if no token does)."""
     last = _first_token(encoding, span[1] - 1, span[0] - 1, -1)
@@ -187,18 +171,16 @@ def encode_one(ids: list[int], encoding, turns: Sequence[Span], info: TemplateIn
                settings: EncodeSettings) -> Encoded:
     """Ids and labels of one tokenized rendering, its assistant ``turns`` given as character spans."""
     shift = 0 if info.bos_id is None else 1
-    full, limit, kept = len(ids) + shift, settings.max_length, len(turns)
-    whole = settings.truncation == TRUNCATE_WHOLE_TURNS
-    if whole and limit is not None and full > limit:
-        ends = [token_end(encoding, span, len(ids)) + shift for span in turns]
-        kept = turns_that_fit(ends, limit)
-        limit = ends[kept - 1] if kept else 0
+    full = len(ids) + shift
+    window = settings.truncation.window(full, settings.max_length, len(turns),
+                                        lambda: [token_end(encoding, span, len(ids)) + shift for span in turns])
+    kept = len(turns) if window.turns_kept is None else window.turns_kept
     labels = token_labels(ids, encoding, select_turns(turns[:kept], settings.train_on))
     if shift:
         ids, labels = [info.bos_id, *ids], [IGNORE_INDEX, *labels]
-    if limit is not None and full > limit:
-        ids, labels = ids[:limit], labels[:limit]
-    return Encoded(ids, labels, full, turns=len(turns), turns_kept=kept if whole else None)
+    if window.length is not None:
+        ids, labels = ids[: window.length], labels[: window.length]
+    return Encoded(ids, labels, full, turns=len(turns), turns_kept=window.turns_kept)
 
 
 def render_batch(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str]:
@@ -208,6 +190,8 @@ def render_batch(tokenizer, conversations: Sequence[Sequence[dict]]) -> list[str
 def encode_rendered(texts: Sequence[str], turns: Sequence[Sequence[Span]], tokenizer, info: TemplateInfo,
                     settings: EncodeSettings) -> list[Encoded]:
     """Tokenize many rendered conversations in one call; ``turns``: each row's assistant spans."""
+    if not texts:  # the tokenizer fails on an empty batch
+        return []
     batch = tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False)
     return [encode_one(ids, encoding, row_turns, info, settings)
             for ids, encoding, row_turns in zip(batch["input_ids"], batch.encodings, turns)]
@@ -215,7 +199,7 @@ def encode_rendered(texts: Sequence[str], turns: Sequence[Sequence[Span]], token
 
 def encode_conversation(
     messages: Sequence[dict], tokenizer, *, max_length: int | None = None, train_on: str = TRAIN_ALL,
-    truncation: str = TRUNCATE_KEEP_START,
+    truncation: Truncation | str = Truncation.KEEP_START,
 ) -> dict:
     """Token ids and labels of one conversation (labels: IGNORE_INDEX outside assistant turns).
 
@@ -227,6 +211,6 @@ def encode_conversation(
     """
     info = learn_template(tokenizer)
     text = info.finish(render_batch(tokenizer, [messages])[0], messages)
-    settings = EncodeSettings(max_length=max_length, train_on=train_on, truncation=truncation)
+    settings = EncodeSettings(max_length=max_length, train_on=train_on, truncation=Truncation(truncation))
     enc = encode_rendered([text], [locate_turns(text, messages, info)], tokenizer, info, settings)[0]
     return {"input_ids": enc.input_ids, "labels": enc.labels}

@@ -62,7 +62,11 @@ def pack_rows(ids: Sequence[str], input_ids: pa.ListArray, labels: pa.ListArray,
     from trl import pack_dataset
 
     lengths = pc.list_value_length(input_ids).to_numpy(zero_copy_only=False)
-    if len(lengths) and lengths.max() > max_length:
+    if not len(lengths):  # TRL's packing needs a row
+        empty = list_array([])
+        return pa.table({"ids": pa.array([], pa.list_(pa.string())), "input_ids": empty, "labels": empty,
+                         "position_ids": empty, "seq_lengths": empty})
+    if lengths.max() > max_length:
         raise ValueError(f"pack_rows: a row of {lengths.max()} tokens exceeds max_length {max_length}")
     rows = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
     row_col = pa.ListArray.from_arrays(input_ids.offsets, pa.array(rows))

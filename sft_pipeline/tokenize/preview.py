@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sft_pipeline.constants import IGNORE_INDEX
-from sft_pipeline.escape import code, fence
+from sft_pipeline.escape import code, fence, inert_controls
 from sft_pipeline.tokenize.verify import supervised_runs
 
 MAX_PREVIEW_TOKENS = 200
@@ -14,12 +14,13 @@ MASKED_MARK = "·"
 
 
 def token_cell(text: str) -> str:
-    """A token's text made safe for one Markdown table cell.
+    """A token's text made safe for one Markdown table cell (control characters shown as ``\\xNN``).
 
-    >>> token_cell("a|b\\n")
-    '`a\\\\|b\\\\n`'
+    >>> token_cell("a|b\\n"), token_cell("\\x1b[2J")
+    ('`a\\\\|b\\\\n`', '`\\\\x1b[2J`')
     """
     shown = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("|", "\\|")
+    shown = inert_controls(shown)
     return f"`{shown.replace('`', 'ˋ')}`" if shown.strip() else f"`{shown or '∅'}`"
 
 
@@ -37,7 +38,8 @@ def row_table(input_ids: Sequence[int], labels: Sequence[int], tokenizer, max_to
 
 
 def supervised_text(input_ids: Sequence[int], labels: Sequence[int], tokenizer) -> str:
-    """The decoded row with each supervised span wrapped in ⟦ ⟧."""
+    """The decoded row with each supervised span wrapped in ⟦ ⟧ (control characters but newline and tab shown
+    as ``\\xNN``)."""
 
     def dec(ids: Sequence[int]) -> str:
         return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -47,7 +49,7 @@ def supervised_text(input_ids: Sequence[int], labels: Sequence[int], tokenizer) 
         out += [dec(input_ids[prev:a]), f"⟦{dec(input_ids[a:b])}⟧"]
         prev = b
     out.append(dec(input_ids[prev:]))
-    return "".join(out)
+    return inert_controls("".join(out))
 
 
 def mask_preview(rows: Sequence[tuple[str, Sequence[int], Sequence[int]]], tokenizer,
@@ -59,7 +61,7 @@ def mask_preview(rows: Sequence[tuple[str, Sequence[int], Sequence[int]]], token
              f"Supervised spans are shown as ⟦…⟧; in the tables, supervised tokens say {SUPERVISED_MARK}.", ""]
     for row_id, ids, labels in rows:
         supervised = len(labels) - list(labels).count(IGNORE_INDEX)
-        parts += [f"## {code(row_id)}", "",
+        parts += [f"## {code(inert_controls(row_id))}", "",
                   f"{len(ids)} tokens, {supervised} supervised (label = token id), the rest {IGNORE_INDEX}.", "",
                   fence(supervised_text(ids, labels, tokenizer)), "",
                   row_table(ids, labels, tokenizer), ""]

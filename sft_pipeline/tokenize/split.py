@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from sft_pipeline.constants import ROLE_SYSTEM
+
+if TYPE_CHECKING:
+    from sft_pipeline.config import TokenizeConfig
 
 HASH_BYTES = 8
 HASH_SCALE = float(1 << (8 * HASH_BYTES))
@@ -69,6 +72,12 @@ def split_rows(ids: Sequence[str], *, seed: int, heldout_fraction: float, max_he
         not_selected = [i for i in train if i not in keep]
         train = [i for i in train if i in keep]
     return Split(train=train, heldout=sorted(heldout), not_selected=not_selected)
+
+
+def split_by_id(ids: Sequence[str], cfg: TokenizeConfig, seed: int) -> Split:
+    """The held-out / train split of these rows under ``cfg``'s rules (the same rules for every branch of a sweep)."""
+    return split_rows(ids, seed=seed, heldout_fraction=cfg.heldout_fraction, max_heldout=cfg.max_heldout_rows,
+                      max_rows=cfg.max_rows)
 
 
 def message_words(messages: Sequence[dict]) -> list[list[str]]:

@@ -176,6 +176,21 @@ def learn_template(tokenizer) -> TemplateInfo:
     return _CACHE[key]
 
 
+def _check_markers(name: str, *markers: str) -> None:
+    """ConfigError when what follows an assistant turn holds message content (a template repeating an answer).
+
+    >>> _check_markers("t", "<|im_end|>", "<|im_end|>")
+    >>> _check_markers("t", "<|im_end|>", "Probe answer delta.<|im_end|>")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sft_pipeline.errors.ConfigError: chat template of t: writes message content again after an assistant turn ...
+    """
+    for marker in markers:
+        if any(probe in marker for probe in (PROBE_SYSTEM, *PROBE_USERS, *PROBE_ANSWERS)):
+            raise ConfigError(f"chat template of {name}: writes message content again after an assistant turn "
+                              f"({marker!r} follows it); a template that repeats or rewrites content is not supported")
+
+
 def _probe(tokenizer, adds_bos: bool) -> TemplateInfo:
     name = getattr(tokenizer, "name_or_path", "") or "tokenizer"
     if not tokenizer.chat_template:
@@ -195,6 +210,7 @@ def _probe(tokenizer, adds_bos: bool) -> TemplateInfo:
     mid_marker = turn_end(text[a1:u2], last_marker, user_prefix, _gen_prompt(tokenizer, user_only))
     if not mid_marker:
         raise ConfigError(f"chat template of {name}: no end-of-turn marker after non-final assistant turns")
+    _check_markers(name, mid_marker, last_marker)
     # Nothing after the final turn: the marker it writes after earlier turns is appended there by us.
     appended = "" if last_marker else mid_marker
     # The tokenizer's BOS is prepended unless the template already writes it.

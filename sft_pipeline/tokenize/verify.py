@@ -120,7 +120,15 @@ def check_rows(rows: Sequence[tuple[str, Sequence[int], Sequence[int], bool, Seq
         if problem:
             bad.append(f"{row_id} ({problem})")
     if bad:
-        more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        raise VerificationError(f"tokenize: label-mask check failed for {len(bad)} row(s): "
-                                f"{'; '.join(bad[:MAX_LISTED])}{more}")
+        raise VerificationError(f"tokenize: label-mask check failed for {listed(bad)}")
     return eots
+
+
+def listed(problems: Sequence[str]) -> str:
+    """Rows and their problems, the first ``MAX_LISTED`` named.
+
+    >>> listed(["a (x)"]), listed([str(i) for i in range(12)])[-18:]
+    ('1 row(s): a (x)', '7; 8; 9 and 2 more')
+    """
+    more = f" and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return f"{len(problems)} row(s): {'; '.join(problems[:MAX_LISTED])}{more}"
