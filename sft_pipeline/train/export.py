@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from sft_pipeline.errors import VerificationError
 from sft_pipeline.files import atomic_dir, write_json
 from sft_pipeline.models import NonFiniteError, check_finite_tensors
 from sft_pipeline.train import metrics as measures
+from sft_pipeline.train.memory import audit_parameters
 from sft_pipeline.train.ranks import sum_and_max
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,9 @@ def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> di
         "peak_flops": peak,
         "mfu": measures.model_flops_utilisation(n_params, non_pad, runtime, peak * world if peak else None),
         "data": data.stats(),
+        # Estimated before the last attempt (sft_pipeline.train.fitting), beside peak_memory_bytes measured.
+        "memory_estimate": trainer.memory_plan.record(),
+        "parameters": [asdict(group) for group in audit_parameters(trainer.model)],
     }
 
 
