@@ -70,8 +70,9 @@ def trl_model(model_dir, tokenized, out, method, dtype):
     from transformers import AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype) if method == "qlora" else None
+    quant = None if method != "qlora" else BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype)
     args = SFTConfig(output_dir=str(out), report_to="none", max_steps=1, bf16=False,
                      model_init_kwargs={"dtype": dtype}, dataset_kwargs={"skip_prepare_dataset": True})
     trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=load_train_data(

@@ -82,7 +82,7 @@ class Architecture:
             weight = getattr(module, "weight", None)
             if NORM_CLASS_MARK in type(module).__name__ and weight is not None:
                 per_head = weight.numel() == head_dim and weight.numel() != cfg.hidden_size
-                norms.append(weight.numel() * ((kv_heads if "k_" in name else heads) if per_head else 1))
+                norms.append(weight.numel() * ((kv_heads if name.endswith("k_norm") else heads) if per_head else 1))
             if isinstance(module, nn.Linear) and lora_targets and matches_target(name, lora_targets):
                 targets.append((name.rsplit(".", 1)[-1], module.in_features))
         linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))

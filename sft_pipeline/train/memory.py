@@ -87,11 +87,10 @@ def four_bit_storage(numel: int, storage: torch.dtype) -> tuple[int, int]:
     >>> four_bit_storage(4096 * 4096, torch.bfloat16)
     (4194304, 8655940)
     """
-    itemsize = torch.tensor([], dtype=storage).element_size()
-    elements = (numel + 1) // (itemsize * 2)
+    elements = (numel + 1) // (storage.itemsize * 2)
     blocks = -(-numel // NF4_BLOCK)
     state = blocks + FP32 * (-(-blocks // NESTED_BLOCK) + NESTED_CODE_VALUES + NF4_CODE_VALUES + 1)
-    return elements, elements * itemsize + state
+    return elements, elements * storage.itemsize + state
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def plan_model(config, method: str, lora, compute: torch.dtype, device: str, *,
 
 
 def _entry(role: str, dtype: torch.dtype, device: str, numel: int) -> tuple:
-    return (role, _dtype_name(dtype), device), numel, numel * torch.tensor([], dtype=dtype).element_size()
+    return (role, _dtype_name(dtype), device), numel, numel * dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -169,11 +168,10 @@ class Estimate:
 
     def summary(self) -> str:
         """One log line: the peak and its parts in GiB."""
-        gib = 2**30
+        gib, checkpointing = 2**30, "on" if self.gradient_checkpointing else "off"
         return (f"peak {self.peak / gib:.2f} GiB = weights {self.weights / gib:.2f} + gradients and optimizer "
                 f"{(self.gradients + self.optimizer) / gib:.2f} + activations {self.activations / gib:.2f} "
-                f"({self.tokens} tokens per micro-batch, checkpointing {'on' if self.gradient_checkpointing else 'off'})"
-                f" + loss {self.loss / gib:.2f}")
+                f"({self.tokens} tokens per micro-batch, checkpointing {checkpointing}) + loss {self.loss / gib:.2f}")
 
 
 def loss_bytes(arch: Architecture, work: Workload, compute_bytes: int, head_trainable: bool) -> int:
@@ -191,14 +189,14 @@ def loss_bytes(arch: Architecture, work: Workload, compute_bytes: int, head_trai
 def estimate_peak(parameters: list[ParamGroup], arch: Architecture, work: Workload, *, method: str,
                   compute: torch.dtype, lora=None) -> Estimate:
     """Peak memory of a training step: see the module docstring for what is counted."""
-    compute_bytes = torch.tensor([], dtype=compute).element_size()
+    compute_bytes = compute.itemsize
     if method == "full" and work.cuda:
-        compute_bytes = torch.tensor([], dtype=torch.bfloat16).element_size()  # fp32 weights under bf16 autocast
+        compute_bytes = torch.bfloat16.itemsize  # fp32 weights under bf16 autocast
     trainable = sum(g.bytes for g in parameters if g.role == TRAINABLE)
     adapter = ADAPTER_DTYPE.get(method)
     per_layer = layer_bytes_per_token(arch, work, compute_bytes=compute_bytes, trainable_base=method == "full",
                                       lora=lora if adapter else None,
-                                      adapter_bytes=torch.tensor([], dtype=adapter or compute).element_size())
+                                      adapter_bytes=(adapter or compute).itemsize)
     tokens = work.micro_batch * work.row_tokens
     if work.checkpointing:  # each layer keeps its input; one layer's activations live again in its backward
         activations = tokens * (arch.layers * arch.hidden * compute_bytes + per_layer)
