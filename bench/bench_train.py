@@ -16,8 +16,11 @@ Each side runs in a fresh process (its own peak memory: CUDA max allocated, else
 RSS). Non-pad tokens/s = non-pad tokens trained / train runtime (both from the trainer;
 setup - model loading, TRL's dataset preparation - is reported apart); "steady" tokens/s
 leaves the first ``--warmup-steps`` out (per-step logs on both sides, CUDA synchronised).
-MFU = steady tokens/s x training FLOPs per token (``bench/gpu/random_model.flops_per_token``)
-/ the device's dense bf16 peak. The held-out loss (``--heldout`` rows, 0 skips it) is then
+The steady steps are also cut into windows of ``--window-steps`` (``bench/windows.py``): each
+figure is the median of the windows' rates with their minimum and maximum.
+MFU = the windows' median tokens/s x training FLOPs per token (``bench/gpu/random_model.flops_per_token``)
+/ the device's dense bf16 peak. Peak memory is shown measured and as estimated before training
+(``sft_pipeline.train.memory``), and whether the train stage switched checkpointing on itself. The held-out loss (``--heldout`` rows, 0 skips it) is then
 computed for both adapters by the same code: token-weighted mean NLL on the assistant tokens.
 
 Variants (``--variants``, comma-separated): a side (``ours``, ``trl``) and options joined with
@@ -50,7 +53,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SIDES = {"ours": "ours", "trl": "trl-defaults"}
 OPTIONS = ("packed", "gc", "nogc", "liger", "flex", "pf")
 OURS_ONLY = {"liger", "flex", "pf"}
 GPU_DIR = Path(__file__).resolve().parent / "gpu"
@@ -60,6 +62,8 @@ SCAN_CHARS = 8_000_000  # read this much of the (large) ShareGPT JSON
 
 
 from train_sides import heldout_loss, run_ours, run_trl, steady_rate  # noqa: E402 - after the path set-up
+from train_report import SIDES, table  # noqa: E402
+from windows import spread, window_rates  # noqa: E402
 
 
 def parse_variant(name: str) -> dict:
@@ -133,6 +137,7 @@ def model_path(name: str, cache: Path, tokenizer: str | None = None) -> str:
 def prepare(args, work: Path) -> tuple[dict, list[dict]]:
     from transformers import AutoTokenizer
 
+    from sft_pipeline.constants import IGNORE_INDEX
     from sft_pipeline.train.samples import labelled_rows, pack_rows, write_rows
 
     model = model_path(args.model, Path(args.cache) if args.cache else work, args.tokenizer)
@@ -145,9 +150,11 @@ def prepare(args, work: Path) -> tuple[dict, list[dict]]:
     if any("packed" in v["options"] for v in args.variants):
         write_rows(pack_rows(rows, args.max_length), work / "tokenized-packed" / "train.parquet")
     (work / "train_conversations.json").write_text(json.dumps(train))
+    tokens = sum(len(r["input_ids"]) for r in rows)
     spec = {"model": model, "threads": args.threads, "method": args.method, "steps": args.steps, "batch": args.batch,
             "accum": args.accum, "lr": args.lr, "max_length": args.max_length, "r": 16, "alpha": 32,
-            "context": sum(len(r["input_ids"]) for r in rows) / len(rows)}
+            "context": tokens / len(rows), "max_row_tokens": max(len(r["input_ids"]) for r in rows),
+            "supervised_fraction": sum(sum(x != IGNORE_INDEX for x in r["labels"]) for r in rows) / tokens}
     return spec, labelled_rows(tokenizer, held, args.max_length)
 
 
@@ -173,8 +180,10 @@ def finish(result: dict, spec: dict, args) -> dict:
     """Add steady tokens/s, MFU and the held-out loss to a worker's result."""
     from sft_pipeline.train.metrics import device_name, peak_flops
 
-    result["steady_tokens_per_s"], result["steady_steps"] = steady_rate(result.pop("marks", []), args.warmup_steps)
-    peak, rate = peak_flops(device_name()), result["steady_tokens_per_s"]
+    marks = result.pop("marks", [])
+    result["steady_tokens_per_s"], result["steady_steps"] = steady_rate(marks, args.warmup_steps)
+    result["windows"] = spread(window_rates(marks, args.warmup_steps, args.window_steps))
+    peak, rate = peak_flops(device_name()), result["windows"]["median"] or result["steady_tokens_per_s"]
     if args.model in RANDOM_SHAPES and peak and rate:
         sys.path.insert(0, str(GPU_DIR))
         from random_model import flops_per_token, model_config
@@ -212,26 +221,6 @@ def run_variants(args, spec: dict, work: Path, held: list[dict], report) -> dict
     return results
 
 
-def _fmt(value, pattern: str) -> str:
-    return "–" if value is None else pattern.format(value)
-
-
-def table(results: dict[str, dict]) -> str:
-    lines = ["| variant | non-pad tokens | train s | non-pad tokens/s | steady tokens/s | MFU | setup s "
-             "| peak memory (MiB) | final train loss | held-out loss |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        if "error" in r:
-            lines.append(f"| {SIDES.get(name, name)} | failed: {r['error'][:120]} |||||||||")
-            continue
-        lines.append(
-            f"| {SIDES.get(name, name)} | {r['tokens']} | {r['runtime_s']:.1f} | {r['tokens'] / r['runtime_s']:.0f} | "
-            f"{_fmt(r.get('steady_tokens_per_s'), '{:.0f}')} | {_fmt(r.get('mfu'), '{:.1%}')} | {r['setup_s']:.1f} | "
-            f"{r['peak_memory_bytes'] / 2**20:.0f} ({r['memory_kind']}) | {r['final_train_loss']:.4f} | "
-            f"{_fmt(r.get('heldout_loss'), '{:.4f}')} |"
-        )
-    return "\n".join(lines)
-
-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="smollm2 | tiny | llama3-8b (random init) | a model folder")
@@ -244,6 +233,7 @@ def parse_args():
     parser.add_argument("--heldout", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the steady tokens/s")
+    parser.add_argument("--window-steps", type=int, default=1, help="steps per measured window of the steady part")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--accum", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)

@@ -4,7 +4,9 @@
   the variant's speed levers;
 * :func:`run_trl`: TRL ``SFTTrainer`` with its defaults on the raw conversations.
 
-Both record (step, time, cumulative tokens) at every log (:func:`step_clock`) for the steady-state rate.
+Both record (step, time, cumulative tokens) at every log (:func:`step_clock`) for the steady-state rate,
+and the estimated peak memory (``sft_pipeline.train.memory``) beside the measured one: ours from its
+``metrics.json``, TRL's by the same estimate applied to the model its ``SFTTrainer`` built.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_DROPOUT = 0.05
 
 
 def step_clock():
@@ -82,7 +85,8 @@ def run_ours(spec: dict) -> dict:
         "setup_s": time.perf_counter() - started - metrics["train_runtime_s"],
         "peak_memory_bytes": metrics["peak_memory_bytes"], "memory_kind": metrics["peak_memory_kind"],
         "final_train_loss": counts["final_loss"], "adapter": str(out / "adapter"), "marks": clock.marks,
-        "attempts": metrics["attempts"],
+        "attempts": metrics["attempts"], "memory_estimate": metrics["memory_estimate"],
+        "audited_weights_bytes": sum(group["bytes"] for group in metrics["parameters"]),
     }
 
 
@@ -116,10 +120,11 @@ def run_trl(spec: dict) -> dict:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
         args.model_init_kwargs = {"dtype": dtype}
-    peft = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.05, task_type="CAUSAL_LM",
+    peft = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=LORA_DROPOUT, task_type="CAUSAL_LM",
                       target_modules=LORA_TARGETS)
     trainer = SFTTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft, quantization_config=quant, callbacks=[clock])
+    estimate = trl_memory_estimate(trainer, spec, packed="packed" in opts)
     output = trainer.train()
     memory, kind = peak_memory()
     adapter = Path(spec["out"]) / "adapter"
@@ -130,8 +135,29 @@ def run_trl(spec: dict) -> dict:
         "tokens": int(logs[-1]["num_tokens"]), "runtime_s": runtime,
         "setup_s": time.perf_counter() - started - runtime, "peak_memory_bytes": memory, "memory_kind": kind,
         "final_train_loss": [e["loss"] for e in trainer.state.log_history if "loss" in e][-1],
-        "adapter": str(adapter), "marks": clock.marks,
+        "adapter": str(adapter), "marks": clock.marks, **estimate,
     }
+
+
+def trl_memory_estimate(trainer, spec: dict, *, packed: bool) -> dict:
+    """Our peak-memory estimate for the run TRL's trainer is set up for, and the audit of the model it built."""
+    import torch
+    from transformers import AutoConfig
+
+    from sft_pipeline.config import LoraSection
+    from sft_pipeline.models import compute_dtype
+    from sft_pipeline.train.activations import Workload
+    from sft_pipeline.train.memory import audit_parameters, estimate_peak, plan_model
+
+    cuda = torch.cuda.is_available()
+    dtype = compute_dtype() if spec["method"] == "qlora" else torch.float32  # TRL's default dtype
+    lora = LoraSection(r=spec["r"], alpha=spec["alpha"], dropout=LORA_DROPOUT, target_modules=LORA_TARGETS)
+    plan = plan_model(AutoConfig.from_pretrained(spec["model"]), spec["method"], lora, dtype, "cuda" if cuda else "cpu")
+    work = Workload(spec["batch"], spec["max_length"] if packed else spec["max_row_tokens"],
+                    spec["supervised_fraction"], checkpointing=bool(trainer.args.gradient_checkpointing), cuda=cuda)
+    estimate = estimate_peak(plan.parameters, plan.architecture, work, method=spec["method"], compute=dtype, lora=lora)
+    return {"memory_estimate": estimate.as_dict(),
+            "audited_weights_bytes": sum(g.bytes for g in audit_parameters(trainer.model))}
 
 
 # ---------------------------------------------------------------- held-out loss (same code for both)

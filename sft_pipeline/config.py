@@ -224,7 +224,11 @@ class TrainConfig(Section):
     batch_size: int = Field(default=4, ge=1)
     gradient_accumulation: int = Field(default=4, ge=1)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more compute
-    # Speed levers (sft_pipeline.train.levers; unmeasured on a GPU so far: bench/gpu/check.sh measures them).
+    auto_checkpointing: bool = Field(default=True, description=(
+        "On CUDA, in one process: train an attempt with gradient checkpointing on when its estimated peak memory "
+        "(sft_pipeline.train.fitting) exceeds 90 % of the GPU's free memory; no effect on a CPU."))
+    # Speed levers (sft_pipeline.train.levers): measured once on a GPU before the QLoRA fp32-upcast fix, unmeasured
+    # since (bench/gpu/check.sh measures them; bench/gpu/results/README.md says what is measured).
     # sdpa ships with torch; flex_attention (CUDA + triton) and flash_attention_2/3 (their wheel) are varlen kernels.
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"] = "sdpa"
     # Unpacked rows as one flattened sequence per micro-batch (TRL's position-id path, no pad tokens);

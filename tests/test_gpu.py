@@ -2,8 +2,8 @@
 
 The ``gpu`` tests run by ``bench/gpu/check.sh`` on a GPU machine: qlora / lora / full on the
 tiny model in bf16, resume from a checkpoint, a real CUDA out-of-memory error taking the
-halve-the-micro-batch path, and the CUDA-only levers (Liger kernels, flex attention with
-padding-free batches). The other tests check how the levers resolve and that a padding-free
+halve-the-micro-batch path, the CUDA-only levers (Liger kernels, flex attention with
+padding-free batches), and the memory estimate's plan of the parameters against those built on CUDA. The other tests check how the levers resolve and that a padding-free
 micro-batch trains like a padded one, on the CPU.
 
 ``SFT_GPU_TOKENIZER`` names a tokenizer folder for the tiny model where the default model's
@@ -157,6 +157,9 @@ def test_methods_train_on_cuda_in_bf16(method, model_cfg, tokenized, tmp_path):
     assert metrics["device"] != "cpu" and seen.devices == {"cuda"}
     assert metrics["peak_memory_kind"] == "cuda_max_allocated" and metrics["peak_memory_bytes"] > 0
     assert metrics["steps"] == FAST["max_steps"]
+    estimate = metrics["memory_estimate"]  # planned on the meta device, for this GPU
+    assert estimate["free_bytes"] > 0 and not estimate["checkpointing_switched_on"]
+    assert estimate["weights_bytes"] == sum(group["bytes"] for group in metrics["parameters"])  # as built on CUDA
     losses = [h["loss"] for h in metrics["loss"]]
     assert all(torch.isfinite(torch.tensor(losses))) and min(losses[1:]) < losses[0]
     if method == "full":

@@ -140,6 +140,12 @@ def test_metrics_and_loss_curve(qlora_run, rows):
     if not torch.cuda.is_available():
         assert metrics["mfu"] is None
     assert metrics["effective_batch"] == 4 and metrics["attempts"][-1]["outcome"] == "ok"
+    estimate, parts = metrics["memory_estimate"], ("weights", "gradients", "optimizer", "activations", "loss")
+    assert estimate["peak_bytes"] == sum(estimate[f"{part}_bytes"] for part in parts) > 0
+    assert metrics["estimated_peak_memory_bytes"] == estimate["peak_bytes"] == result["estimated_peak_memory_bytes"]
+    assert estimate["tokens_per_micro_batch"] == FAST["batch_size"] * metrics["data"]["max_row_tokens"]
+    assert estimate["weights_bytes"] == sum(group["bytes"] for group in metrics["parameters"])  # planned == built
+    assert not estimate["checkpointing_switched_on"] and estimate["free_bytes"] is None  # a CPU: nothing switched
     assert (out / constants.LOSS_CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for key in ("steps", "final_loss", "tokens_per_s", "peak_memory_bytes", "supervised_tokens", "resumed_from_step"):
         assert key in result

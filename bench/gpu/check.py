@@ -3,16 +3,18 @@
 Run by ``bench/gpu/check.sh OUTDIR`` after the carried wheels are installed. Writes into OUTDIR:
 ``check.json`` (everything measured, rewritten after every part), ``check.md`` (the tables) and
 ``check.log`` (each part's output). Parts, in order, each given at most its box and what is left of
-``--budget`` seconds:
+``--budget`` seconds (``levers_8b`` gets what is left after keeping ``default_model``'s box):
 
 1. ``env``: device, driver, library versions;
 2. ``tests``: ``pytest -m gpu tests/test_gpu.py`` (qlora / lora / full in bf16, resume, a real CUDA
-   out-of-memory error, Liger and flex attention);
-3. ``default_model``: the default model through the train stage for a few dozen steps, then timed
-   batched greedy generation (``bench/gpu/default_model.py``);
-4. ``train_8b``: ours vs TRL ``SFTTrainer`` defaults on a random Llama-3-8B-shaped model, QLoRA NF4,
-   sequence length 2048, packed and unpacked, then the speed levers (``bench/bench_train.py``),
-   as many variants as the budget allows.
+   out-of-memory error, Liger and flex attention, the memory estimate recorded);
+3. ``train_8b``: ours vs TRL ``SFTTrainer`` defaults at matched settings, checkpointing on and off
+   (``--variants``), on a random Llama-3-8B-shaped model, QLoRA NF4, micro-batch 4 x 2048 tokens
+   (``bench/bench_train.py``): tokens/s over 3 windows of 3 steps after 3 warm-up steps, peak
+   memory measured and estimated;
+4. ``levers_8b``: the same for the speed levers (``--levers``), as many as the time allows;
+5. ``default_model``: the default model's shape (Gemma 3 270M, random weights) through the train
+   stage, then timed batched greedy generation (``bench/gpu/default_model.py``).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ GPU_DIR = Path(__file__).resolve().parent
 REPO = GPU_DIR.parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-BOXES = {"tests": 170, "default_model": 100}  # seconds; train_8b gets the rest
+BOXES = {"tests": 75, "train_8b": 195, "default_model": 85}  # seconds; levers_8b gets the rest
 MIN_PART_S = 30  # a part with less time left than this is skipped
-VARIANTS = "trl,ours,ours+packed,trl+packed,ours+packed+flex,ours+liger,ours+gc"
+MATCHED = "trl,ours+gc,trl+nogc,ours"  # TRL's default (checkpointing on) first, then off; ours the same
+LEVERS = "ours+packed+flex,ours+liger,ours+flex,ours+gc+packed+flex"
+STEPS_8B = ("--steps", "12", "--warmup-steps", "3", "--window-steps", "3")  # 3 windows of 3 steps
+MIN_VARIANT_S = {"train_8b": "35", "levers_8b": "50"}  # a variant with less time left is not started
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets", "pydantic",
              "liger_kernel", "triton", "tokenizers", "pyarrow", "numpy")
 SHM = Path("/dev/shm")
@@ -61,7 +66,7 @@ class Check:
 
     def run(self, name: str, argv: list[str], box: float | None, env: dict | None = None) -> int | None:
         """Run ``argv`` with output appended to check.log; kill its whole process group at the time limit."""
-        limit = min(box or self.left(), self.left())
+        limit = self.left() if box is None else min(box, self.left())
         if limit < MIN_PART_S:
             self.results["parts"][name] = {"status": "skipped", "reason": f"{self.left():.0f} s left"}
             self.save()
@@ -149,17 +154,19 @@ def model_cache() -> Path:
     return Path("/tmp/sft-gpu-models")
 
 
-def part_train_8b(check: Check, assets: Path, variants: str) -> None:
-    out = check.work / "train_8b.json"
-    deadline = time.time() + check.left() - 5
+def part_8b(check: Check, assets: Path, name: str, variants: str, box: float) -> None:
+    """``bench_train.py`` on the 8B shape for ``variants``, within ``box`` seconds (a variant at a time)."""
+    out = check.work / f"{name}.json"
+    deadline = time.time() + min(box, check.left()) - 5
     argv = [sys.executable, str(REPO / "bench" / "bench_train.py"), "--model", "llama3-8b", "--method", "qlora",
             "--tokenizer", str(assets / "tokenizer"), "--cache", str(model_cache()),
             "--conversations", str(assets / "conversations.jsonl.gz"), "--rows", "160", "--heldout", "0",
-            "--max-length", "2048", "--batch", "4", "--accum", "1", "--steps", "8", "--warmup-steps", "3",
-            "--variants", variants, "--variant-timeout", "150", "--min-variant-s", "75", "--deadline", str(deadline), "--json", str(out)]
-    check.run("train_8b", argv, None)
+            "--max-length", "2048", "--batch", "4", "--accum", "1", *STEPS_8B, "--variants", variants,
+            "--variant-timeout", "120", "--min-variant-s", MIN_VARIANT_S[name], "--deadline", str(deadline),
+            "--json", str(out)]
+    check.run(name, argv, box)
     if out.exists():
-        check.results["train_8b"] = json.loads(out.read_text())
+        check.results[name] = json.loads(out.read_text())
 
 
 def main() -> None:
@@ -168,16 +175,19 @@ def main() -> None:
     parser.add_argument("--assets", type=Path, default=REPO / ".whl" / "assets")
     parser.add_argument("--budget", type=float, default=440, help="seconds for all parts together")
     parser.add_argument("--model", default=os.environ.get("SFT_GPU_MODEL"), help="real default-model weights")
-    parser.add_argument("--variants", default=VARIANTS)
-    parser.add_argument("--parts", default="env,tests,default_model,train_8b")
+    parser.add_argument("--variants", default=MATCHED, help="train_8b's variants (bench/bench_train.py)")
+    parser.add_argument("--levers", default=LEVERS, help="levers_8b's variants")
+    parser.add_argument("--parts", default="env,tests,train_8b,levers_8b,default_model")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     check = Check(args.out, args.budget)
+    later = BOXES["default_model"] if "default_model" in args.parts.split(",") else 0
     parts = {
         "env": lambda: part_env(check),
         "tests": lambda: part_tests(check, args.assets),
+        "train_8b": lambda: part_8b(check, args.assets, "train_8b", args.variants, BOXES["train_8b"]),
+        "levers_8b": lambda: part_8b(check, args.assets, "levers_8b", args.levers, check.left() - later),
         "default_model": lambda: part_default_model(check, args.assets, args.model),
-        "train_8b": lambda: part_train_8b(check, args.assets, args.variants),
     }
     for name in args.parts.split(","):
         try:

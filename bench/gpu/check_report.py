@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-MIB = 2**20
-
 
 def _env(env: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
@@ -27,21 +25,26 @@ def _tests(cases: list[dict]) -> list[str]:
 
 
 def _default_model(result: dict) -> list[str]:
+    from train_report import memory_cells
+    from windows import spread_text
+
     t = result.get("train", {})
     lines = [f"Default model: {result.get('model')}.", "",
-             "| method | steps | micro-batch x accumulation | non-pad tokens | train s | tokens/s | peak memory (MiB) "
-             "| MFU | loss first -> last |", "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+             "| method | steps | micro-batch x accumulation | non-pad tokens | tokens/s: median [min-max] (windows) "
+             "| MFU | peak GiB | estimated GiB | measured / estimated | checkpointing | loss first -> last |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---|---|"]
     if t:
         mfu = f"{t['mfu']:.1%}" if t.get("mfu") else "–"
+        memory = memory_cells({**t, "memory_kind": t.get("peak_memory_kind")})
         lines.append(f"| {t['method']} | {t['steps']} | {t['micro_batch']} x {t['gradient_accumulation']} | "
-                     f"{t['non_pad_tokens']} | {t['train_runtime_s']:.1f} | {t['tokens_per_s']:.0f} | "
-                     f"{t['peak_memory_bytes'] / MIB:.0f} | {mfu} | {t['first_loss']:.3f} -> {t['final_loss']:.3f} |")
+                     f"{t['non_pad_tokens']} | {spread_text(t.get('windows'))} | {mfu} | {memory} | "
+                     f"{t['first_loss']:.3f} -> {t['final_loss']:.3f} |")
     gens = result.get("generation", [])
     if gens:
-        lines += ["", "| generation (greedy) | batch | prompts | max new tokens | seconds | new tokens/s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| generation (greedy) | batch | prompts | max new tokens | seconds "
+                  "| new tokens/s: median [min-max] (batches) |", "|---|---:|---:|---:|---:|---|"]
         lines += [f"| {g['model']} | {g['batch_size']} | {g['prompts']} | {g['max_new_tokens']} | {g['seconds']} "
-                  f"| {g['new_tokens_per_s']} |" for g in gens]
+                  f"| {spread_text(g.get('windows'), '{:.0f}')} |" for g in gens]
     return lines + [""]
 
 
@@ -53,12 +56,13 @@ def markdown(results: dict) -> str:
     lines += _parts(results.get("parts", {}))
     if "tests" in results:
         lines += _tests(results["tests"])
+    from train_report import table
+
+    for part, what in (("train_8b", "TRL defaults vs ours at matched settings"), ("levers_8b", "the speed levers")):
+        if part in results:
+            bench = results[part]
+            lines += [f"Llama-3-8B shape, random weights, QLoRA NF4, sequence length 2048, {what}:", "",
+                      bench.get("settings", ""), "", table(bench.get("results", {})), ""]
     if "default_model" in results:
         lines += _default_model(results["default_model"])
-    if "train_8b" in results:
-        from bench_train import table
-
-        bench = results["train_8b"]
-        lines += ["Llama-3-8B shape, random weights, QLoRA NF4, sequence length 2048:", "",
-                  bench.get("settings", ""), "", table(bench.get("results", {})), ""]
     return "\n".join(lines)

@@ -28,8 +28,9 @@ os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFL
 from wheels import image_packages, wheel_name  # noqa: E402
 
 CHECK_MODULES = (
-    "bench_train", "check", "check_report", "default_model", "random_model", "wheels",
-    "sft_pipeline.train", "sft_pipeline.train.levers", "sft_pipeline.tiny_model", "sft_pipeline.evaluate",
+    "bench_train", "check", "check_report", "default_model", "random_model", "wheels", "train_report", "windows",
+    "sft_pipeline.train", "sft_pipeline.train.levers", "sft_pipeline.train.memory", "sft_pipeline.train.fitting",
+    "sft_pipeline.tiny_model", "sft_pipeline.evaluate",
     "sft_pipeline.evaluate.generate", "sft_pipeline.train.samples", "sft_pipeline.models",
     "trl", "peft", "bitsandbytes", "datasets", "pydantic", "gguf", "pytest", "xml.etree.ElementTree",
 )
@@ -64,7 +65,30 @@ def exercise(assets: Path) -> None:
                                     padding_free=padding_free, save_steps=1)
             train_model(TrainJob(cfg, train_cfg, tmp / "tok", tmp / method, seed=0))
         generate(load_causal_lm(cfg), load_tokenizer(cfg), ["Hi"], batch_size=1, max_new_tokens=2)
+        exercise_default_model(assets, tmp)
         json.dumps({})
+
+
+def exercise_default_model(assets: Path, tmp: Path) -> None:
+    """The default model's paths: its carried config and tokenizer, a small Gemma 3 planned and run."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
+
+    from default_model import GEMMA3_TEMPLATES, tokenizer_folder, trl_template
+    from random_model import flops_per_token, model_config
+    from sft_pipeline.config import LoraSection
+    from sft_pipeline.train.memory import plan_model
+    from sft_pipeline.train.samples import label_conversation, toy_conversations
+
+    flops_per_token(model_config("gemma3-270m", assets), 512)
+    folder, carried = tokenizer_folder(assets, tmp)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if carried:
+        label_conversation(tokenizer, toy_conversations(1)[0], 64, trl_template(GEMMA3_TEMPLATES[1]))
+    small = Gemma3TextConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=1, head_dim=16)
+    plan_model(small, "qlora", LoraSection(), torch.float32, "cpu")
+    AutoModelForCausalLM.from_config(small)(torch.tensor([[1, 2, 3]]))
 
 
 class FirstImporter(importlib.abc.MetaPathFinder):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from sft_pipeline.errors import VerificationError
 from sft_pipeline.files import atomic_dir, write_json
 from sft_pipeline.models import NonFiniteError, check_finite_tensors
 from sft_pipeline.train import metrics as measures
+from sft_pipeline.train.memory import audit_parameters
 from sft_pipeline.train.ranks import sum_and_max
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> di
     n_params = measures.count_parameters(trainer.model)
     peak = measures.peak_flops(device)
     history = measures.loss_history(trainer.state.log_history)
-    final = attempts[-1]
+    final, estimate = attempts[-1], trainer.memory_plan.record()
     return {
         "method": cfg.method,
         "device": device,
@@ -72,6 +74,10 @@ def collect_metrics(trainer, output, cfg, data, *, resumed_from, attempts) -> di
         "peak_flops": peak,
         "mfu": measures.model_flops_utilisation(n_params, non_pad, runtime, peak * world if peak else None),
         "data": data.stats(),
+        # Estimated before the last attempt (sft_pipeline.train.fitting), beside peak_memory_bytes measured.
+        "estimated_peak_memory_bytes": estimate["peak_bytes"] if estimate else None,
+        "memory_estimate": estimate,
+        "parameters": [asdict(group) for group in audit_parameters(trainer.model)],
     }
 
 
@@ -164,8 +170,9 @@ def write_reports(metrics: dict, out_dir: Path) -> None:
 
 
 SUMMARY_KEYS = (
-    "method", "steps", "final_loss", "tokens_per_s", "peak_memory_bytes", "supervised_tokens", "resumed_from_step",
-    "micro_batch", "gradient_accumulation", "non_pad_tokens", "mfu", "num_processes",
+    "method", "steps", "final_loss", "tokens_per_s", "peak_memory_bytes", "estimated_peak_memory_bytes",
+    "supervised_tokens", "resumed_from_step", "micro_batch", "gradient_accumulation", "non_pad_tokens", "mfu",
+    "num_processes",
 )
 
 

@@ -15,7 +15,9 @@ position ids (TRL's position-id path) only where the attention kernel is variabl
 the whole flattened batch, whose attention cost grows with the square of the micro-batch's
 total tokens. Rows the tokenize stage packed always train padding-free.
 
-None of these defaults is measured on a GPU yet (``bench/gpu/check.sh`` measures them).
+The defaults were measured once on a GPU (2026-11-30, before the QLoRA fp32-upcast fix) and are
+unmeasured since; ``bench/gpu/check.sh`` measures them. Gradient checkpointing may also be switched
+on per attempt by the memory estimate (:mod:`~sft_pipeline.train.fitting`).
 """
 
 from __future__ import annotations

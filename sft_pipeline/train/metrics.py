@@ -23,6 +23,8 @@ PEAK_BF16_FLOPS = (
 )
 FLOPS_PER_PARAM_TOKEN = 6  # forward + backward, the usual 6·N·tokens estimate
 RSS_UNIT_BYTES = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
+CUDA_PEAK_KIND = "cuda_max_allocated"  # tensors only (no CUDA context, no allocator cache)
+RSS_PEAK_KIND = "process_peak_rss"  # the whole process since it started: interpreter, libraries, data, tensors
 
 
 @dataclass
@@ -84,8 +86,8 @@ def reset_peak_memory() -> None:
 def peak_memory() -> tuple[int, str]:
     """(bytes, kind): CUDA max allocated since the last reset, else the process's peak RSS."""
     if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT_BYTES), "process_peak_rss"
+        return int(torch.cuda.max_memory_allocated()), CUDA_PEAK_KIND
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT_BYTES), RSS_PEAK_KIND
 
 
 def count_parameters(model) -> int:

@@ -71,11 +71,12 @@ def label_conversation(tokenizer, messages: list[dict], max_length: int,
     return ids, labels
 
 
-def labelled_rows(tokenizer, conversations: list[list[dict]], max_length: int) -> list[dict]:
+def labelled_rows(tokenizer, conversations: list[list[dict]], max_length: int,
+                  template: str = CHATML_TRAINING_TEMPLATE) -> list[dict]:
     """Unpacked rows (``id``, ``input_ids``, ``labels``); rows left without supervision are dropped."""
     rows = []
     for i, messages in enumerate(conversations):
-        ids, labels = label_conversation(tokenizer, messages, max_length)
+        ids, labels = label_conversation(tokenizer, messages, max_length, template)
         if any(label != IGNORE_INDEX for label in labels):
             rows.append({"id": f"c{i}", "input_ids": ids, "labels": labels})
     return rows

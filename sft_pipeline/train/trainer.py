@@ -36,6 +36,7 @@ from sft_pipeline.models import GRADIENT_CHECKPOINTING_DEPRECATION, compute_dtyp
 from sft_pipeline.train import ranks, template_tokens
 from sft_pipeline.train.data import TrainData, load_train_data
 from sft_pipeline.train.failures import RankOutOfMemory, back_off, is_oom, is_transient
+from sft_pipeline.train.fitting import measured_line, plan_memory
 from sft_pipeline.train.guards import FiniteGuard, StopWhenComplete, TrainingComplete, finished_output
 from sft_pipeline.train.job import Batch, TrainJob
 from sft_pipeline.train.levers import Levers, checkpointing_kwargs, resolve_levers
@@ -104,13 +105,13 @@ def lora_config(section: LoraSection, token_rows: Sequence[int] = ()):
 
 
 def load_model(model_cfg: ModelConfig, cfg: TrainConfig, levers: Levers = Levers()):
-    """The base model prepared for ``cfg.method`` (adapters are added by the trainer)."""
+    """The base model prepared for ``cfg.method`` (adapters are added by the trainer) and ``levers``."""
     model = load_causal_lm(model_cfg, quantize_4bit=cfg.method == "qlora",
                            attn_implementation=levers.attn_implementation)
     if cfg.method == "qlora":
         for param in model.parameters():
             param.requires_grad_(False)  # the frozen base; PEFT adds the trainable adapters
-        if cfg.gradient_checkpointing:
+        if levers.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need an input that carries a gradient
     elif cfg.method == "full" and model.dtype != torch.float32:
         model = model.float()  # fp32 master weights; bf16 autocast does the compute
@@ -130,7 +131,7 @@ def training_args(job: TrainJob, data: TrainData, batch: Batch, levers: Levers =
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
-        **checkpointing_kwargs(cfg.gradient_checkpointing),  # the name differs across transformers 5 releases
+        **checkpointing_kwargs(levers.gradient_checkpointing),  # the name differs across transformers 5 releases
         bf16=compute_dtype() == torch.bfloat16,
         fp16=False,
         logging_strategy=STEPS,
@@ -181,7 +182,8 @@ def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callb
     from transformers import PrinterCallback, set_seed
 
     trainer_cls = _counting_trainer_class()
-    levers = resolve_levers(job.train)
+    memory_plan = plan_memory(job, data, batch.micro, resolve_levers(job.train))  # may switch checkpointing on
+    levers = memory_plan.levers
     with one_line_errors("train"):
         args = training_args(job, data, batch, levers)
     set_seed(job.seed)
@@ -203,6 +205,7 @@ def build_trainer(job: TrainJob, data: TrainData, tokenizer, batch: Batch, callb
     template_tokens.keep_rows_in_fp32(trainer.model)
     if rows or not torch.cuda.is_available():
         supervised_head.attach(trainer.model)  # exact for trained rows; on a CPU, the head only where the loss reads
+    trainer.memory_plan = memory_plan
     return trainer
 
 
@@ -270,6 +273,7 @@ def train_model(job: TrainJob, *, callbacks: Sequence = ()) -> dict:
         (trainer, output, resumed_from), attempts = back_off(
             job.batch, rank_attempt(job, data, tokenizer, extra), release)
         metrics = export.collect_metrics(trainer, output, job.train, data, resumed_from=resumed_from, attempts=attempts)
+        log.info("%s", measured_line(metrics))
         adapter = export.save_trained(trainer, job.out_dir)
         main_process = trainer.is_world_process_zero()
         del trainer, output
