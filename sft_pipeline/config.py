@@ -234,10 +234,10 @@ class TrainConfig(Section):
     # Unpacked rows as one flattened sequence per micro-batch (TRL's position-id path, no pad tokens);
     # auto: only with a varlen attention kernel (sdpa would build a dense mask over the whole micro-batch).
     padding_free: Literal["auto", "on", "off"] = "auto"
-    template_tokens: Literal["untrained", "all", "off"] = Field(default="untrained", description=(
+    template_tokens: Literal["untrained", "all", "none"] = Field(default="untrained", description=(
         "lora/qlora: which embedding rows of the chat template's control tokens train besides the adapters "
         "(tied to the LM head): untrained = those whose norm is below untrained_norm_ratio x the median row norm "
-        "(a base model never saw them); all = every control token the template writes; off = none "
+        "(a base model never saw them); all = every special token the template writes; none = no rows "
         "(sft_pipeline.train.template_tokens)"))
     untrained_norm_ratio: float = Field(default=0.5, gt=0, lt=1, description=(
         "template_tokens=untrained: a row whose norm is below this fraction of the median row norm counts as untrained"))

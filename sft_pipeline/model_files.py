@@ -198,3 +198,18 @@ def resolve_model(spec: str) -> str:
                              "name a model folder, a GGUF file or a hub id")
         return str(convert_gguf(local))
     return str(local)
+
+
+def prepare(spec: str, revision: str | None = None) -> str:
+    """Fetch or build now everything a run needs of the model on this machine (assemble, convert, or download
+    a hub id's files into the hub cache), so that the run itself starts from the cache; returns where it is."""
+    resolved = resolve_model(spec)
+    if Path(resolved).exists():
+        return resolved
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(resolved, revision=revision)
+    except OSError as exc:  # huggingface_hub's errors are OSErrors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"model {spec}: cannot be fetched from the hub ({first})") from None

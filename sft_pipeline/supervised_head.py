@@ -90,8 +90,10 @@ def supervised(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return states[mask], targets[mask], mask
 
 
-def token_logprobs(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per position: log p(target), the distribution's entropy and whether the target is the top token."""
+def token_logprobs(head: Head, hidden: torch.Tensor, targets: torch.Tensor,
+                   stats: bool = True) -> tuple[torch.Tensor, ...]:
+    """Per position: log p(target), and (``stats``) the distribution's entropy and whether the target is the
+    top token (what TRL logs; without ``stats`` both are zeros, saving a pass over the logits)."""
     parts = []
     for start in range(0, len(targets), CHUNK_TOKENS):
         z = head.logits(hidden[start:start + CHUNK_TOKENS])
@@ -99,8 +101,8 @@ def token_logprobs(head: Head, hidden: torch.Tensor, targets: torch.Tensor) -> t
         log_z = torch.logsumexp(z, dim=-1)
         picked = z.gather(1, y[:, None])[:, 0]
         with torch.no_grad():
-            entropy = log_z - (F.softmax(z, dim=-1) * z).sum(-1)
-            top1 = z.argmax(-1) == y
+            entropy = log_z - (F.softmax(z, dim=-1) * z).sum(-1) if stats else torch.zeros_like(log_z)
+            top1 = z.argmax(-1) == y if stats else torch.zeros_like(y, dtype=torch.bool)
         parts.append((picked - log_z, entropy, top1))
     if not parts:
         empty = hidden.new_zeros(0, dtype=torch.float32)

@@ -36,7 +36,7 @@ def test_a_row_far_below_the_typical_norm_is_untrained_and_a_trained_one_is_not(
     weight[start] *= 0.1
     assert untrained_rows(weight, [start, end], 0.5) == [start, end]
     assert choose(tiny, tiny_tokenizer, ALL, 0.5) == [start, end]
-    assert choose(tiny, tiny_tokenizer, "off", 0.5) == []
+    assert choose(tiny, tiny_tokenizer, "none", 0.5) == []
 
 
 @pytest.fixture(scope="module")

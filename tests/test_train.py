@@ -21,7 +21,7 @@ MAX_LENGTH = 64
 STEPS = 3
 # template_tokens off: these tests are about the adapters (tests/test_template_tokens.py trains token rows).
 FAST = dict(max_steps=STEPS, batch_size=2, gradient_accumulation=2, learning_rate=1e-3, warmup_ratio=0.0,
-            save_steps=STEPS, template_tokens="off")
+            save_steps=STEPS, template_tokens="none")
 
 
 PROBE = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])

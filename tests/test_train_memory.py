@@ -55,7 +55,7 @@ def bf16_compute(monkeypatch):
 
 def _job(model_dir, tokenized, out, method, **train):
     """A job whose trainable set is the adapters alone (the chat template's token rows off: TRL trains none)."""
-    train = {"template_tokens": "off", **train}
+    train = {"template_tokens": "none", **train}
     return TrainJob(ModelConfig(name_or_path=str(model_dir)), TrainConfig(method=method, max_steps=1, **train),
                     tokenized, out, seed=0)
 

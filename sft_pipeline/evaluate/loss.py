@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from sft_pipeline.constants import IGNORE_INDEX
 from sft_pipeline.errors import InputError
+from sft_pipeline.supervised_head import backbone_states, head_of, supervised, token_logprobs
 
 HELDOUT_COLUMNS = ("input_ids", "labels")
 
@@ -64,14 +65,22 @@ def pad_batch(rows: Sequence[dict], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.inference_mode()
 def batch_nll(model, rows: Sequence[dict], pad_id: int) -> tuple[list[float], list[int]]:
-    """Per row: summed NLL of next-token predictions on supervised positions, and their count."""
+    """Per row: summed NLL of next-token predictions on supervised positions, and their count.
+
+    The LM head projects the supervised positions only (:mod:`sft_pipeline.supervised_head`): for a large
+    vocabulary the head is most of the forward pass."""
     ids, labels, mask = pad_batch(rows, pad_id)
     device = model.device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    targets = labels[:, 1:].to(device)
-    keep = targets != IGNORE_INDEX
-    picked = logits[:, :-1][keep].float()  # only supervised positions, as few logits as possible
-    nll = F.cross_entropy(picked, targets[keep], reduction="none")
+    head = head_of(model)
+    if head is None:  # a head transform supervised_head does not apply: the model's own logits
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        targets = labels[:, 1:].to(device)
+        keep = targets != IGNORE_INDEX
+        nll = F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="none")
+    else:
+        hidden = backbone_states(model, input_ids=ids.to(device), attention_mask=mask.to(device))
+        kept, targets, keep = supervised(hidden, labels.to(device))
+        nll = -token_logprobs(head, kept, targets, stats=False)[0]
     row_of = keep.nonzero()[:, 0]
     sums = torch.zeros(len(rows), dtype=nll.dtype, device=nll.device).index_add_(0, row_of, nll)
     return sums.tolist(), keep.sum(dim=1).tolist()

@@ -12,7 +12,7 @@ train, through PEFT's ``trainable_token_indices`` (saved with the adapter, loade
 * ``untrained``: the template's control tokens whose row norm is below ``untrained_norm_ratio`` times
   the median row norm;
 * ``all``: every special token the template writes;
-* ``off``: none.
+* ``none``: none.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from sft_pipeline.constants import ROLE_ASSISTANT, ROLE_USER
 
 log = logging.getLogger(__name__)
 
-UNTRAINED, ALL, OFF = "untrained", "all", "off"
-SETTINGS = (UNTRAINED, ALL, OFF)
+UNTRAINED, ALL, NONE = "untrained", "all", "none"  # not "off": YAML reads it as false
+SETTINGS = (UNTRAINED, ALL, NONE)
 PROBE = [{"role": ROLE_USER, "content": "Hi."}, {"role": ROLE_ASSISTANT, "content": "Hello."},
          {"role": ROLE_USER, "content": "Bye."}, {"role": ROLE_ASSISTANT, "content": "Goodbye."}]
 
@@ -53,7 +53,7 @@ def untrained_rows(weight: torch.Tensor, ids: list[int], ratio: float) -> list[i
 
 def choose(model, tokenizer, setting: str, ratio: float) -> list[int]:
     """The token rows to train for ``train.template_tokens`` (logged with each row's norm)."""
-    if setting == OFF:
+    if setting == NONE:
         return []
     ids = template_token_ids(tokenizer)
     weight = model.get_input_embeddings().weight
