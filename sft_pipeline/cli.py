@@ -1,4 +1,4 @@
-"""Library commands of `sft-pipeline` (no orchestrator): ingest, filter, report.
+"""Library commands of `sft-pipeline` (no orchestrator): ingest, filter, report, config show.
 
 `flows/cli.py` adds the Prefect-backed `run` command and is the console entry point.
 """
@@ -97,6 +97,16 @@ def stored_results(cfg, until: str) -> dict:
     return results
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """The resolved tree: every dotted key with its value, default and description."""
+    from sft_pipeline.config import load_config
+    from sft_pipeline.config.tree import settings
+
+    for setting in settings(load_config(args.config, args.overrides)):
+        print("\n".join(setting.lines()))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from sft_pipeline.report import render_report
 
@@ -153,6 +163,11 @@ def add_commands(sub) -> None:
     p.add_argument("--threshold", type=float, default=None)
     add_config_args(p)
     p.set_defaults(func=cmd_filter)
+    p = sub.add_parser("config", help="look at the configuration")
+    shows = p.add_subparsers(dest="config_command", required=True)
+    p = shows.add_parser("show", help="every dotted key of the resolved config, with its value, default and description")
+    add_config_args(p)
+    p.set_defaults(func=cmd_config_show)
     p = sub.add_parser("report", help="render the report again from an evaluate output folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)

@@ -74,3 +74,55 @@ def test_tiny_config_names_a_model_built_on_first_use(tmp_path, monkeypatch):
     folder = Path(resolve_model(cfg.model))
     assert folder.is_relative_to(tmp_path) and (folder / "config.json").is_file()
     assert resolve_model(cfg.model) == str(folder)  # built once
+
+
+TINY = Path(__file__).resolve().parents[1] / "deployments" / "configs" / "tiny.yaml"
+
+
+def _sections():
+    from pydantic import BaseModel
+
+    from sft_pipeline.config import PipelineConfig
+    from sft_pipeline.config.tree import _section_of
+
+    todo, seen = [PipelineConfig], []
+    while todo:
+        section = todo.pop()
+        seen.append(section)
+        for info in section.model_fields.values():
+            inner, _ = _section_of(info.annotation)
+            if inner is not None and issubclass(inner, BaseModel) and inner not in seen:
+                todo.append(inner)
+    return seen
+
+
+def test_every_config_field_explains_itself():
+    missing = [f"{section.__name__}.{name}" for section in _sections()
+               for name, info in section.model_fields.items() if not (info.description or "").strip()]
+    assert missing == []
+
+
+def test_config_show_prints_each_key_with_its_value_default_and_description(capsys):
+    from flows.cli import main
+    from sft_pipeline.config.tree import settings
+
+    assert main(["config", "show", "--config", str(TINY), "--set", "train.max_steps=7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("train.max_steps: 7  (default: -1)")
+    assert lines[at + 1].startswith("    Optimizer steps")
+    assert "model.revision: null  (default)" in lines
+    assert "ingest.sources.0.path: tests/data/tiny_chat.jsonl  (required)" in lines
+    keys = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert keys == [s.key for s in settings(load_config(TINY))]  # every leaf, once, in order
+    assert {"run.seed", "train.lora.r", "eval.gate.primary_metric", "score.weights"} <= set(keys)
+
+
+@pytest.mark.parametrize("command", [["config", "show"], ["run"]])
+def test_an_unknown_key_suggests_the_closest_one(command, capsys):
+    from flows.cli import main
+
+    assert main([*command, "--config", str(TINY), "--set", "filter.treshold=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "filter.treshold: unknown key (did you mean filter.threshold?)" in err
+    assert main([*command, "--config", str(TINY), "--set", "trian.max_steps=5"]) == 2
+    assert "did you mean train.max_steps?" in capsys.readouterr().err
