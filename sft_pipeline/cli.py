@@ -127,6 +127,39 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
+def _fractions(text: str, *, zero: bool) -> list[float]:
+    values = floats(text)
+    bad = [v for v in values if not (0 <= v <= 1 and (zero or v > 0))]  # nan fails every comparison
+    if bad:
+        wanted = "a number from 0 to 1" if zero else "a number above 0 and at most 1"
+        raise argparse.ArgumentTypeError(f"{bad[0]:g} is not {wanted}")
+    return values
+
+
+def thresholds(text: str) -> list[float]:
+    """Filter thresholds: numbers from 0 to 1 (nan and inf refused).
+
+    >>> thresholds("0,0.5,1")
+    [0.0, 0.5, 1.0]
+    >>> thresholds("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: nan is not a number from 0 to 1
+    """
+    return _fractions(text, zero=True)
+
+
+def top_fractions(text: str) -> list[float]:
+    """Shares of rows kept: numbers above 0, up to 1.
+
+    >>> top_fractions("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 0 is not a number above 0 and at most 1
+    """
+    return _fractions(text, zero=False)
+
+
 def print_outputs(results: dict) -> None:
     """Where a run's filtered rows, adapter and report are."""
     wanted = (("filtered", constants.STAGE_FILTER, constants.FILTERED_FILE),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sft_pipeline.config.base import Section
 
@@ -33,7 +33,7 @@ class TrainConfig(Section):
         "The share of steps spent warming the learning rate up."))
     num_epochs: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="Passes over the training rows.")
     max_steps: int = Field(default=-1, ge=-1, description=(
-        "Optimizer steps to run; -1: as many as num_epochs takes."))
+        "Optimizer steps to run; -1: as many as num_epochs takes (0, which would train nothing, is refused)."))
     batch_size: int = Field(default=4, ge=1, description="Rows per micro-batch and device.")
     gradient_accumulation: int = Field(default=4, ge=1, description="Micro-batches per optimizer step.")
     gradient_checkpointing: bool = Field(default=False, description=(
@@ -68,6 +68,13 @@ class TrainConfig(Section):
         """Fields that do not change what is trained: where it runs, what it reports, launch settings of one process."""
         single = {"num_processes", "distributed"} if self.num_processes == 1 else set()
         return {"work_pool", "report_to", "progress_steps"} | single
+
+    @field_validator("max_steps")
+    @classmethod
+    def _check_steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 steps would train nothing; give a number of steps, or -1 to run num_epochs")
+        return value
 
     @model_validator(mode="after")
     def _check_merge(self) -> "TrainConfig":
