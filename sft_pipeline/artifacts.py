@@ -12,6 +12,8 @@ import ast
 import functools
 import hashlib
 import json
+import logging
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +24,10 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _PACKAGE = _PACKAGE_DIR.name
 _CHUNK = 1 << 20
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+log = logging.getLogger(__name__)
+HASH_LOG_AFTER_S = 10.0  # hashing that takes longer says what it is hashing, and then every HASH_LOG_EVERY_S
+HASH_LOG_EVERY_S = 60.0
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "pandas", "pyarrow")
 
@@ -44,7 +50,22 @@ def json_digest(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
 
 
-def file_digest(path: Path, fresh: bool = False) -> str:
+class Progress:
+    """Says what is being hashed (and how far it got) once hashing ``path`` has taken a while."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.files, self.bytes = path, 0, 0
+        self.next_log = time.monotonic() + HASH_LOG_AFTER_S
+
+    def add(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        if (now := time.monotonic()) >= self.next_log:
+            log.info("hashing %s for the cache key: %d files, %.2f GiB so far", self.path, self.files,
+                     self.bytes / 2**30)
+            self.next_log = now + HASH_LOG_EVERY_S
+
+
+def file_digest(path: Path, fresh: bool = False, progress: Progress | None = None) -> str:
     """SHA-256 of a file's bytes, memoised on (path, size, mtime) within a process (``fresh``: read it again)."""
     st = path.stat()
     memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -53,19 +74,25 @@ def file_digest(path: Path, fresh: bool = False) -> str:
         with open(path, "rb") as fh:
             while chunk := fh.read(_CHUNK):
                 h.update(chunk)
+                if progress is not None:
+                    progress.add(len(chunk))
         _FILE_DIGESTS[memo_key] = h.hexdigest()
+    if progress is not None:
+        progress.files += 1
+        progress.add(0)  # a walk over many small (or memoised) files takes long too
     return _FILE_DIGESTS[memo_key]
 
 
 def path_digest(path: str | Path) -> str:
-    """Digest of a file, or of a directory tree (relative names + file digests)."""
+    """Digest of a file, or of a directory tree (relative names + file digests); one that takes long is logged."""
     path = Path(path)
+    progress = Progress(path)
     if path.is_file():
-        return file_digest(path)
+        return file_digest(path, progress=progress)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory")
     return json_digest(sorted(
-        (p.relative_to(path).as_posix(), file_digest(p))
+        (p.relative_to(path).as_posix(), file_digest(p, progress=progress))
         for p in path.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     ))

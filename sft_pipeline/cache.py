@@ -16,43 +16,58 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from pydantic import BaseModel
+
+from sft_pipeline import manifest as manifests
 from sft_pipeline import storage
-from sft_pipeline.artifacts import file_digest, file_records, library_versions, path_digest, read_manifest, stage_key
+from sft_pipeline.artifacts import file_digest, path_digest, stage_key
 from sft_pipeline.config import PipelineConfig
-from sft_pipeline.constants import CHECKPOINTS_DIR, MANIFEST_FILE, PACKAGE_SCHEME
+from sft_pipeline.config.tree import settings
+from sft_pipeline.constants import MANIFEST_FILE, PACKAGE_SCHEME
 from sft_pipeline.errors import InputError
-from sft_pipeline.files import atomic_dir, write_json
+from sft_pipeline.files import atomic_dir
 from sft_pipeline.resources import resolve_path
+from sft_pipeline.manifest import result_of
 from sft_pipeline.stages import KEY_CHARS, Stage, StageResult, StageRun
 
 log = logging.getLogger(__name__)
 
 DIGEST_CHECK_BYTES = 256 * 2**20  # files up to this size are re-hashed before being served from cache
-RESULT_FIELDS = ("verdict", "method")  # summary keys that are fields of their own, not counts
+
+
+def _section(cfg: PipelineConfig, dotted: str) -> Any:
+    value: Any = cfg
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def config_part(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
     """The values of the stage's config sections, as JSON (fields a section keeps out of keys left out)."""
     part = {}
     for dotted in stage.sections:
-        value: Any = cfg
-        for name in dotted.split("."):
-            value = getattr(value, name)
+        value = _section(cfg, dotted)
         if hasattr(value, "model_dump"):
             value = value.model_dump(mode="json", exclude=getattr(value, "outside_key", lambda: set())())
         part[dotted] = value
     return part
 
 
-def _names_a_file(value: str) -> bool:
-    """Whether a config string names a file or folder (a path or a ``package:`` spec), not a word or hub id.
+def names_a_file(value: Any, declared: bool) -> bool:
+    """Whether a config value names a file or folder here: a ``package:`` spec, or a path that exists. A field
+    declared to name files (``config.base.FILE``) counts however it is spelled (``data.jsonl``, ``./t.jinja``);
+    any other string counts when it holds a slash (a word such as ``train`` may be a folder's name too).
 
-    >>> _names_a_file("package:x/y"), _names_a_file("chatml"), _names_a_file("/no/such/file")
+    >>> names_a_file("package:x/y", False), names_a_file("chatml", True), names_a_file("/no/such/file", True)
     (True, False, False)
+    >>> names_a_file("sft_pipeline", True), names_a_file("sft_pipeline", False)
+    (True, False)
     """
+    if not isinstance(value, str) or not value:
+        return False
     if value.startswith(PACKAGE_SCHEME):
         return True
-    return ("/" in value or os.sep in value) and Path(value).expanduser().exists()
+    return (declared or "/" in value or os.sep in value) and Path(value).expanduser().exists()
 
 
 def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
@@ -66,16 +81,21 @@ def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{where}[{i}]")
 
 
-def named_files(part: Mapping[str, Any]) -> dict[str, str]:
-    """Content digests of the files and folders that config values name, by dotted path."""
-    return {where: path_digest(resolve_path(value)) for dotted, section in part.items()
-            for where, value in _strings(section, dotted) if _names_a_file(value)}
+def named_files(stage: Stage, cfg: PipelineConfig) -> dict[str, str]:
+    """Content digests of the files and folders that the stage's config values name, by dotted key."""
+    found = {}
+    for dotted in stage.sections:
+        section = _section(cfg, dotted)
+        if isinstance(section, BaseModel):
+            found.update({where: path_digest(resolve_path(value)) for s in settings(section, f"{dotted}.")
+                          for where, value in _strings(s.value, s.key) if names_a_file(value, s.names_a_file)})
+    return found
 
 
 def inputs(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult]) -> dict[str, str]:
     """Digests of what the stage reads: upstream files (from their manifests) and files the config names."""
     digests = {f"{name}/{file}": upstream[name].digest(file) for name, files in stage.reads.items() for file in files}
-    return {**digests, **named_files(config_part(stage, cfg))}
+    return {**digests, **named_files(stage, cfg)}
 
 
 def key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] | None = None) -> str:
@@ -106,22 +126,15 @@ def problem(folder: Path, manifest: Mapping[str, Any], key_: str) -> str | None:
     return None
 
 
-def _local_manifest(folder: Path) -> dict | None:
-    try:
-        return read_manifest(folder)
-    except (OSError, ValueError):
-        return None
-
-
 def find(stage: Stage, cfg: PipelineConfig, key_: str) -> StageResult | None:
     """The complete output of ``stage`` at ``key_``, here or at the output URL; None (and why, logged) if none."""
     folder, where = stage_dir(cfg, stage.name, key_), rel(stage.name, key_)
-    manifest = _local_manifest(folder)
-    why = problem(folder, manifest, key_) if manifest is not None else "no manifest"
-    if why is None:
+    manifest, why = manifests.read(folder)
+    if manifest is not None and (why := problem(folder, manifest, key_)) is None:
         return result_of(manifest, folder, _published(cfg, where))
     remote = storage.published_manifest(cfg.run, where)
-    if remote is not None and remote.get("key") == key_ and storage.problem(cfg.run, where, remote) is None:
+    if remote is not None and manifests.shape_problem(remote) is None and remote.get("key") == key_ \
+            and storage.problem(cfg.run, where, remote) is None:
         if folder.exists():
             storage.discard_local(cfg.run, where)  # an incomplete local copy must not shadow the published one
         return result_of(remote, folder, storage.url_of(cfg.run, where))
@@ -140,38 +153,6 @@ def _published(cfg: PipelineConfig, where: str) -> str | None:
 def done(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] | None = None) -> bool:
     """Whether the stage's output at its current key is complete (the one answer; Prefect asks it too)."""
     return find(stage, cfg, key(stage, cfg, upstream)) is not None
-
-
-def split_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage's summary as counts (numbers only), verdict, method and details (the rest).
-
-    >>> split_summary({"rows": 3, "method": "threshold", "sweep": [1], "ok": True})
-    {'counts': {'rows': 3}, 'verdict': None, 'method': 'threshold', 'details': {'sweep': [1], 'ok': True}}
-    """
-    rest = dict(summary)
-    fields = {name: rest.pop(name, None) for name in RESULT_FIELDS}
-    counts = {k: v for k, v in rest.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {"counts": counts, **fields, "details": {k: v for k, v in rest.items() if k not in counts}}
-
-
-def result_of(manifest: Mapping[str, Any], folder: Path, url: str | None) -> StageResult:
-    return StageResult(stage=manifest["stage"], key=manifest["key"], out_dir=str(folder), url=url,
-                       files={n: r["sha256"] for n, r in manifest["files"].items()},
-                       **{name: manifest.get(name) for name in ("counts", *RESULT_FIELDS, "details")})
-
-
-def write_manifest(stage: Stage, folder: Path, key_: str, digests: Mapping[str, str], config: Any,
-                   summary: Mapping[str, Any], started: float) -> dict:
-    """Write ``manifest.json`` last: key, inputs, config, code version, summary and every file's size and digest."""
-    missing = [name for name in stage.writes if not (folder / name).exists()]
-    if missing:
-        raise InputError(f"{stage.name} stage wrote no {', '.join(missing)} in {folder}")
-    manifest = {"stage": stage.name, "key": key_, "code_version": stage.code_version, "inputs": dict(digests),
-                "config": config, **split_summary(summary), "libraries": library_versions(),
-                "duration_s": round(time.time() - started, 3),
-                "files": file_records(folder, skip=(MANIFEST_FILE, CHECKPOINTS_DIR))}
-    write_json(folder / MANIFEST_FILE, manifest)
-    return manifest
 
 
 def _make_parent(folder: Path) -> None:
@@ -210,7 +191,7 @@ def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
             if (why := changed_input(stage, upstream, sources)) is None:
                 raise
             raise InputError(f"{stage.name}: {why}") from None
-        manifest = write_manifest(stage, out, key_, inputs(stage, cfg, upstream), config_part(stage, cfg),
+        manifest = manifests.write(stage, out, key_, inputs(stage, cfg, upstream), config_part(stage, cfg),
                                   summary, started)
     url = storage.publish(cfg.run, where)
     if checkpoints and url:

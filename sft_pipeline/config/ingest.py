@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sft_pipeline.config.base import Section
+from sft_pipeline.config.base import FILE, Section
 
 # Canonical field names a source's field_map may rename (see sft_pipeline.ingest.formats).
 MappableField = Literal["instruction", "input", "output", "system", "history", "conversations", "messages",
@@ -18,7 +18,7 @@ HUB_SCHEME = "hub:"  # prefix of a source streamed from the hub with datasets.lo
 class SourceConfig(Section):
     """One input: where it is and how its rows are read."""
 
-    path: str = Field(description=(
+    path: str = Field(json_schema_extra=FILE, description=(
         "A file (JSONL, JSON, Parquet, CSV), a folder saved by `datasets`, a \"package:...\" path or "
         "\"hub:ORG/NAME\"."))
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(

