@@ -24,6 +24,11 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _PACKAGE = _PACKAGE_DIR.name
 _CHUNK = 1 << 20
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+_CODE_DIGESTS: dict[tuple[str, int, int], str] = {}
+# Outside every code version: the config schema and the modules of pure names. What they change in a stage's
+# work reaches its key through the stage's config values; the rest (a description, a message, a new constant
+# for another stage) changes no output, so it must not recompute one.
+OUTSIDE_CODE_VERSION = ("sft_pipeline.config", "sft_pipeline.constants", "sft_pipeline.errors", "sft_pipeline.urls")
 
 log = logging.getLogger(__name__)
 HASH_LOG_AFTER_S = 10.0  # hashing that takes longer says what it is hashing, and then every HASH_LOG_EVERY_S
@@ -167,20 +172,51 @@ def module_closure(module: str) -> tuple[Path, ...]:
         parts = name.split(".")
         for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b too
             prefix = ".".join(parts[:depth])
-            path = _module_file(prefix)
+            path = None if outside_code_version(prefix) else _module_file(prefix)
             if path is not None and prefix not in seen:
                 seen[prefix] = path
                 todo.extend(_imported_modules(prefix, path))
     return tuple(sorted(seen.values()))
 
 
+def outside_code_version(module: str) -> bool:
+    """Whether ``module`` is left out of code versions (and what it imports is not followed from it).
+
+    >>> outside_code_version("sft_pipeline.config.score"), outside_code_version("sft_pipeline.configure")
+    (True, False)
+    """
+    return any(module == name or module.startswith(name + ".") for name in OUTSIDE_CODE_VERSION)
+
+
+def code_digest(path: Path) -> str:
+    """Digest of a module's code, its comments and docstrings aside (an edit to either changes no key).
+
+    >>> import tempfile
+    >>> a, b = (Path(tempfile.mkdtemp()) / "m.py" for _ in "ab")
+    >>> _ = a.write_text("'Doc.'\\nX = 1  # one\\n"), b.write_text("'Other doc.'\\n\\n# note\\nX = 1\\n")
+    >>> code_digest(a) == code_digest(b)
+    True
+    """
+    st = path.stat()
+    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _CODE_DIGESTS:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and ast.get_docstring(node, clean=False) is not None:
+                node.body = node.body[1:] or [ast.Pass()]
+        _CODE_DIGESTS[memo_key] = sha256_bytes(ast.unparse(tree).encode())
+    return _CODE_DIGESTS[memo_key]
+
+
 def code_version(module: str) -> str:
-    """Digest of the source of every project module that ``module`` reaches (its import graph).
+    """Digest of the code of every project module that ``module`` reaches (its import graph), the schema and
+    name modules (``OUTSIDE_CODE_VERSION``) aside.
 
     >>> code_version("sft_pipeline.filter") == code_version("sft_pipeline.filter")
     True
     """
-    return json_digest([(str(p.relative_to(_PACKAGE_DIR)), file_digest(p)) for p in module_closure(module)])[:16]
+    return json_digest([(str(p.relative_to(_PACKAGE_DIR)), code_digest(p)) for p in module_closure(module)])[:16]
 
 
 def stage_key(stage: str, input_digests: Mapping[str, str], config: Any, code: str) -> str:

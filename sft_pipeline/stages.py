@@ -6,7 +6,8 @@ When is a stage recomputed? Its key (``sft_pipeline.cache.key``) is a digest of
   digests: nothing is re-hashed or downloaded to compute a key);
 * the values of its config ``sections`` (dotted paths), and the content of any file or folder
   a value there names (a local model, a chat-template file, a prompt file);
-* its code version: the source of every project module its ``entry`` reaches through imports.
+* its code version: the code (comments and docstrings aside) of every project module its ``entry``
+  reaches through imports, the config schema and name modules aside (``artifacts.OUTSIDE_CODE_VERSION``).
 
 An output is served from the cache only when its manifest and every file the manifest lists
 are present with their recorded sizes (and digests, up to a size); anything else is recomputed.

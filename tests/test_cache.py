@@ -32,7 +32,16 @@ def versions() -> dict[str, str]:
 
 
 def edit(path: Path) -> None:
-    path.write_text(path.read_text() + "\n# an edit\n")
+    """An edit of the code (a comment or a docstring is no edit of it: see below)."""
+    path.write_text(path.read_text() + "\n_EDITED = True\n")
+
+
+def edit_words(path: Path) -> None:
+    """A new comment, and a docstring of the module rewritten, when it has one."""
+    text = path.read_text()
+    if text.startswith('"""'):
+        text = '"""Rewritten: ' + text[3:]
+    path.write_text(text + "\n# a new comment\n")
 
 
 @pytest.mark.parametrize("module, changed", [
@@ -47,6 +56,43 @@ def test_an_edit_changes_the_code_version_of_the_stages_that_import_it(package_c
     edit(package_copy / module)
     after = versions()
     assert {name for name in before if before[name] != after[name]} == changed
+
+
+@pytest.mark.parametrize("module", ["config/evaluate.py", "config/score.py", "config/loader.py", "constants.py",
+                                    "errors.py", "urls.py"])
+def test_the_config_schema_and_name_modules_are_in_no_code_version(package_copy, module):
+    # They were in all seven closures: a new constant for one stage, or a field of EvalConfig, retrained the model.
+    # Their effect on a stage reaches its key through the stage's config values.
+    before = versions()
+    edit(package_copy / module)
+    assert versions() == before
+
+
+def test_comments_and_docstrings_change_no_code_version(package_copy):
+    before = versions()
+    for path in package_copy.rglob("*.py"):
+        edit_words(path)
+    assert versions() == before
+
+
+def test_a_change_to_scores_defaults_recomputes_score_and_not_ingest(package_copy, monkeypatch):
+    # In constants.py, a score default changed every stage's code version, hence every key.
+    from sft_pipeline.score import defaults
+
+    before = versions()
+    path = package_copy / "score" / "defaults.py"
+    path.write_text(path.read_text().replace("SIGNAL_TOO_SHORT: 0.5,", "SIGNAL_TOO_SHORT: 0.4,"))
+    after = versions()
+    assert {name for name in before if before[name] != after[name]} == {constants.STAGE_SCORE}
+
+    source = {"ingest": {"sources": [{"path": "x"}]}}
+    ingest, score = stages.get(constants.STAGE_INGEST), stages.get(constants.STAGE_SCORE)
+    rows = StageResult(stage=ingest.name, key="i", out_dir="/i", files={constants.CONVERSATIONS_FILE: "d"})
+    keys = lambda cfg: (cache.key(ingest, cfg), cache.key(score, cfg, {ingest.name: rows}))  # noqa: E731
+    old = keys(validate_config(source))
+    monkeypatch.setitem(defaults.DEFAULT_SCORE_WEIGHTS, defaults.SIGNAL_TOO_SHORT, 0.4)  # the default, as loaded
+    new = keys(validate_config(source))
+    assert new[0] == old[0] and new[1] != old[1]
 
 
 def test_downstream_keys_follow_upstream_content_not_upstream_keys(tmp_path):

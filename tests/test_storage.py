@@ -44,7 +44,7 @@ def test_outputs_are_published_and_fetched_by_another_machine(tmp_path, remote, 
     assert (tmp_path / "bucket" / f"filter/{filtered.key[:stages.KEY_CHARS]}" / constants.FILTERED_FILE).exists()
 
     # A stage already published is fetched, not recomputed, on a third machine.
-    monkeypatch.setattr("sft_pipeline.score.score_conversations", _must_not_run)
+    monkeypatch.setattr("sft_pipeline.score.entry.score_conversations", _must_not_run)  # where the entry calls it
     c = machine(remote, tmp_path / "c")
     again = cache.run(stages.get("score"), c, {"ingest": cache.run(stages.get("ingest"), c)})
     assert again.key == score.key and again.counts == score.counts

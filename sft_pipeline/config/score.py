@@ -6,24 +6,24 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from sft_pipeline import constants
 from sft_pipeline.config.base import Section
+from sft_pipeline.score import defaults
 
 
 class ScoreConfig(Section):
     """Quality signals and their weights; score = max(0, 1 - sum of weights of fired signals).
 
-    Turn-level signals (constants.TURN_SIGNALS) are computed per assistant turn against the user turn
+    Turn-level signals (sft_pipeline.score.defaults.TURN_SIGNALS) are computed per assistant turn against the user turn
     before it; one fires for the conversation when at least ``min_turn_fraction[signal]`` of its
     assistant turns fire it (signals not listed there fire on any turn). See sft_pipeline.score.
     """
 
-    signals: list[str] = Field(default_factory=lambda: list(constants.SCORE_SIGNALS), description=(
+    signals: list[str] = Field(default_factory=lambda: list(defaults.SCORE_SIGNALS), description=(
         "The signals computed (each a boolean column of scores.parquet)."))
-    weights: dict[str, float] = Field(default_factory=lambda: dict(constants.DEFAULT_SCORE_WEIGHTS), description=(
+    weights: dict[str, float] = Field(default_factory=lambda: dict(defaults.DEFAULT_SCORE_WEIGHTS), description=(
         "Signal -> what it takes off the score when it fires; merged into the defaults."))
     min_turn_fraction: dict[str, float] = Field(
-        default_factory=lambda: {constants.SIGNAL_TOO_SHORT: 0.5, constants.SIGNAL_TOO_VERBOSE: 0.5},
+        default_factory=lambda: {defaults.SIGNAL_TOO_SHORT: 0.5, defaults.SIGNAL_TOO_VERBOSE: 0.5},
         description=("Turn-level signal -> the share of a conversation's assistant turns that must fire it for it "
                      "to fire for the conversation; signals not listed fire when any turn does."))
     min_response_words: int = Field(default=5, ge=0, description="too_short: an answer of fewer words.")
@@ -37,10 +37,10 @@ class ScoreConfig(Section):
     hedge_phrases: list[str] = Field(default_factory=lambda: ["I believe"], description=(
         "hallucination_marker too: an answer with one of these in its first hedge_chars characters."))
     hedge_chars: int = Field(default=50, ge=1, description="How far into an answer hedge_phrases are looked for.")
-    refusal_pattern: str = Field(default=constants.DEFAULT_REFUSAL_PATTERN, description=(
+    refusal_pattern: str = Field(default=defaults.DEFAULT_REFUSAL_PATTERN, description=(
         "refusal: an RE2 pattern (case-insensitive) looked for in the first refusal_chars of an answer."))
     refusal_chars: int = Field(default=200, ge=1, description="How far into an answer refusals are looked for.")
-    disclaimer_pattern: str = Field(default=constants.DEFAULT_DISCLAIMER_PATTERN, description=(
+    disclaimer_pattern: str = Field(default=defaults.DEFAULT_DISCLAIMER_PATTERN, description=(
         "ai_disclaimer: an RE2 pattern (case-insensitive) looked for anywhere in an answer."))
     repetition_ngram: int = Field(default=4, ge=1, description="repetition: the word n-gram length.")
     repetition_threshold: float = Field(default=0.3, ge=0, le=1, description=(
@@ -69,28 +69,23 @@ class ScoreConfig(Section):
     @field_validator("weights", mode="before")
     @classmethod
     def _merge_weights(cls, value: Any) -> Any:
-        return {**constants.DEFAULT_SCORE_WEIGHTS, **value} if isinstance(value, dict) else value
+        return {**defaults.DEFAULT_SCORE_WEIGHTS, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check_names(self) -> "ScoreConfig":
-        for field, names, allowed in (("signals", self.signals, constants.SCORE_SIGNALS),
-                                      ("weights", self.weights, constants.SCORE_SIGNALS),
-                                      ("min_turn_fraction", self.min_turn_fraction, constants.TURN_SIGNALS)):
+        for field, names, allowed in (("signals", self.signals, defaults.SCORE_SIGNALS),
+                                      ("weights", self.weights, defaults.SCORE_SIGNALS),
+                                      ("min_turn_fraction", self.min_turn_fraction, defaults.TURN_SIGNALS)):
             unknown = sorted(set(names) - set(allowed))
             if unknown:
                 raise ValueError(f"{field}: unknown signal(s) {unknown}; known: {list(allowed)}")
         if any(w < 0 for w in self.weights.values()) or any(not 0 < f <= 1 for f in self.min_turn_fraction.values()):
             raise ValueError("weights must be >= 0 and min_turn_fraction values in (0, 1]")
-        unknown = sorted(set(self.languages) - constants.LID176_LABELS)
+        unknown = sorted(set(self.languages) - defaults.LID176_LABELS)
         if unknown:
-            raise ValueError(f"languages: unknown code(s) {unknown}; lid.176 knows {len(constants.LID176_LABELS)} "
+            raise ValueError(f"languages: unknown code(s) {unknown}; lid.176 knows {len(defaults.LID176_LABELS)} "
                              "ISO 639 codes such as en, de, fr, zh, ja")
         return self
-
-    @property
-    def active_signals(self) -> set[str]:
-        """The signals computed: ``signals``, less language id when no language is set."""
-        return set(self.signals) - (set() if self.languages else {constants.SIGNAL_WRONG_LANGUAGE})
 
 
 class FilterConfig(Section):

@@ -2,7 +2,7 @@
 
 Pass 1 is per row, so any split of the rows gives the same per-row arrays; duplicates and
 the weighted score are resolved once, over all rows, in :func:`merge_shards`. The output is
-therefore identical to the sequential :func:`~sft_pipeline.score.score_conversations`
+therefore identical to the sequential :func:`~sft_pipeline.score.stage.score_conversations`
 whatever the number of shards. Shard results are plain ``.npz`` files, so they travel
 between processes or machines by path (flows/score.py runs the shards on Prefect's Dask
 task runner).
