@@ -38,7 +38,7 @@ from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.score import defaults
 from sft_pipeline.score.reference import score_sft_example
-from sft_pipeline.score.stage import active_signals, compute_scores, open_conversations, score_conversations
+from sft_pipeline.score.passes import active_signals, compute_scores, open_conversations, score_conversations
 
 VOCAB = np.array([f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze")
                   for b in ("n", "ra", "li", "mo", "sto", "vek", "dor", "pan", "tis", "gu")] * 1

@@ -46,7 +46,7 @@ import torch
 
 from sft_pipeline import constants
 from sft_pipeline.config import IngestConfig, ModelConfig, SourceConfig
-from sft_pipeline.ingest import ingest_sources
+from sft_pipeline.ingest.sources import ingest_sources
 from sft_pipeline.models import load_tokenizer
 from sft_pipeline.testing import make_tiny_model
 from sft_pipeline.tokenize.encode import EncodeSettings, encode_all, mp_context

@@ -21,7 +21,7 @@ from sft_pipeline import stages
 from sft_pipeline.config import PipelineConfig, load_config
 from sft_pipeline.constants import STAGE_EVALUATE, STAGE_SCORE, STAGE_TRAIN
 from sft_pipeline.stages import StageResult
-from tasks.stages import bound
+from tasks.stages import stage_task
 
 DEFAULT_CONFIG = "deployments/configs/default.yaml"
 PROMOTED = "promoted"
@@ -64,7 +64,7 @@ def submit_stage(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, S
     if stage.name == STAGE_TRAIN and cfg.train.work_pool:
         return hand_off_training.submit(cfg, upstream)
     extra = shard_inputs(cfg, upstream) if stage.name == STAGE_SCORE else {}
-    return bound(stage, cfg, upstream).submit(stage.name, cfg, upstream, **extra)
+    return stage_task(stage, cfg, upstream).submit(stage.name, cfg, upstream, **extra)
 
 
 def final_state(results: dict[str, StageResult]):

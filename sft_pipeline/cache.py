@@ -4,7 +4,7 @@
 output if there is one (here, or at ``run.output_dir``'s URL), and otherwise runs the stage's
 entry into ``<output root>/<stage>/<key16>/`` (atomically, through a temporary folder, unless the
 stage writes in place) and writes ``manifest.json`` last, with the size and digest of every file.
-Prefect's cache policy (``tasks/caching.py``) asks :func:`done` the same question.
+Prefect's cache policy (``tasks/caching.py``) asks :func:`is_complete` the same question.
 """
 
 from __future__ import annotations
@@ -102,17 +102,17 @@ def key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
     return stage_key(stage.name, inputs(stage, cfg, upstream or {}), config_part(stage, cfg), stage.code_version)
 
 
-def rel(stage: str, key_: str) -> str:
-    return f"{stage}/{key_[:KEY_CHARS]}"
+def relative_folder(stage: str, cache_key: str) -> str:
+    return f"{stage}/{cache_key[:KEY_CHARS]}"
 
 
-def stage_dir(cfg: PipelineConfig, stage: str, key_: str) -> Path:
-    return storage.local_root(cfg.run) / rel(stage, key_)
+def stage_dir(cfg: PipelineConfig, stage: str, cache_key: str) -> Path:
+    return storage.local_root(cfg.run) / relative_folder(stage, cache_key)
 
 
-def problem(folder: Path, manifest: Mapping[str, Any], key_: str) -> str | None:
+def why_incomplete(folder: Path, manifest: Mapping[str, Any], cache_key: str) -> str | None:
     """Why a local output may not be served (None: complete and as recorded)."""
-    if manifest.get("key") != key_ or "files" not in manifest:
+    if manifest.get("key") != cache_key or "files" not in manifest:
         return "its manifest is for another key or an older format"
     for name, record in manifest["files"].items():
         path = folder / name
@@ -126,20 +126,20 @@ def problem(folder: Path, manifest: Mapping[str, Any], key_: str) -> str | None:
     return None
 
 
-def find(stage: Stage, cfg: PipelineConfig, key_: str) -> StageResult | None:
-    """The complete output of ``stage`` at ``key_``, here or at the output URL; None (and why, logged) if none."""
-    folder, where = stage_dir(cfg, stage.name, key_), rel(stage.name, key_)
+def complete_output(stage: Stage, cfg: PipelineConfig, cache_key: str) -> StageResult | None:
+    """The complete output of ``stage`` at ``cache_key``, here or at the output URL; None (and why, logged) if none."""
+    folder, where = stage_dir(cfg, stage.name, cache_key), relative_folder(stage.name, cache_key)
     manifest, why = manifests.read(folder)
-    if manifest is not None and (why := problem(folder, manifest, key_)) is None:
+    if manifest is not None and (why := why_incomplete(folder, manifest, cache_key)) is None:
         return result_of(manifest, folder, _published(cfg, where))
     remote = storage.published_manifest(cfg.run, where)
-    if remote is not None and manifests.shape_problem(remote) is None and remote.get("key") == key_ \
+    if remote is not None and manifests.shape_problem(remote) is None and remote.get("key") == cache_key \
             and storage.problem(cfg.run, where, remote) is None:
         if folder.exists():
             storage.discard_local(cfg.run, where)  # an incomplete local copy must not shadow the published one
         return result_of(remote, folder, storage.url_of(cfg.run, where))
     if folder.exists():
-        log.warning("%s output %s is incomplete (%s): recomputing it", stage.name, key_[:KEY_CHARS], why)
+        log.warning("%s output %s is incomplete (%s): recomputing it", stage.name, cache_key[:KEY_CHARS], why)
     return None
 
 
@@ -150,9 +150,9 @@ def _published(cfg: PipelineConfig, where: str) -> str | None:
     return storage.url_of(cfg.run, where) if storage.is_published(cfg.run, where) else storage.publish(cfg.run, where)
 
 
-def done(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] | None = None) -> bool:
+def is_complete(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] | None = None) -> bool:
     """Whether the stage's output at its current key is complete (the one answer; Prefect asks it too)."""
-    return find(stage, cfg, key(stage, cfg, upstream)) is not None
+    return complete_output(stage, cfg, key(stage, cfg, upstream)) is not None
 
 
 def _make_parent(folder: Path) -> None:
@@ -175,23 +175,23 @@ def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
         **extra: Any) -> StageResult:
     """Serve the stage's complete output at its current key, or compute it."""
     upstream = upstream or {}
-    key_ = key(stage, cfg, upstream)
-    found = find(stage, cfg, key_)
+    cache_key = key(stage, cfg, upstream)
+    found = complete_output(stage, cfg, cache_key)
     if found is not None:
         return found
-    folder, where = stage_dir(cfg, stage.name, key_), rel(stage.name, key_)
+    folder, where = stage_dir(cfg, stage.name, cache_key), relative_folder(stage.name, cache_key)
     checkpoints = None if stage.atomic else storage.checkpoints_url(cfg.run, where)
     sources = {name: output_folder(cfg, result) for name, result in upstream.items()}
     started = time.time()
     _make_parent(folder)
     with (atomic_dir(folder) if stage.atomic else _in_place(folder)) as out:
         try:
-            summary = stage.function()(StageRun(cfg, out, sources, key_, checkpoints, extra))
+            summary = stage.function()(StageRun(cfg, out, sources, cache_key, checkpoints, extra))
         except Exception:
             if (why := changed_input(stage, upstream, sources)) is None:
                 raise
             raise InputError(f"{stage.name}: {why}") from None
-        manifest = manifests.write(stage, out, key_, inputs(stage, cfg, upstream), config_part(stage, cfg),
+        manifest = manifests.write(stage, out, cache_key, inputs(stage, cfg, upstream), config_part(stage, cfg),
                                   summary, started)
     url = storage.publish(cfg.run, where)
     if checkpoints and url:
@@ -217,11 +217,11 @@ def changed_input(stage: Stage, upstream: Mapping[str, StageResult], sources: Ma
     return None
 
 
-def load(stage: Stage, cfg: PipelineConfig, key_: str) -> StageResult:
-    """The complete stored output of ``stage`` at ``key_``, or one line saying there is none."""
-    found = find(stage, cfg, key_)
+def load(stage: Stage, cfg: PipelineConfig, cache_key: str) -> StageResult:
+    """The complete stored output of ``stage`` at ``cache_key``, or one line saying there is none."""
+    found = complete_output(stage, cfg, cache_key)
     if found is None:
-        raise InputError(f"no complete {stage.name} output {key_[:KEY_CHARS]} under {cfg.run.output_dir}")
+        raise InputError(f"no complete {stage.name} output {cache_key[:KEY_CHARS]} under {cfg.run.output_dir}")
     return found
 
 
@@ -229,7 +229,7 @@ def output_folder(cfg: PipelineConfig, result: StageResult) -> Path:
     """The folder of a finished stage's output on this machine (fetched from the URL if need be)."""
     if not storage.is_remote(cfg.run):
         return Path(result.out_dir)
-    where = rel(result.stage, result.key)
+    where = relative_folder(result.stage, result.key)
     if not storage.fetch(cfg.run, where):
         raise InputError(f"{result.stage} output {result.key[:KEY_CHARS]} found neither in "
                          f"{stage_dir(cfg, result.stage, result.key)} nor at {storage.url_of(cfg.run, where)}")

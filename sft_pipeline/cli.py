@@ -56,7 +56,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from sft_pipeline.config import IngestConfig, SourceConfig
-    from sft_pipeline.ingest import format_summary
+    from sft_pipeline.ingest.sources import format_summary
     from sft_pipeline.ingest.output import ingest_into
 
     out = Path(args.out)
@@ -89,7 +89,7 @@ def stored_results(cfg, until: str) -> dict:
 
     results: dict = {}
     for stage in stages.upto(until):
-        found = cache.find(stage, cfg, cache.key(stage, cfg, results))
+        found = cache.complete_output(stage, cfg, cache.key(stage, cfg, results))
         if found is None:
             raise PipelineError(f"no stored {stage.name} output for this config under {cfg.run.output_dir}; "
                                 f"run `sft-pipeline run --until {until}` first")
@@ -198,7 +198,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_filter)
     p = sub.add_parser("config", help="look at the configuration")
     shows = p.add_subparsers(dest="config_command", required=True)
-    p = shows.add_parser("show", help="every dotted key of the resolved config, with its value, default and description")
+    p = shows.add_parser("show", help="every key of the resolved config: its value, default and description")
     add_config_args(p)
     p.set_defaults(func=cmd_config_show)
     p = sub.add_parser("report", help="render the report again from an evaluate output folder")

@@ -110,15 +110,15 @@ class StageRun:
 TRAIN_TRANSIENT = "sft_pipeline.train.failures:is_transient"
 
 STAGES: tuple[Stage, ...] = (
-    Stage(STAGE_INGEST, "sft_pipeline.ingest:run_stage", sections=("ingest",),
+    Stage(STAGE_INGEST, "sft_pipeline.ingest.entry:run_stage", sections=("ingest",),
           writes=(CONVERSATIONS_FILE, REJECTS_FILE)),
     Stage(STAGE_SCORE, "sft_pipeline.score.entry:run_stage", reads={STAGE_INGEST: (CONVERSATIONS_FILE,)},
           sections=("score",), writes=(SCORES_FILE,)),
-    Stage(STAGE_FILTER, "sft_pipeline.filter:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
+    Stage(STAGE_FILTER, "sft_pipeline.filter.entry:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
           sections=("filter",), writes=(FILTERED_FILE, DROPPED_FILE)),
     Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
           sections=("tokenize", "model", "run.seed"), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
-    Stage(STAGE_TRAIN, "sft_pipeline.train.stage:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
+    Stage(STAGE_TRAIN, "sft_pipeline.train.entry:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
           sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,
           transient=TRAIN_TRANSIENT),
     # The base model, measured once per held-out set and evaluation config: a change to training alone, or the

@@ -48,7 +48,7 @@ def edit_words(path: Path) -> None:
     ("report/markdown.py", {constants.STAGE_EVALUATE}),  # the report is rendered by evaluate, and only there
     ("score/signals.py", {constants.STAGE_SCORE}),
     ("tokenize/masks.py", {constants.STAGE_TOKENIZE}),
-    ("filter.py", {constants.STAGE_FILTER}),
+    ("filter/split.py", {constants.STAGE_FILTER}),
     ("cli.py", set()),  # no stage imports the command line
 ])
 def test_an_edit_changes_the_code_version_of_the_stages_that_import_it(package_copy, module, changed):
@@ -173,12 +173,12 @@ def test_an_input_damaged_past_the_digest_check_fails_in_one_line_and_is_recompu
     with open(scores, "r+b") as fh:  # same size, pages overwritten
         fh.seek(size // 4)
         fh.write(b"\xff" * (size // 2))
-    assert cache.find(stages.get(constants.STAGE_SCORE), cfg, score.key) is not None  # served on its size
+    assert cache.complete_output(stages.get(constants.STAGE_SCORE), cfg, score.key) is not None  # served on its size
     with pytest.raises(InputError) as failure:
         cache.run(stages.get(constants.STAGE_FILTER), cfg, {constants.STAGE_SCORE: score})
     message = str(failure.value)
     assert "\n" not in message and str(scores) in message and "the next run recomputes it" in message
-    assert cache.find(stages.get(constants.STAGE_SCORE), cfg, score.key) is None
+    assert cache.complete_output(stages.get(constants.STAGE_SCORE), cfg, score.key) is None
     again = cache.run(stages.get(constants.STAGE_SCORE), cfg, {constants.STAGE_INGEST: ingest})
     assert again.files == score.files
     assert cache.run(stages.get(constants.STAGE_FILTER), cfg, {constants.STAGE_SCORE: again}).counts["rows_kept"] > 0
@@ -194,7 +194,8 @@ def test_relative_file_names_without_a_slash_enter_keys_by_content(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     Path("data.jsonl").write_text(TINY_DATA.read_text())
     Path("tmpl.jinja").write_text("{{ messages }}")
-    cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")}, "ingest": {"sources": [{"path": "data.jsonl"}]},
+    cfg = validate_config({"run": {"output_dir": str(tmp_path / "runs")},
+                           "ingest": {"sources": [{"path": "data.jsonl"}]},
                            "model": {"name_or_path": "org/model", "chat_template": "tmpl.jinja"}})
     filtered = StageResult(stage=constants.STAGE_FILTER, key="f", out_dir="/f", files={constants.FILTERED_FILE: "d"})
     keys = lambda: (cache.key(stages.get(constants.STAGE_INGEST), cfg),  # noqa: E731
@@ -217,11 +218,11 @@ def test_a_manifest_of_another_shape_is_recomputed_and_says_why(damage, tmp_path
     manifest = Path(first.out_dir) / constants.MANIFEST_FILE
     damaged = damage if isinstance(damage, list) else {**json.loads(manifest.read_text()), **damage}
     manifest.write_text(json.dumps(damaged))
-    assert not cache.done(ingest, cfg)
+    assert not cache.is_complete(ingest, cfg)
     again = cache.run(ingest, cfg)
     assert again.files == first.files and again.counts["rows_read"] == first.counts["rows_read"]
     assert any("is incomplete (its manifest is not a manifest" in r.getMessage() for r in caplog.records)
-    assert cache.find(ingest, cfg, first.key) is not None
+    assert cache.complete_output(ingest, cfg, first.key) is not None
 
 
 def _killed_writer(final: str) -> None:
@@ -275,7 +276,7 @@ def test_half_built_folders_of_killed_writers_are_removed(tmp_path, caplog):
         assert legacy_new.name in remaining and legacy_old.name not in remaining
         assert len(remaining) == 3  # the live writer's folder and holder, and the recent legacy folder
         assert any("left half-built: its holder, pid" in r.getMessage() for r in caplog.records)
-        assert cache.find(ingest, cfg, result.key) is not None
+        assert cache.complete_output(ingest, cfg, result.key) is not None
     finally:
         stop.set()
         live.join(60)

@@ -10,7 +10,7 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import InputError
-from sft_pipeline.filter import filter_scored
+from sft_pipeline.filter.split import filter_scored
 from sft_pipeline.score import defaults
 
 SCORES = [1.0, 0.7, 0.5, 0.9, 0.0, 0.7, 0.3, 1.0, 0.6, 0.8]

@@ -11,7 +11,7 @@ from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig, validate_config
 from sft_pipeline.errors import ConfigError, InputError
 from sft_pipeline.score import defaults
-from sft_pipeline.score.stage import active_signals, score_conversations
+from sft_pipeline.score.passes import active_signals, score_conversations
 from sft_pipeline.score.reference import score_sft_example
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

@@ -10,10 +10,10 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import IngestConfig, ScoreConfig, SourceConfig
 from sft_pipeline.errors import VerificationError
-from sft_pipeline.ingest import ingest_sources
+from sft_pipeline.ingest.sources import ingest_sources
 from sft_pipeline.score import defaults
 from sft_pipeline.score.shards import merge_shards, score_shard, shard_plan
-from sft_pipeline.score.stage import score_conversations
+from sft_pipeline.score.passes import score_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")

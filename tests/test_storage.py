@@ -48,7 +48,7 @@ def test_outputs_are_published_and_fetched_by_another_machine(tmp_path, remote, 
     c = machine(remote, tmp_path / "c")
     again = cache.run(stages.get("score"), c, {"ingest": cache.run(stages.get("ingest"), c)})
     assert again.key == score.key and again.counts == score.counts
-    assert cache.done(stages.get(constants.STAGE_SCORE), c, {"ingest": ingest})
+    assert cache.is_complete(stages.get(constants.STAGE_SCORE), c, {"ingest": ingest})
 
 
 def test_missing_upstream_output_is_one_clear_error(tmp_path, remote):

@@ -17,7 +17,7 @@ from sft_pipeline import storage
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, KEY_CHARS, SCORES_FILE, STAGE_INGEST, STAGE_SCORE
 from sft_pipeline.score.shards import merge_shards, score_shard, shard_plan
-from sft_pipeline.score.stage import score_conversations
+from sft_pipeline.score.passes import score_conversations
 
 if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
