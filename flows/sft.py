@@ -70,9 +70,10 @@ def submit_stage(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, S
 def final_state(results: dict[str, StageResult]):
     """The results, or a Completed state named after a verdict other than promoted."""
     evaluation = results.get(STAGE_EVALUATE)
-    if evaluation is None or evaluation.verdict in (None, PROMOTED):
+    verdict = evaluation.details.get("verdict") if evaluation is not None else None
+    if verdict in (None, PROMOTED):
         return results
     failed = ", ".join(evaluation.details.get("failed_checks") or []) or "regression gate"
-    message = f"tuned model {evaluation.verdict.replace('_', ' ')}: {failed}"
+    message = f"tuned model {verdict.replace('_', ' ')}: {failed}"
     get_run_logger().warning(message)
-    return Completed(name=STATE_NAMES.get(evaluation.verdict, evaluation.verdict), message=message, data=results)
+    return Completed(name=STATE_NAMES.get(verdict, verdict), message=message, data=results)

@@ -27,7 +27,6 @@ from sft_pipeline.constants import MANIFEST_FILE, PACKAGE_SCHEME
 from sft_pipeline.errors import InputError
 from sft_pipeline.files import atomic_dir
 from sft_pipeline.resources import resolve_path
-from sft_pipeline.manifest import result_of
 from sft_pipeline.stages import KEY_CHARS, Stage, StageResult, StageRun
 
 log = logging.getLogger(__name__)
@@ -43,14 +42,33 @@ def _section(cfg: PipelineConfig, dotted: str) -> Any:
 
 
 def config_part(stage: Stage, cfg: PipelineConfig) -> dict[str, Any]:
-    """The values of the stage's config sections, as JSON (fields a section keeps out of keys left out)."""
+    """The values of the stage's config sections, as JSON, less those it declares outside its key."""
+    unkeyed = stage.unkeyed(cfg)
     part = {}
     for dotted in stage.sections:
         value = _section(cfg, dotted)
-        if hasattr(value, "model_dump"):
-            value = value.model_dump(mode="json", exclude=getattr(value, "outside_key", lambda: set())())
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json", exclude=_exclusions(dotted, unkeyed) or None)
         part[dotted] = value
     return part
+
+
+def _exclusions(section: str, paths: set[str]) -> dict:
+    """``model_dump``'s nested ``exclude`` for the dotted ``paths`` under ``section``.
+
+    >>> _exclusions("train", {"train.work_pool", "train.lora.dropout", "eval.batch_size"})
+    {'lora': {'dropout': True}, 'work_pool': True}
+    """
+    tree: dict = {}
+    for path in sorted(paths):
+        if not path.startswith(section + "."):
+            continue
+        *parents, leaf = path[len(section) + 1:].split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = True
+    return tree
 
 
 def names_a_file(value: Any, declared: bool) -> bool:
@@ -103,17 +121,18 @@ def key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
 
 
 def relative_folder(stage: str, cache_key: str) -> str:
+    """Where the output of ``stage`` at ``cache_key`` lives under the output root (``score/<key16>``)."""
     return f"{stage}/{cache_key[:KEY_CHARS]}"
 
 
 def stage_dir(cfg: PipelineConfig, stage: str, cache_key: str) -> Path:
-    return storage.local_root(cfg.run) / relative_folder(stage, cache_key)
+    return storage.store_of(cfg.run).folder(relative_folder(stage, cache_key))
 
 
 def why_incomplete(folder: Path, manifest: Mapping[str, Any], cache_key: str) -> str | None:
     """Why a local output may not be served (None: complete and as recorded)."""
-    if manifest.get("key") != cache_key or "files" not in manifest:
-        return "its manifest is for another key or an older format"
+    if manifest["key"] != cache_key:
+        return "its manifest is for another key"
     for name, record in manifest["files"].items():
         path = folder / name
         if not path.is_file():
@@ -126,28 +145,29 @@ def why_incomplete(folder: Path, manifest: Mapping[str, Any], cache_key: str) ->
     return None
 
 
-def complete_output(stage: Stage, cfg: PipelineConfig, cache_key: str) -> StageResult | None:
-    """The complete output of ``stage`` at ``cache_key``, here or at the output URL; None (and why, logged) if none."""
-    folder, where = stage_dir(cfg, stage.name, cache_key), relative_folder(stage.name, cache_key)
+def complete_output(stage: Stage, cfg: PipelineConfig, cache_key: str,
+                    store: storage.Store | None = None) -> StageResult | None:
+    """The complete output of ``stage`` at ``cache_key``, here or published; None (and why, logged) if none."""
+    store = store or storage.store_of(cfg.run)
+    rel = relative_folder(stage.name, cache_key)
+    folder = store.folder(rel)
     manifest, why = manifests.read(folder)
     if manifest is not None and (why := why_incomplete(folder, manifest, cache_key)) is None:
-        return result_of(manifest, folder, _published(cfg, where))
-    remote = storage.published_manifest(cfg.run, where)
-    if remote is not None and manifests.shape_problem(remote) is None and remote.get("key") == cache_key \
-            and storage.problem(cfg.run, where, remote) is None:
+        return result_of(manifest, folder, store.published_url(rel))
+    if (published := store.published(rel, cache_key)) is not None:
         if folder.exists():
-            storage.discard_local(cfg.run, where)  # an incomplete local copy must not shadow the published one
-        return result_of(remote, folder, storage.url_of(cfg.run, where))
+            store.discard(rel)  # an incomplete local copy must not shadow the published one
+        return result_of(published, folder, store.url(rel))
     if folder.exists():
         log.warning("%s output %s is incomplete (%s): recomputing it", stage.name, cache_key[:KEY_CHARS], why)
     return None
 
 
-def _published(cfg: PipelineConfig, where: str) -> str | None:
-    """The URL of a complete local output, uploading it first if it is not there yet (None: local run)."""
-    if not storage.is_remote(cfg.run):
-        return None
-    return storage.url_of(cfg.run, where) if storage.is_published(cfg.run, where) else storage.publish(cfg.run, where)
+def result_of(manifest: Mapping[str, Any], folder: Path, url: str | None) -> StageResult:
+    """The result a (checked) manifest describes, its output in ``folder`` here and at ``url``."""
+    return StageResult(stage=manifest["stage"], key=manifest["key"], out_dir=str(folder), url=url,
+                       files={n: r["sha256"] for n, r in manifest["files"].items()},
+                       counts=manifest.get("counts") or {}, details=manifest.get("details") or {})
 
 
 def is_complete(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] | None = None) -> bool:
@@ -174,13 +194,13 @@ def _in_place(folder: Path) -> Iterator[Path]:
 def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] | None = None,
         **extra: Any) -> StageResult:
     """Serve the stage's complete output at its current key, or compute it."""
-    upstream = upstream or {}
+    upstream, store = upstream or {}, storage.store_of(cfg.run)
     cache_key = key(stage, cfg, upstream)
-    found = complete_output(stage, cfg, cache_key)
+    found = complete_output(stage, cfg, cache_key, store)
     if found is not None:
         return found
-    folder, where = stage_dir(cfg, stage.name, cache_key), relative_folder(stage.name, cache_key)
-    checkpoints = None if stage.atomic else storage.checkpoints_url(cfg.run, where)
+    rel = relative_folder(stage.name, cache_key)
+    folder, checkpoints = store.folder(rel), None if stage.atomic else store.checkpoints_url(rel)
     sources = {name: output_folder(cfg, result) for name, result in upstream.items()}
     started = time.time()
     _make_parent(folder)
@@ -192,8 +212,8 @@ def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
                 raise
             raise InputError(f"{stage.name}: {why}") from None
         manifest = manifests.write(stage, out, cache_key, inputs(stage, cfg, upstream), config_part(stage, cfg),
-                                  summary, started)
-    url = storage.publish(cfg.run, where)
+                                   summary, started)
+    url = store.publish(rel)
     if checkpoints and url:
         storage.remove_url(checkpoints)
     return result_of(manifest, folder, url)
@@ -226,11 +246,12 @@ def load(stage: Stage, cfg: PipelineConfig, cache_key: str) -> StageResult:
 
 
 def output_folder(cfg: PipelineConfig, result: StageResult) -> Path:
-    """The folder of a finished stage's output on this machine (fetched from the URL if need be)."""
-    if not storage.is_remote(cfg.run):
+    """The folder of a finished stage's output on this machine: where it was written, or fetched from where it
+    was published."""
+    if result.url is None:
         return Path(result.out_dir)
-    where = relative_folder(result.stage, result.key)
-    if not storage.fetch(cfg.run, where):
-        raise InputError(f"{result.stage} output {result.key[:KEY_CHARS]} found neither in "
-                         f"{stage_dir(cfg, result.stage, result.key)} nor at {storage.url_of(cfg.run, where)}")
-    return stage_dir(cfg, result.stage, result.key)
+    store, rel = storage.store_of(cfg.run), relative_folder(result.stage, result.key)
+    if not store.fetch(rel):
+        raise InputError(f"{result.stage} output {result.key[:KEY_CHARS]} found neither in {store.folder(rel)} "
+                         f"nor at {result.url}")
+    return store.folder(rel)

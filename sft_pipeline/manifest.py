@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -14,9 +14,9 @@ from sft_pipeline.artifacts import file_records, library_versions
 from sft_pipeline.constants import CHECKPOINTS_DIR, MANIFEST_FILE
 from sft_pipeline.errors import InputError
 from sft_pipeline.files import write_json
-from sft_pipeline.stages import Stage, StageResult
 
-RESULT_FIELDS = ("verdict", "method")  # summary keys that are fields of their own, not counts
+if TYPE_CHECKING:
+    from sft_pipeline.stages import Stage
 
 
 class FileRecord(BaseModel):
@@ -35,8 +35,6 @@ class Manifest(BaseModel):
     key: str
     files: dict[str, FileRecord]
     counts: dict[str, int | float] = Field(default_factory=dict)
-    verdict: str | None = None
-    method: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -75,22 +73,13 @@ def read(folder: Path) -> tuple[dict | None, str]:
 
 
 def split_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage's summary as counts (numbers only), verdict, method and details (the rest).
+    """A stage's summary as counts (numbers only) and details (the rest: a verdict, a method, tables).
 
     >>> split_summary({"rows": 3, "method": "threshold", "sweep": [1], "ok": True})
-    {'counts': {'rows': 3}, 'verdict': None, 'method': 'threshold', 'details': {'sweep': [1], 'ok': True}}
+    {'counts': {'rows': 3}, 'details': {'method': 'threshold', 'sweep': [1], 'ok': True}}
     """
-    rest = dict(summary)
-    fields = {name: rest.pop(name, None) for name in RESULT_FIELDS}
-    counts = {k: v for k, v in rest.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {"counts": counts, **fields, "details": {k: v for k, v in rest.items() if k not in counts}}
-
-
-def result_of(manifest: Mapping[str, Any], folder: Path, url: str | None) -> StageResult:
-    return StageResult(stage=manifest["stage"], key=manifest["key"], out_dir=str(folder), url=url,
-                       files={n: r["sha256"] for n, r in manifest["files"].items()},
-                       **{name: manifest.get(name) for name in RESULT_FIELDS},
-                       counts=manifest.get("counts") or {}, details=manifest.get("details") or {})
+    counts = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"counts": counts, "details": {k: v for k, v in summary.items() if k not in counts}}
 
 
 def write(stage: Stage, folder: Path, key: str, digests: Mapping[str, str], config: Any,

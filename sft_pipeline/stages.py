@@ -32,6 +32,17 @@ from sft_pipeline.artifacts import code_version, folder_digest
 from sft_pipeline.config import PipelineConfig
 
 
+@dataclass(frozen=True)
+class Unkeyed:
+    """Config values (dotted paths) that do not change a stage's output, so they stay out of its key:
+    always, or while ``when`` holds of the config (a setting that only matters under another)."""
+
+    paths: tuple[str, ...]
+    when: Callable[[PipelineConfig], bool] | None = None
+
+    def applies(self, cfg: PipelineConfig) -> bool:
+        return self.when is None or self.when(cfg)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -41,6 +52,7 @@ class Stage:
     entry: str  # "module:function": takes a StageRun, writes into run.out, returns its summary
     reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # upstream stage -> files/folders it keys on
     sections: tuple[str, ...] = ()  # dotted config paths whose values (and named files) enter the key
+    outside_key: tuple[Unkeyed, ...] = ()  # values in those sections that do not
     writes: tuple[str, ...] = ()  # files every complete output has
     atomic: bool = True  # False: written in place, so that checkpoints survive a retry
     transient: str | None = None  # "module:function" deciding which errors a retry may fix (default: not ours)
@@ -52,11 +64,22 @@ class Stage:
     def function(self) -> Callable[[StageRun], dict]:
         return resolve(self.entry)
 
+    def unkeyed(self, cfg: PipelineConfig) -> set[str]:
+        """The dotted paths of ``cfg`` that stay out of this stage's key.
+
+        >>> sorted(get("train").unkeyed(PipelineConfig(ingest={"sources": [{"path": "x"}]})))[:2]
+        ['train.distributed', 'train.num_processes']
+        """
+        return {path for rule in self.outside_key if rule.applies(cfg) for path in rule.paths}
+
 
 def resolve(ref: str) -> Callable:
     """The function named by ``"module:function"`` (imported on first use: stage code is heavy)."""
     module, _, name = ref.partition(":")
     return getattr(import_module(module), name)
+
+
+LINE_DETAILS = ("verdict", "method")  # details shown beside the counts (evaluate's verdict, filter's method)
 
 
 class StageResult(BaseModel):
@@ -69,9 +92,7 @@ class StageResult(BaseModel):
     out_dir: str  # on the machine that ran it; elsewhere use cache.output_folder(cfg, result)
     url: str | None = None  # where it was published, when run.output_dir is a URL
     counts: dict[str, int | float] = Field(default_factory=dict)
-    verdict: str | None = None  # evaluate: promoted / not_promoted / inconclusive
-    method: str | None = None  # filter: threshold / top_fraction
-    details: dict[str, Any] = Field(default_factory=dict)  # the rest of the summary (tables, names)
+    details: dict[str, Any] = Field(default_factory=dict)  # the rest of the summary (a verdict, a method, tables)
     files: dict[str, str] = Field(default_factory=dict)  # output file -> sha256
 
     def path(self, name: str) -> Path:
@@ -86,12 +107,13 @@ class StageResult(BaseModel):
         return folder_digest(self.files, name)
 
     def counts_line(self) -> str:
-        """A one-line summary.
+        """A one-line summary: the counts, and the details named in ``LINE_DETAILS``.
 
-        >>> StageResult(stage="filter", key="k", out_dir="/o", counts={"kept": 3}, method="threshold").counts_line()
+        >>> StageResult(stage="filter", key="k", out_dir="/o", counts={"kept": 3}, details={"method": "threshold",
+        ...             "sweep": []}).counts_line()
         'kept=3 method=threshold'
         """
-        extra = {"verdict": self.verdict, "method": self.method}
+        extra = {name: self.details.get(name) for name in LINE_DETAILS}
         return " ".join(f"{k}={v}" for k, v in {**self.counts, **extra}.items() if v is not None)
 
 
@@ -109,6 +131,21 @@ class StageRun:
 
 TRAIN_TRANSIENT = "sft_pipeline.train.failures:is_transient"
 
+
+def _one_process(cfg: PipelineConfig) -> bool:
+    return cfg.train.num_processes == 1
+
+
+def _no_shared_heldout(cfg: PipelineConfig) -> bool:
+    return not cfg.tokenize.decontaminate_for
+
+
+# Training gives the same adapter wherever it runs and whatever it reports to; launch settings matter only
+# for several ranks. An unset decontaminate_for stays out, so tokenize keys from before it existed hold.
+TRAIN_UNKEYED = (Unkeyed(("train.work_pool", "train.report_to", "train.progress_steps")),
+                 Unkeyed(("train.num_processes", "train.distributed"), when=_one_process))
+TOKENIZE_UNKEYED = (Unkeyed(("tokenize.decontaminate_for",), when=_no_shared_heldout),)
+
 STAGES: tuple[Stage, ...] = (
     Stage(STAGE_INGEST, "sft_pipeline.ingest.entry:run_stage", sections=("ingest",),
           writes=(CONVERSATIONS_FILE, REJECTS_FILE)),
@@ -117,9 +154,11 @@ STAGES: tuple[Stage, ...] = (
     Stage(STAGE_FILTER, "sft_pipeline.filter.entry:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
           sections=("filter",), writes=(FILTERED_FILE, DROPPED_FILE)),
     Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
-          sections=("tokenize", "model", "run.seed"), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
+          sections=("tokenize", "model", "run.seed"), outside_key=TOKENIZE_UNKEYED,
+          writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
     Stage(STAGE_TRAIN, "sft_pipeline.train.entry:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
-          sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,
+          sections=("train", "model", "run.seed"), outside_key=TRAIN_UNKEYED, writes=(ADAPTER_DIR, METRICS_FILE),
+          atomic=False,
           transient=TRAIN_TRANSIENT),
     # The base model, measured once per held-out set and evaluation config: a change to training alone, or the
     # branches of a sweep, reuse it. After train, so that `--until train` does not evaluate (and `--until baseline`

@@ -302,3 +302,33 @@ def test_hashing_that_takes_long_says_what_it_hashes(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.INFO, logger=artifacts.__name__):
         artifacts.path_digest(tmp_path)
     assert f"hashing {tmp_path} for the cache key: " in caplog.text
+
+
+def test_what_leaves_a_key_out_is_declared_by_the_stage():
+    # It was an `outside_key()` method that cache.py looked for with getattr on each config section.
+    from pydantic import BaseModel
+
+    from sft_pipeline import config
+
+    sections = [getattr(config, name) for name in config.__all__]
+    assert not [s for s in sections if isinstance(s, type) and issubclass(s, BaseModel) and hasattr(s, "outside_key")]
+    train = stages.get(constants.STAGE_TRAIN)
+    base = {"ingest": {"sources": [{"path": "x"}]}}
+    one = cache.config_part(train, validate_config(base))["train"]
+    assert not {"work_pool", "report_to", "progress_steps", "num_processes", "distributed"} & set(one)
+    two = cache.config_part(train, validate_config({**base, "train": {"num_processes": 2}}))["train"]
+    assert two["num_processes"] == 2 and two["distributed"] == "ddp" and "work_pool" not in two
+    assert {"train.work_pool", "train.num_processes"} <= {p for rule in train.outside_key for p in rule.paths}
+
+
+def test_stage_specific_results_are_details(tmp_path):
+    # StageResult carried `verdict` and `method`, which only evaluate and filter have.
+    cfg = validate_config({"run": {"output_dir": str(tmp_path)}, "ingest": {"sources": [{"path": str(TINY_DATA)}]}})
+    results: dict[str, StageResult] = {}
+    for stage in stages.upto(constants.STAGE_FILTER):
+        results[stage.name] = cache.run(stage, cfg, results)
+    assert not {"verdict", "method"} & set(StageResult.model_fields)
+    filtered = results[constants.STAGE_FILTER]
+    assert filtered.details["method"] == "threshold" and "method=threshold" in filtered.counts_line()
+    again = cache.complete_output(stages.get(constants.STAGE_FILTER), cfg, filtered.key)  # read back from the manifest
+    assert again.details == filtered.details and again.counts == filtered.counts

@@ -37,7 +37,3 @@ class TokenizeConfig(Section):
         "Encoding processes (spawned, not forked, while threads run)."))
     batch_rows: int = Field(default=512, ge=1, description="Rows per tokenizer call and per worker task.")
     preview_rows: int = Field(default=3, ge=0, description="Rows shown token by token in mask_preview.md.")
-
-    def outside_key(self) -> set[str]:
-        """Unset, ``decontaminate_for`` stays out of the key, so keys from before it existed stay valid."""
-        return set() if self.decontaminate_for else {"decontaminate_for"}

@@ -64,11 +64,6 @@ class TrainConfig(Section):
     distributed: Literal["ddp", "fsdp"] = Field(default="ddp", description=(
         "The strategy across ranks when num_processes > 1."))
 
-    def outside_key(self) -> set[str]:
-        """Fields that do not change what is trained: where it runs, what it reports, launch settings of one process."""
-        single = {"num_processes", "distributed"} if self.num_processes == 1 else set()
-        return {"work_pool", "report_to", "progress_steps"} | single
-
     @field_validator("max_steps")
     @classmethod
     def _check_steps(cls, value: int) -> int:
