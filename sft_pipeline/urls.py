@@ -59,7 +59,14 @@ def folder_problem(path: str | Path) -> str | None:
             return f"{existing} is a file, not a folder"
     except OSError as err:  # a path over the system's length limit, a folder we may not look into
         return err.strerror or str(err)
-    return _cannot_create_in(existing)
+    return _cannot_write_in(existing) if existing == path else _cannot_create_in(existing)
+
+
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why nothing can be written in the existing ``folder`` (asked, not tried: others may be listing it)."""
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return f"{folder} is on a read-only file system"
+    return None if os.access(folder, os.W_OK) else f"{folder} is not writable"
 
 
 def _cannot_create_in(folder: Path) -> str | None:
