@@ -65,7 +65,7 @@ def child(method: str, src: str, out: str) -> dict:
     import pandas as pd
 
     from sft_pipeline.config import IngestConfig, SourceConfig
-    from sft_pipeline.ingest import ingest_sources
+    from sft_pipeline.ingest.sources import ingest_sources
     from sft_pipeline.resources import resolve_path
 
     cfg = IngestConfig(sources=[SourceConfig(path=src)])
@@ -97,7 +97,7 @@ def load_all(cfg, out: Path) -> dict:
     from sft_pipeline.ingest.formats import MessageKeys, conversation_id, metadata_json
     from sft_pipeline.ingest.readers import read_source
     from sft_pipeline.ingest.reasons import RowReject
-    from sft_pipeline.ingest.stage import convert_row
+    from sft_pipeline.ingest.sources import convert_row
     from sft_pipeline.ingest.writer import CONVERSATIONS_SCHEMA
     from sft_pipeline.resources import resolve_path
 

@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 
 from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig
-from sft_pipeline.score import score_conversations
+from sft_pipeline.score import defaults
 from sft_pipeline.score.reference import score_sft_example
-from sft_pipeline.score.stage import compute_scores, open_conversations
+from sft_pipeline.score.passes import active_signals, compute_scores, open_conversations, score_conversations
 
 VOCAB = np.array([f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze")
                   for b in ("n", "ra", "li", "mo", "sto", "vek", "dor", "pan", "tis", "gu")] * 1
@@ -146,7 +146,7 @@ def run_once(method: str, stage: bool, path: str, out: str) -> dict:
     elif method == "seed":
         scores = seed_scores(Path(path), Path(out) if stage else None)
     else:
-        signals = constants.SEED_SIGNALS if method == "ours-seed4" else constants.SCORE_SIGNALS
+        signals = defaults.SEED_SIGNALS if method == "ours-seed4" else defaults.SCORE_SIGNALS
         cfg = ScoreConfig(signals=list(signals))
         if stage:
             score_conversations(Path(path), Path(out), cfg)
@@ -196,7 +196,7 @@ def minhash_table(path: Path, rows: int, num_perm: int = 64) -> list[str]:
 LABELS = {"read": "Parquet decode of id + messages only (paid by all)",
           "seed": "(a) seed `score_sft_example` per row", "ours-seed4": "(b) ours, the seed's 4 signals",
           "ours-all": "(c) ours, all signals"}
-N_SIGNALS = {"read": 0, "seed": 4, "ours-seed4": 4, "ours-all": len(ScoreConfig().active_signals)}  # language id off
+N_SIGNALS = {"read": 0, "seed": 4, "ours-seed4": 4, "ours-all": len(active_signals(ScoreConfig()))}  # language id off
 
 
 def print_table(res: dict, methods: list[str], rows: int) -> None:

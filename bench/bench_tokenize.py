@@ -46,7 +46,7 @@ import torch
 
 from sft_pipeline import constants
 from sft_pipeline.config import IngestConfig, ModelConfig, SourceConfig
-from sft_pipeline.ingest import ingest_sources
+from sft_pipeline.ingest.sources import ingest_sources
 from sft_pipeline.models import load_tokenizer
 from sft_pipeline.model_files import resolve_model
 from sft_pipeline.tiny_model import TOKENIZER_SOURCE, make_tiny_model

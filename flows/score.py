@@ -43,6 +43,6 @@ def dask_runner(cfg: PipelineConfig):
 
 def shard_inputs(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> dict[str, list[str]]:
     """``{"shards": files}`` for the score task, or nothing when it runs sequentially or is already done."""
-    if cfg.run.score_shards <= 1 or cache.done(stages.get(STAGE_SCORE), cfg, upstream):
+    if cfg.run.score_shards <= 1 or cache.is_complete(stages.get(STAGE_SCORE), cfg, upstream):
         return {}
     return {score_entry.SHARDS: score_shards.with_options(task_runner=dask_runner(cfg))(cfg, upstream)}

@@ -21,7 +21,7 @@ from sft_pipeline import stages
 from sft_pipeline.config import PipelineConfig, load_config
 from sft_pipeline.constants import STAGE_EVALUATE, STAGE_SCORE, STAGE_TRAIN
 from sft_pipeline.stages import StageResult
-from tasks.stages import bound
+from tasks.stages import stage_task
 
 DEFAULT_CONFIG = "deployments/configs/default.yaml"
 PROMOTED = "promoted"
@@ -64,15 +64,16 @@ def submit_stage(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, S
     if stage.name == STAGE_TRAIN and cfg.train.work_pool:
         return hand_off_training.submit(cfg, upstream)
     extra = shard_inputs(cfg, upstream) if stage.name == STAGE_SCORE else {}
-    return bound(stage, cfg, upstream).submit(stage.name, cfg, upstream, **extra)
+    return stage_task(stage, cfg, upstream).submit(stage.name, cfg, upstream, **extra)
 
 
 def final_state(results: dict[str, StageResult]):
     """The results, or a Completed state named after a verdict other than promoted."""
     evaluation = results.get(STAGE_EVALUATE)
-    if evaluation is None or evaluation.verdict in (None, PROMOTED):
+    verdict = evaluation.details.get("verdict") if evaluation is not None else None
+    if verdict in (None, PROMOTED):
         return results
     failed = ", ".join(evaluation.details.get("failed_checks") or []) or "regression gate"
-    message = f"tuned model {evaluation.verdict.replace('_', ' ')}: {failed}"
+    message = f"tuned model {verdict.replace('_', ' ')}: {failed}"
     get_run_logger().warning(message)
-    return Completed(name=STATE_NAMES.get(evaluation.verdict, evaluation.verdict), message=message, data=results)
+    return Completed(name=STATE_NAMES.get(verdict, verdict), message=message, data=results)

@@ -45,18 +45,18 @@ def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
         run_branch_stage(stages.get(STAGE_FILTER), cfg, configs, results, {})
         trained = branch_train_ids(cfg, {b: results[b][STAGE_FILTER] for b in configs})
         heldout = held_out_set(sweep.heldout_config(cfg), {**shared, STAGE_SWEEP_TRAIN_IDS: trained})
-        measured = {STAGE_TOKENIZE: heldout}  # what every branch is evaluated on, and the base model on it, once
-        measured[STAGE_BASELINE] = run_stage(stages.get(STAGE_BASELINE), cfg, measured)
+        eval_inputs = {STAGE_TOKENIZE: heldout}  # what every branch is evaluated on, and the base model on it, once
+        eval_inputs[STAGE_BASELINE] = run_stage(stages.get(STAGE_BASELINE), cfg, eval_inputs)
         for name in BRANCH_STAGES:
-            run_branch_stage(stages.get(name), cfg, configs, results, measured)
+            run_branch_stage(stages.get(name), cfg, configs, results, eval_inputs)
         return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
 
 
-def run_branch_stage(stage: stages.Stage, cfg, configs: dict, results: dict[str, dict], measured: dict) -> None:
+def run_branch_stage(stage: stages.Stage, cfg, configs: dict, results: dict[str, dict], eval_inputs: dict) -> None:
     """One stage on every branch: at once where ``concurrent`` allows, else one after another."""
     together, futures = concurrent(stage.name, cfg), {}
     for b in configs:
-        futures[b] = submit_stage(stage, configs[b], upstream(stage, results[b], measured))
+        futures[b] = submit_stage(stage, configs[b], upstream(stage, results[b], eval_inputs))
         if not together:
             futures[b].wait()
     for b, future in futures.items():
@@ -85,10 +85,10 @@ def held_out_set(cfg, shared: dict[str, StageResult]) -> StageResult:
     return submit_stage(tokenize, cfg, {name: results[name] for name in tokenize.reads_given(results)}).result()
 
 
-def upstream(stage: stages.Stage, results: dict[str, StageResult], measured: dict) -> dict[str, StageResult]:
+def upstream(stage: stages.Stage, results: dict[str, StageResult], eval_inputs: dict) -> dict[str, StageResult]:
     """The stage's inputs in this branch; evaluation reads the sweep's shared held-out rows and baseline."""
     found = {name: results[name] for name in stage.reads if name in results}
-    return {**found, **measured} if stage.name == STAGE_EVALUATE else found
+    return {**found, **eval_inputs} if stage.name == STAGE_EVALUATE else found
 
 
 @task(name="sweep-report")

@@ -12,7 +12,7 @@ from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import STAGE_TRAIN
 from sft_pipeline.errors import PipelineError
 from sft_pipeline.stages import StageResult
-from tasks.stages import bound
+from tasks.stages import stage_task
 
 TRAIN_FLOW = "sft-train"
 GPU_SLOTS = "gpu"  # global concurrency limit: `prefect gcl create gpu --limit <number of GPUs>`
@@ -24,7 +24,7 @@ def sft_train(cfg: PipelineConfig, upstream: dict[str, StageResult]) -> StageRes
     with library_logs():
         stage = stages.get(STAGE_TRAIN)
         with concurrency(GPU_SLOTS, occupy=cfg.train.num_processes):  # one slot per rank (one GPU each)
-            return bound(stage, cfg, upstream)(stage.name, cfg, upstream)
+            return stage_task(stage, cfg, upstream)(stage.name, cfg, upstream)
 
 
 @task(name="hand-off-training")

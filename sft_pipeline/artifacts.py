@@ -12,6 +12,8 @@ import ast
 import functools
 import hashlib
 import json
+import logging
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +24,15 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _PACKAGE = _PACKAGE_DIR.name
 _CHUNK = 1 << 20
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+_CODE_DIGESTS: dict[tuple[str, int, int], str] = {}
+# Outside every code version: the config schema and the modules of pure names. What they change in a stage's
+# work reaches its key through the stage's config values; the rest (a description, a message, a new constant
+# for another stage) changes no output, so it must not recompute one.
+OUTSIDE_CODE_VERSION = ("sft_pipeline.config", "sft_pipeline.constants", "sft_pipeline.errors", "sft_pipeline.urls")
+
+log = logging.getLogger(__name__)
+HASH_LOG_AFTER_S = 10.0  # hashing that takes longer says what it is hashing, and then every HASH_LOG_EVERY_S
+HASH_LOG_EVERY_S = 60.0
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "pandas", "pyarrow")
 
@@ -44,7 +55,22 @@ def json_digest(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
 
 
-def file_digest(path: Path, fresh: bool = False) -> str:
+class Progress:
+    """Says what is being hashed (and how far it got) once hashing ``path`` has taken a while."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.files, self.bytes = path, 0, 0
+        self.next_log = time.monotonic() + HASH_LOG_AFTER_S
+
+    def add(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        if (now := time.monotonic()) >= self.next_log:
+            log.info("hashing %s for the cache key: %d files, %.2f GiB so far", self.path, self.files,
+                     self.bytes / 2**30)
+            self.next_log = now + HASH_LOG_EVERY_S
+
+
+def file_digest(path: Path, fresh: bool = False, progress: Progress | None = None) -> str:
     """SHA-256 of a file's bytes, memoised on (path, size, mtime) within a process (``fresh``: read it again)."""
     st = path.stat()
     memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -53,19 +79,25 @@ def file_digest(path: Path, fresh: bool = False) -> str:
         with open(path, "rb") as fh:
             while chunk := fh.read(_CHUNK):
                 h.update(chunk)
+                if progress is not None:
+                    progress.add(len(chunk))
         _FILE_DIGESTS[memo_key] = h.hexdigest()
+    if progress is not None:
+        progress.files += 1
+        progress.add(0)  # a walk over many small (or memoised) files takes long too
     return _FILE_DIGESTS[memo_key]
 
 
 def path_digest(path: str | Path) -> str:
-    """Digest of a file, or of a directory tree (relative names + file digests)."""
+    """Digest of a file, or of a directory tree (relative names + file digests); one that takes long is logged."""
     path = Path(path)
+    progress = Progress(path)
     if path.is_file():
-        return file_digest(path)
+        return file_digest(path, progress=progress)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory")
     return json_digest(sorted(
-        (p.relative_to(path).as_posix(), file_digest(p))
+        (p.relative_to(path).as_posix(), file_digest(p, progress=progress))
         for p in path.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     ))
@@ -140,20 +172,51 @@ def module_closure(module: str) -> tuple[Path, ...]:
         parts = name.split(".")
         for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b too
             prefix = ".".join(parts[:depth])
-            path = _module_file(prefix)
+            path = None if outside_code_version(prefix) else _module_file(prefix)
             if path is not None and prefix not in seen:
                 seen[prefix] = path
                 todo.extend(_imported_modules(prefix, path))
     return tuple(sorted(seen.values()))
 
 
+def outside_code_version(module: str) -> bool:
+    """Whether ``module`` is left out of code versions (and what it imports is not followed from it).
+
+    >>> outside_code_version("sft_pipeline.config.score"), outside_code_version("sft_pipeline.configure")
+    (True, False)
+    """
+    return any(module == name or module.startswith(name + ".") for name in OUTSIDE_CODE_VERSION)
+
+
+def code_digest(path: Path) -> str:
+    """Digest of a module's code, its comments and docstrings aside (an edit to either changes no key).
+
+    >>> import tempfile
+    >>> a, b = (Path(tempfile.mkdtemp()) / "m.py" for _ in "ab")
+    >>> _ = a.write_text("'Doc.'\\nX = 1  # one\\n"), b.write_text("'Other doc.'\\n\\n# note\\nX = 1\\n")
+    >>> code_digest(a) == code_digest(b)
+    True
+    """
+    st = path.stat()
+    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _CODE_DIGESTS:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and ast.get_docstring(node, clean=False) is not None:
+                node.body = node.body[1:] or [ast.Pass()]
+        _CODE_DIGESTS[memo_key] = sha256_bytes(ast.unparse(tree).encode())
+    return _CODE_DIGESTS[memo_key]
+
+
 def code_version(module: str) -> str:
-    """Digest of the source of every project module that ``module`` reaches (its import graph).
+    """Digest of the code of every project module that ``module`` reaches (its import graph), the schema and
+    name modules (``OUTSIDE_CODE_VERSION``) aside.
 
     >>> code_version("sft_pipeline.filter") == code_version("sft_pipeline.filter")
     True
     """
-    return json_digest([(str(p.relative_to(_PACKAGE_DIR)), file_digest(p)) for p in module_closure(module)])[:16]
+    return json_digest([(str(p.relative_to(_PACKAGE_DIR)), code_digest(p)) for p in module_closure(module)])[:16]
 
 
 def stage_key(stage: str, input_digests: Mapping[str, str], config: Any, code: str) -> str:

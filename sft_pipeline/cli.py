@@ -1,4 +1,4 @@
-"""Library commands of `sft-pipeline` (no orchestrator): ingest, filter, report.
+"""Library commands of `sft-pipeline` (no orchestrator): ingest, filter, report, config show.
 
 `flows/cli.py` adds the Prefect-backed `run` command and is the console entry point.
 """
@@ -56,7 +56,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from sft_pipeline.config import IngestConfig, SourceConfig
-    from sft_pipeline.ingest import format_summary
+    from sft_pipeline.ingest.sources import format_summary
     from sft_pipeline.ingest.output import ingest_into
 
     out = Path(args.out)
@@ -89,12 +89,22 @@ def stored_results(cfg, until: str) -> dict:
 
     results: dict = {}
     for stage in stages.upto(until):
-        found = cache.find(stage, cfg, cache.key(stage, cfg, results))
+        found = cache.complete_output(stage, cfg, cache.key(stage, cfg, results))
         if found is None:
             raise PipelineError(f"no stored {stage.name} output for this config under {cfg.run.output_dir}; "
                                 f"run `sft-pipeline run --until {until}` first")
         results[stage.name] = found
     return results
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """The resolved tree: every dotted key with its value, default and description."""
+    from sft_pipeline.config import load_config
+    from sft_pipeline.config.tree import settings
+
+    for setting in settings(load_config(args.config, args.overrides)):
+        print("\n".join(setting.lines()))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -115,6 +125,39 @@ def floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _fractions(text: str, *, zero: bool) -> list[float]:
+    values = floats(text)
+    bad = [v for v in values if not (0 <= v <= 1 and (zero or v > 0))]  # nan fails every comparison
+    if bad:
+        wanted = "a number from 0 to 1" if zero else "a number above 0 and at most 1"
+        raise argparse.ArgumentTypeError(f"{bad[0]:g} is not {wanted}")
+    return values
+
+
+def thresholds(text: str) -> list[float]:
+    """Filter thresholds: numbers from 0 to 1 (nan and inf refused).
+
+    >>> thresholds("0,0.5,1")
+    [0.0, 0.5, 1.0]
+    >>> thresholds("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: nan is not a number from 0 to 1
+    """
+    return _fractions(text, zero=True)
+
+
+def top_fractions(text: str) -> list[float]:
+    """Shares of rows kept: numbers above 0, up to 1.
+
+    >>> top_fractions("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 0 is not a number above 0 and at most 1
+    """
+    return _fractions(text, zero=False)
 
 
 def print_outputs(results: dict) -> None:
@@ -153,6 +196,11 @@ def add_commands(sub) -> None:
     p.add_argument("--threshold", type=float, default=None)
     add_config_args(p)
     p.set_defaults(func=cmd_filter)
+    p = sub.add_parser("config", help="look at the configuration")
+    shows = p.add_subparsers(dest="config_command", required=True)
+    p = shows.add_parser("show", help="every key of the resolved config: its value, default and description")
+    add_config_args(p)
+    p.set_defaults(func=cmd_config_show)
     p = sub.add_parser("report", help="render the report again from an evaluate output folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)

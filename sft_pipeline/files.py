@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
+import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 from sft_pipeline.errors import InputError
+from sft_pipeline.holders import MAX_AGE_S, gone, this_process
+
+log = logging.getLogger(__name__)
+HOLDER_SUFFIX = ".holder"  # beside a temporary folder: who builds it (host, pid, process start)
+UNCLAIMED_AGE_S = 24 * 3600  # a temporary folder without a holder record (older code wrote none) is left this long
 
 
 @contextlib.contextmanager
@@ -18,16 +27,21 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``final`` atomically.
 
     Concurrent writers of the same key each build their own temporary directory; the
-    last rename wins and readers never observe a half-written directory.
+    last rename wins and readers never observe a half-written directory. Each records who
+    builds it in a holder file beside it, so that the folders of writers killed half-way
+    (``kill -9``) are removed by the next writer of ``final``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_leftovers(final)
+    token = uuid.uuid4().hex[:8]
+    holder = final.parent / f".{final.name}.{token}{HOLDER_SUFFIX}"
+    tmp, old = (final.parent / f".{final.name}.{kind}-{token}" for kind in ("tmp", "old"))
+    write_json(holder, this_process())  # before the folder: a folder seen without one is not ours
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -36,6 +50,38 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        holder.unlink(missing_ok=True)
+
+
+def remove_leftovers(final: Path) -> None:
+    """Remove the temporary folders of ``final`` whose writer is gone (or that are very old), with a log line."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(?:(?:tmp|old)-)?([0-9a-f]{{8}})({re.escape(HOLDER_SUFFIX)})?")
+    found: dict[str, list[Path]] = {}
+    for path in final.parent.glob(f".{glob.escape(final.name)}.*"):
+        if match := pattern.fullmatch(path.name):
+            found.setdefault(match.group(1), []).append(path)
+    for token, paths in found.items():
+        if why := _leftover(final, token, paths):
+            log.warning("removing %s, left half-built: %s", ", ".join(p.name for p in paths), why)
+            for path in paths:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+def _leftover(final: Path, token: str, paths: list[Path]) -> str | None:
+    """Why the temporary folders of one writer are leftovers (None: its writer may still be at work)."""
+    holder = final.parent / f".{final.name}.{token}{HOLDER_SUFFIX}"
+    try:
+        return gone(json.loads(holder.read_text()), holder.stat().st_mtime, MAX_AGE_S)
+    except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            age = time.time() - max(p.stat().st_mtime for p in paths)
+            return f"no writer is recorded and it is {age / 3600:.0f} h old" if age > UNCLAIMED_AGE_S else None
+        return None
+    except (OSError, ValueError):  # not JSON: not a record this code wrote
+        return "its holder record is unreadable"
 
 
 def write_json(path: str | Path, obj: Any) -> None:

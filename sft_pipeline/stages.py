@@ -6,7 +6,8 @@ When is a stage recomputed? Its key (``sft_pipeline.cache.key``) is a digest of
   digests: nothing is re-hashed or downloaded to compute a key);
 * the values of its config ``sections`` (dotted paths), and the content of any file or folder
   a value there names (a local model, a chat-template file, a prompt file);
-* its code version: the source of every project module its ``entry`` reaches through imports.
+* its code version: the code (comments and docstrings aside) of every project module its ``entry``
+  reaches through imports, the config schema and name modules aside (``artifacts.OUTSIDE_CODE_VERSION``).
 
 An output is served from the cache only when its manifest and every file the manifest lists
 are present with their recorded sizes (and digests, up to a size); anything else is recomputed.
@@ -32,6 +33,17 @@ from sft_pipeline.artifacts import code_version, folder_digest
 from sft_pipeline.config import PipelineConfig
 
 
+@dataclass(frozen=True)
+class Unkeyed:
+    """Config values (dotted paths) that do not change a stage's output, so they stay out of its key:
+    always, or while ``when`` holds of the config (a setting that only matters under another)."""
+
+    paths: tuple[str, ...]
+    when: Callable[[PipelineConfig], bool] | None = None
+
+    def applies(self, cfg: PipelineConfig) -> bool:
+        return self.when is None or self.when(cfg)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -42,6 +54,7 @@ class Stage:
     reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # upstream stage -> files/folders it keys on
     optional_reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the same, when the flow hands it over
     sections: tuple[str, ...] = ()  # dotted config paths whose values (and named files) enter the key
+    outside_key: tuple[Unkeyed, ...] = ()  # values in those sections that do not
     writes: tuple[str, ...] = ()  # files every complete output has
     atomic: bool = True  # False: written in place, so that checkpoints survive a retry
     transient: str | None = None  # "module:function" deciding which errors a retry may fix (default: not ours)
@@ -61,11 +74,22 @@ class Stage:
         """
         return {**self.reads, **{name: files for name, files in self.optional_reads.items() if name in upstream}}
 
+    def unkeyed(self, cfg: PipelineConfig) -> set[str]:
+        """The dotted paths of ``cfg`` that stay out of this stage's key.
+
+        >>> sorted(get("train").unkeyed(PipelineConfig(ingest={"sources": [{"path": "x"}]})))[:2]
+        ['train.distributed', 'train.num_processes']
+        """
+        return {path for rule in self.outside_key if rule.applies(cfg) for path in rule.paths}
+
 
 def resolve(ref: str) -> Callable:
     """The function named by ``"module:function"`` (imported on first use: stage code is heavy)."""
     module, _, name = ref.partition(":")
     return getattr(import_module(module), name)
+
+
+LINE_DETAILS = ("verdict", "method")  # details shown beside the counts (evaluate's verdict, filter's method)
 
 
 class StageResult(BaseModel):
@@ -78,9 +102,7 @@ class StageResult(BaseModel):
     out_dir: str  # on the machine that ran it; elsewhere use cache.output_folder(cfg, result)
     url: str | None = None  # where it was published, when run.output_dir is a URL
     counts: dict[str, int | float] = Field(default_factory=dict)
-    verdict: str | None = None  # evaluate: promoted / not_promoted / inconclusive
-    method: str | None = None  # filter: threshold / top_fraction
-    details: dict[str, Any] = Field(default_factory=dict)  # the rest of the summary (tables, names)
+    details: dict[str, Any] = Field(default_factory=dict)  # the rest of the summary (a verdict, a method, tables)
     files: dict[str, str] = Field(default_factory=dict)  # output file -> sha256
 
     def path(self, name: str) -> Path:
@@ -95,12 +117,13 @@ class StageResult(BaseModel):
         return folder_digest(self.files, name)
 
     def counts_line(self) -> str:
-        """A one-line summary.
+        """A one-line summary: the counts, and the details named in ``LINE_DETAILS``.
 
-        >>> StageResult(stage="filter", key="k", out_dir="/o", counts={"kept": 3}, method="threshold").counts_line()
+        >>> StageResult(stage="filter", key="k", out_dir="/o", counts={"kept": 3}, details={"method": "threshold",
+        ...             "sweep": []}).counts_line()
         'kept=3 method=threshold'
         """
-        extra = {"verdict": self.verdict, "method": self.method}
+        extra = {name: self.details.get(name) for name in LINE_DETAILS}
         return " ".join(f"{k}={v}" for k, v in {**self.counts, **extra}.items() if v is not None)
 
 
@@ -118,19 +141,30 @@ class StageRun:
 
 TRAIN_TRANSIENT = "sft_pipeline.train.failures:is_transient"
 
+
+def _one_process(cfg: PipelineConfig) -> bool:
+    return cfg.train.num_processes == 1
+
+
+# Training gives the same adapter wherever it runs and whatever it reports to; launch settings matter only
+# for several ranks.
+TRAIN_UNKEYED = (Unkeyed(("train.work_pool", "train.report_to", "train.progress_steps")),
+                 Unkeyed(("train.num_processes", "train.distributed"), when=_one_process))
+
 STAGES: tuple[Stage, ...] = (
-    Stage(STAGE_INGEST, "sft_pipeline.ingest:run_stage", sections=("ingest",),
+    Stage(STAGE_INGEST, "sft_pipeline.ingest.entry:run_stage", sections=("ingest",),
           writes=(CONVERSATIONS_FILE, REJECTS_FILE)),
     Stage(STAGE_SCORE, "sft_pipeline.score.entry:run_stage", reads={STAGE_INGEST: (CONVERSATIONS_FILE,)},
           sections=("score",), writes=(SCORES_FILE,)),
-    Stage(STAGE_FILTER, "sft_pipeline.filter:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
+    Stage(STAGE_FILTER, "sft_pipeline.filter.entry:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
           sections=("filter",), writes=(FILTERED_FILE, DROPPED_FILE)),
     # A sweep's shared held-out set also reads the ids of the rows its branches train on (sft_pipeline.sweep_rows).
     Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize.entry:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
           optional_reads={STAGE_SWEEP_TRAIN_IDS: (TRAIN_IDS_FILE,)},
           sections=("tokenize", "model", "run.seed"), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
-    Stage(STAGE_TRAIN, "sft_pipeline.train.stage:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
-          sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,
+    Stage(STAGE_TRAIN, "sft_pipeline.train.entry:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
+          sections=("train", "model", "run.seed"), outside_key=TRAIN_UNKEYED, writes=(ADAPTER_DIR, METRICS_FILE),
+          atomic=False,
           transient=TRAIN_TRANSIENT),
     # The base model, measured once per held-out set and evaluation config: a change to training alone, or the
     # branches of a sweep, reuse it. After train, so that `--until train` does not evaluate (and `--until baseline`

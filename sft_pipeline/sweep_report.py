@@ -164,7 +164,7 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
     direction = (rows[0].metrics.get(primary) or {}).get("direction", -1)
     key = json_digest({"branches": {n: r.key for n, r in evals.items()}, "primary": primary,
                        "code": code_version(__name__)})
-    out = storage.local_root(cfg.run) / "sweep" / key[:KEY_CHARS]
+    out = storage.store_of(cfg.run).folder(f"sweep/{key[:KEY_CHARS]}")
     drawn, cap = heldout.counts.get("heldout_rows", 0), cfg.eval.max_heldout_rows
     with atomic_dir(out) as tmp:  # the rows the loss is measured on: evaluation reads at most ``cap`` of them
         rec = write(tmp, rows, primary, direction, steps=cfg.train.max_steps, heldout=min(drawn, cap or drawn),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 NAME_MAX_FALLBACK = 255  # bytes in one file name on common Linux file systems
@@ -32,8 +33,9 @@ def check_url(value: str) -> str:
 
 
 def folder_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be a folder to write into (a part of it is an existing file, or a name is
-    longer than the file system allows), or None.
+    """Why ``path`` cannot be a folder to write into (a part of it is an existing file, a name is longer
+    than the file system allows, or no folder can be made where it would be: a read-only file system,
+    ``/proc``), or None.
 
     >>> folder_problem("runs") is None
     True
@@ -43,6 +45,8 @@ def folder_problem(path: str | Path) -> str | None:
     '/etc/passwd is a file, not a folder'
     >>> folder_problem("/tmp/" + ("a" * 200 + "/") * 25)
     'File name too long'
+    >>> folder_problem("/proc/runs")
+    'cannot create a folder in /proc: No such file or directory'
     """
     path = Path(path).absolute()
     limit = _name_max(path)
@@ -51,9 +55,27 @@ def folder_problem(path: str | Path) -> str | None:
         return f"a name of {longest} bytes in it is longer than the file system allows ({limit})"
     try:
         existing = next(p for p in (path, *path.parents) if p.exists())
-        return None if existing.is_dir() else f"{existing} is a file, not a folder"
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
     except OSError as err:  # a path over the system's length limit, a folder we may not look into
         return err.strerror or str(err)
+    return _cannot_write_in(existing) if existing == path else _cannot_create_in(existing)
+
+
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why nothing can be written in the existing ``folder`` (asked, not tried: others may be listing it)."""
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return f"{folder} is on a read-only file system"
+    return None if os.access(folder, os.W_OK) else f"{folder} is not writable"
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why no folder can be made in ``folder``, found by making (and removing) one; None if it can."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
+    except OSError as err:
+        return f"cannot create a folder in {folder}: {err.strerror or err}"
+    return None
 
 
 def _name_max(path: Path) -> int:

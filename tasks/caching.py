@@ -37,7 +37,7 @@ class StageCachePolicy(CachePolicy):
 
 def stage_policy(stage: str, cfg: PipelineConfig) -> StageCachePolicy:
     """A serializable policy: concurrent runs of one key wait for each other (a dead holder's lock is broken)."""
-    locks = storage.local_root(cfg.run) / LOCKS_SUBDIR  # per machine (see README for several)
+    locks = storage.store_of(cfg.run).folder(LOCKS_SUBDIR)  # per machine (see README for several)
     return StageCachePolicy(stage=stage).configure(
         isolation_level="SERIALIZABLE", lock_manager=StageLockManager(lock_files_directory=locks.resolve()))
 
@@ -53,8 +53,8 @@ def result_storage(cfg: PipelineConfig) -> str | Path:
     value = cfg.run.result_storage
     if value:
         return url_block(value) if is_url(value) else value
-    if storage.is_remote(cfg.run):  # beside the outputs, at their URL
-        return url_block(storage.url_of(cfg.run, RESULTS_SUBDIR))
+    if url := storage.store_of(cfg.run).url(RESULTS_SUBDIR):  # beside the outputs, at their URL
+        return url_block(url)
     return Path(cfg.run.output_dir, RESULTS_SUBDIR).resolve()
 
 

@@ -11,35 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
-from pathlib import Path
 from typing import Optional
 
 from prefect.locking.filesystem import FileSystemLockManager
 
 from sft_pipeline.files import write_json
+from sft_pipeline.holders import MAX_AGE_S, gone, process_start, this_process  # noqa: F401 - process_start: tests
 
 log = logging.getLogger("sft_pipeline.locks")
 
-MAX_LOCK_AGE_S = 7 * 24 * 3600  # no stage holds a lock for a week: such a lock is a leftover
+MAX_LOCK_AGE_S = MAX_AGE_S  # no stage holds a lock for a week: such a lock is a leftover
 UNWRITTEN_LOCK_AGE_S = 60.0  # a lock file still empty after this was left by a holder killed while taking it
 WAIT_LOG_EVERY_S = 30.0
 POLL_S = 0.1
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks since boot, from /proc), None if it does not exist.
-
-    >>> process_start(os.getpid()) is not None, process_start(2**22 + 1)
-    (True, None)
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def stale_reason(info: dict, written: float) -> str | None:
@@ -47,13 +32,7 @@ def stale_reason(info: dict, written: float) -> str | None:
     age = time.time() - float(info.get("created") or written)
     if not info and age > UNWRITTEN_LOCK_AGE_S:
         return f"it was never written and is {age:.0f} s old"
-    if age > MAX_LOCK_AGE_S:
-        return f"it is {age / 3600:.0f} h old"
-    if info.get("host") == socket.gethostname() and info.get("pid") is not None:
-        start = process_start(int(info["pid"]))
-        if start is None or start != info.get("start"):
-            return f"its holder, pid {info['pid']}, is gone"
-    return None
+    return gone(info, written, MAX_LOCK_AGE_S)
 
 
 class StageLockManager(FileSystemLockManager):
@@ -83,8 +62,7 @@ class StageLockManager(FileSystemLockManager):
         if not super().acquire_lock(key, holder, acquire_timeout, hold_timeout):
             return False
         path = self._lock_path_for_key(key)
-        info = {"holder": holder, "expiration": None, "host": socket.gethostname(), "pid": os.getpid(),
-                "start": process_start(os.getpid()), "created": time.time()}
+        info = {"holder": holder, "expiration": None, **this_process()}
         write_json(path, info)  # atomically: readers see the old contents or the new, never an empty file
         return True
 

@@ -30,7 +30,7 @@ def run_stage(stage: str, cfg: PipelineConfig, upstream: dict[str, StageResult],
     return result
 
 
-def bound(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, StageResult]) -> Task:
+def stage_task(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, StageResult]) -> Task:
     """``run_stage`` named after the stage, on its content-addressed cache, retries and result storage.
 
     A cache record whose output the library does not find complete is not served: the task
@@ -38,7 +38,7 @@ def bound(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, StageRes
     """
     return run_stage.with_options(
         name=stage.name, cache_policy=stage_policy(stage.name, cfg), result_storage=result_storage(cfg),
-        retry_condition_fn=retry_condition(stage), refresh_cache=not cache.done(stage, cfg, upstream))
+        retry_condition_fn=retry_condition(stage), refresh_cache=not cache.is_complete(stage, cfg, upstream))
 
 
 @task(name="score-shard", **TASK_OPTIONS)

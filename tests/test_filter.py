@@ -10,7 +10,8 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import InputError
-from sft_pipeline.filter import filter_scored
+from sft_pipeline.filter.split import filter_scored
+from sft_pipeline.score import defaults
 
 SCORES = [1.0, 0.7, 0.5, 0.9, 0.0, 0.7, 0.3, 1.0, 0.6, 0.8]
 IDS = ["j", "b", "c", "d", "e", "a", "g", "h", "i", "f"]
@@ -23,7 +24,7 @@ def write_scores(path, scores=SCORES, ids=IDS):
         "messages": pa.array([[{"role": "user", "content": f"q{i}"}] for i in range(n)]),
         constants.SCORE_COLUMN: pa.array(scores, pa.float64()),
         constants.TOKENS_EST_COLUMN: pa.array([10 * (i + 1) for i in range(n)], pa.int64()),
-        constants.REASONS_COLUMN: pa.array([[] if s == 1.0 else [constants.SIGNAL_TOO_SHORT] for s in scores],
+        constants.REASONS_COLUMN: pa.array([[] if s == 1.0 else [defaults.SIGNAL_TOO_SHORT] for s in scores],
                                    pa.list_(pa.string())),
     })
     pq.write_table(table, path, row_group_size=3)  # several batches
@@ -45,7 +46,7 @@ def test_threshold_keeps_scores_at_or_above(tmp_path):
     summary, kept, dropped, _ = run(tmp_path, threshold=0.7)
     assert sorted(r["id"] for r in kept) == ["a", "b", "d", "f", "h", "j"]  # 0.7 itself is kept
     assert all(r[constants.SCORE_COLUMN] < 0.7 and r[constants.DROPPED_BY_COLUMN] == "threshold" for r in dropped)
-    assert dropped[0][constants.REASONS_COLUMN] == [constants.SIGNAL_TOO_SHORT]  # dropped rows keep their reasons
+    assert dropped[0][constants.REASONS_COLUMN] == [defaults.SIGNAL_TOO_SHORT]  # dropped rows keep their reasons
     assert summary["rows_kept"] == 6 and summary["rows_dropped"] == 4 and summary["method"] == "threshold"
     assert summary["tokens_kept"] == sum(10 * (i + 1) for i, s in enumerate(SCORES) if s >= 0.7)
 

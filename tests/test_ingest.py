@@ -15,7 +15,7 @@ import pytest
 from sft_pipeline.config import IngestConfig, MappableField, SourceConfig, validate_config
 from sft_pipeline.constants import CONVERSATIONS_FILE, REJECTS_FILE, ROLES
 from sft_pipeline.errors import ConfigError, InputError
-from sft_pipeline.ingest import format_summary, ingest_sources
+from sft_pipeline.ingest.sources import format_summary, ingest_sources
 from sft_pipeline.ingest.formats import FIELD_NAMES, conversation_id
 from sft_pipeline.ingest.reasons import REASONS
 from sft_pipeline.ingest.writer import CONVERSATIONS_SCHEMA, REJECTS_SCHEMA

@@ -214,7 +214,7 @@ def test_failed_source_leaves_no_partial_output(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     from sft_pipeline.config import IngestConfig
-    from sft_pipeline.ingest import ingest_sources
+    from sft_pipeline.ingest.sources import ingest_sources
 
     cfg = IngestConfig(sources=[SourceConfig(path=str(good)), SourceConfig(path=str(tmp_path / "nope.csv"))])
     with pytest.raises(InputError):

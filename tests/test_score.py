@@ -10,7 +10,8 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig, validate_config
 from sft_pipeline.errors import ConfigError, InputError
-from sft_pipeline.score import score_conversations
+from sft_pipeline.score import defaults
+from sft_pipeline.score.passes import active_signals, score_conversations
 from sft_pipeline.score.reference import score_sft_example
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -44,25 +45,25 @@ def score(tmp_path, conversations, ids=None, **cfg):
 
 
 CASES = [  # (signal, conversation that fires it, similar conversation that does not)
-    (constants.SIGNAL_TOO_SHORT, chat("Explain photosynthesis.", "Yes, it is."),
+    (defaults.SIGNAL_TOO_SHORT, chat("Explain photosynthesis.", "Yes, it is."),
      chat("Explain photosynthesis.", "It makes sugar from light.")),
-    (constants.SIGNAL_TOO_VERBOSE, chat("Photosynthesis?", " ".join(["word"] * 51)),
+    (defaults.SIGNAL_TOO_VERBOSE, chat("Photosynthesis?", " ".join(["word"] * 51)),
      chat("Photosynthesis?", " ".join(["word%d" % i for i in range(50)]))),
-    (constants.SIGNAL_SYCOPHANTIC, chat("Explain photosynthesis.", "  Certainly! " + GOOD),
+    (defaults.SIGNAL_SYCOPHANTIC, chat("Explain photosynthesis.", "  Certainly! " + GOOD),
      chat("Explain photosynthesis.", "I am certainly glad to help. " + GOOD)),
-    (constants.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", GOOD + " [CITATION NEEDED]"),
+    (defaults.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", GOOD + " [CITATION NEEDED]"),
      chat("Explain photosynthesis.", GOOD + " [citation below]")),
-    (constants.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", "Well, I believe that " + GOOD),
+    (defaults.SIGNAL_HALLUCINATION, chat("Explain photosynthesis.", "Well, I believe that " + GOOD),
      chat("Explain photosynthesis.", GOOD + " I believe that is all.")),
-    (constants.SIGNAL_REFUSAL, chat("Explain photosynthesis.", "I'm sorry, but I can't help with that request today."),
+    (defaults.SIGNAL_REFUSAL, chat("Explain photosynthesis.", "I'm sorry, but I can't help with that request today."),
      chat("Explain photosynthesis.", "Sorry for the wait! " + GOOD)),
-    (constants.SIGNAL_AI_DISCLAIMER, chat("Explain photosynthesis.", "As an AI language model, I think " + GOOD),
+    (defaults.SIGNAL_AI_DISCLAIMER, chat("Explain photosynthesis.", "As an AI language model, I think " + GOOD),
      chat("Explain photosynthesis.", "AI models aside, " + GOOD)),
-    (constants.SIGNAL_REPETITION, chat("Explain photosynthesis.", "the plant makes sugar from light " * 12),
+    (defaults.SIGNAL_REPETITION, chat("Explain photosynthesis.", "the plant makes sugar from light " * 12),
      chat("Explain photosynthesis.", GOOD)),
-    (constants.SIGNAL_BAD_STRUCTURE, chat("Explain photosynthesis.", GOOD, "And respiration?"),
+    (defaults.SIGNAL_BAD_STRUCTURE, chat("Explain photosynthesis.", GOOD, "And respiration?"),
      chat("Explain photosynthesis.", GOOD, "And respiration?", GOOD.replace("Photo", "Respi"))),
-    (constants.SIGNAL_BAD_STRUCTURE, chat("   ", GOOD), chat("Hi", GOOD, system="Be brief.")),
+    (defaults.SIGNAL_BAD_STRUCTURE, chat("   ", GOOD), chat("Hi", GOOD, system="Be brief.")),
 ]
 
 
@@ -77,22 +78,22 @@ def test_clean_conversation_scores_one_and_weights_add_up(tmp_path):
     rows, summary = score(tmp_path, [chat("Explain photosynthesis.", GOOD),
                                      chat("Hi", "Sure! I believe it is short.")])
     assert rows[0][constants.SCORE_COLUMN] == 1.0 and rows[0][constants.REASONS_COLUMN] == []
-    assert rows[1][constants.REASONS_COLUMN] == [constants.SIGNAL_SYCOPHANTIC, constants.SIGNAL_HALLUCINATION]
+    assert rows[1][constants.REASONS_COLUMN] == [defaults.SIGNAL_SYCOPHANTIC, defaults.SIGNAL_HALLUCINATION]
     assert rows[1][constants.SCORE_COLUMN] == 0.6  # 1 - 0.3 - 0.1, exactly (rounded)
-    assert summary["rows"] == 2 and summary["signals"][constants.SIGNAL_SYCOPHANTIC] == 1
+    assert summary["rows"] == 2 and summary["signals"][defaults.SIGNAL_SYCOPHANTIC] == 1
 
 
 def test_too_long_uses_the_token_estimate(tmp_path):
     rows, _ = score(tmp_path, [chat("Q?", "x" * 400), chat("Q?", "x" * 40)], max_tokens_est=100)
     assert rows[0][constants.TOKENS_EST_COLUMN] == 1 + 4 + 100 + 4  # ceil(bytes / 4) + 4 per message
-    assert [r[constants.SIGNAL_TOO_LONG] for r in rows] == [True, False]
+    assert [r[defaults.SIGNAL_TOO_LONG] for r in rows] == [True, False]
 
 
 def test_single_turn_matches_the_seed_heuristics(tmp_path):
     pairs = [("Explain photosynthesis.", GOOD), ("Hi", "Yes."), ("Why?", "Sure! " + GOOD),
              ("Tell me", "I believe so, " + GOOD + " [CITATION NEEDED]"), ("X", " ".join(["w"] * 60)),
              ("Great?", "Great question! Of course!"), ("Describe it", "Of course! I believe it.")]
-    rows, _ = score(tmp_path, [chat(q, a) for q, a in pairs], signals=list(constants.SEED_SIGNALS))
+    rows, _ = score(tmp_path, [chat(q, a) for q, a in pairs], signals=list(defaults.SEED_SIGNALS))
     assert [r[constants.SCORE_COLUMN] for r in rows] == [round(score_sft_example({"instruction": q, "response": a}), 6)
                                                  for q, a in pairs]
 
@@ -104,13 +105,13 @@ def test_multi_turn_aggregation(tmp_path):
         chat("Explain.", GOOD, "More?", GOOD, "Thanks!", "Welcome!"),  # 1 of 3 short: does not
         chat("Explain.", GOOD, "More?", "Sure! " + GOOD),  # an opener on any turn fires
         chat("A?", GOOD, long_q, GOOD),  # each turn measured against its own instruction
-    ], signals=list(constants.SEED_SIGNALS))
-    assert [r[constants.SIGNAL_TOO_SHORT] for r in rows] == [True, False, False, False]
-    assert [r[constants.SIGNAL_SYCOPHANTIC] for r in rows] == [False, False, True, False]
+    ], signals=list(defaults.SEED_SIGNALS))
+    assert [r[defaults.SIGNAL_TOO_SHORT] for r in rows] == [True, False, False, False]
+    assert [r[defaults.SIGNAL_SYCOPHANTIC] for r in rows] == [False, False, True, False]
     assert [r["n_assistant_turns"] for r in rows] == [2, 3, 2, 2]
-    rows, _ = score(tmp_path, [chat("A?", GOOD, "B?", GOOD)], signals=[constants.SIGNAL_TOO_VERBOSE],
-                    max_verbosity_ratio=10, min_turn_fraction={constants.SIGNAL_TOO_VERBOSE: 1.0})
-    assert rows[0][constants.SIGNAL_TOO_VERBOSE]  # both turns exceed 10x their one-word instruction
+    rows, _ = score(tmp_path, [chat("A?", GOOD, "B?", GOOD)], signals=[defaults.SIGNAL_TOO_VERBOSE],
+                    max_verbosity_ratio=10, min_turn_fraction={defaults.SIGNAL_TOO_VERBOSE: 1.0})
+    assert rows[0][defaults.SIGNAL_TOO_VERBOSE]  # both turns exceed 10x their one-word instruction
 
 
 def test_exact_duplicates_keep_the_smallest_id(tmp_path):
@@ -118,7 +119,7 @@ def test_exact_duplicates_keep_the_smallest_id(tmp_path):
     spaced = chat("Explain photosynthesis.  ", "\n" + GOOD + " ")
     other = chat("Explain respiration.", GOOD.replace("Photo", "Respi"))
     rows, summary = score(tmp_path, [base, other, spaced, base], ids=["c", "x", "a", "b"])
-    assert [r[constants.SIGNAL_EXACT_DUPLICATE] for r in rows] == [True, False, False, True]
+    assert [r[defaults.SIGNAL_EXACT_DUPLICATE] for r in rows] == [True, False, False, True]
     assert [r[constants.DUPLICATE_OF_COLUMN] for r in rows] == ["a", None, None, "a"]
     assert rows[0][constants.SCORE_COLUMN] == 0.0 and rows[2][constants.SCORE_COLUMN] == 1.0
     assert summary["duplicate_clusters"] == 1
@@ -130,18 +131,18 @@ def test_near_duplicates_keep_one_representative(tmp_path):
     edited = " ".join(words[:100] + ["changed"] + words[101:])
     unrelated = " ".join(f"other{i}" for i in range(200))
     rows, summary = score(tmp_path, [chat("Q?", text), chat("Q?", edited), chat("Q?", unrelated)],
-                          ids=["m", "k", "z"], signals=[constants.SIGNAL_NEAR_DUPLICATE])
-    assert [r[constants.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
+                          ids=["m", "k", "z"], signals=[defaults.SIGNAL_NEAR_DUPLICATE])
+    assert [r[defaults.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
     assert rows[0][constants.DUPLICATE_OF_COLUMN] == "k" and rows[1][constants.DUPLICATE_OF_COLUMN] is None
-    assert summary["signals"] == {constants.SIGNAL_NEAR_DUPLICATE: 1}
+    assert summary["signals"] == {defaults.SIGNAL_NEAR_DUPLICATE: 1}
 
 
 def test_exact_copies_point_at_the_final_representative(tmp_path):
     words = [f"token{i}" for i in range(200)]
     text, edited = " ".join(words), " ".join(words[:50] + ["changed"] + words[51:])
     rows, _ = score(tmp_path, [chat("Q?", text), chat("Q?", edited), chat("Q?", text)], ids=["b", "a", "c"])
-    assert [r[constants.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
-    assert [r[constants.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, False, True]
+    assert [r[defaults.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
+    assert [r[defaults.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, False, True]
     # "c" copies "b", whose cluster keeps "a"
     assert [r[constants.DUPLICATE_OF_COLUMN] for r in rows] == ["a", None, "a"]
 
@@ -152,7 +153,7 @@ def test_streaming_in_small_chunks_gives_the_same_result(tmp_path):
     whole, _ = score(tmp_path, convs)
     pieces, _ = score(tmp_path, convs, batch_rows=3, max_batch_bytes=1024)
     assert pieces == whole
-    assert sum(r[constants.SIGNAL_NEAR_DUPLICATE] for r in whole) > 0  # found across chunks too
+    assert sum(r[defaults.SIGNAL_NEAR_DUPLICATE] for r in whole) > 0  # found across chunks too
 
 
 def test_output_keeps_every_row_and_column(tmp_path):
@@ -160,19 +161,19 @@ def test_output_keeps_every_row_and_column(tmp_path):
     rows, _ = score(tmp_path, convs)
     table = pq.read_table(tmp_path / constants.SCORES_FILE)
     assert table.column_names[:6] == SCHEMA.names
-    assert ScoreConfig().active_signals <= set(table.column_names)
-    assert constants.SIGNAL_WRONG_LANGUAGE not in table.column_names  # language id is off by default
+    assert active_signals(ScoreConfig()) <= set(table.column_names)
+    assert defaults.SIGNAL_WRONG_LANGUAGE not in table.column_names  # language id is off by default
     assert [r["source_row"] for r in rows] == [0, 1, 2]
     for r in rows:
         assert 0.0 <= r[constants.SCORE_COLUMN] <= 1.0
-        assert r[constants.REASONS_COLUMN] == [s for s in constants.SCORE_SIGNALS if r.get(s)]
+        assert r[constants.REASONS_COLUMN] == [s for s in defaults.SCORE_SIGNALS if r.get(s)]
 
 
 def test_malformed_rows_are_scored_not_crashed(tmp_path):
     convs = [None, [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": None}],
              [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": GOOD}]]
     rows, _ = score(tmp_path, convs)
-    assert [r[constants.SIGNAL_BAD_STRUCTURE] for r in rows] == [True, True, False]
+    assert [r[defaults.SIGNAL_BAD_STRUCTURE] for r in rows] == [True, True, False]
 
 
 def test_empty_input_writes_an_empty_scores_file(tmp_path):
@@ -202,7 +203,7 @@ def test_config_checks_signal_names_and_patterns(tmp_path):
     with pytest.raises(ConfigError, match="unknown signal"):
         validate_config({**base, "score": {"weights": {"too_shrt": 0.5}}})
     cfg = validate_config({**base, "score": {"weights": {"too_short": 0.4}}}).score
-    assert cfg.weights[constants.SIGNAL_TOO_SHORT] == 0.4 and cfg.weights[constants.SIGNAL_SYCOPHANTIC] == 0.3
+    assert cfg.weights[defaults.SIGNAL_TOO_SHORT] == 0.4 and cfg.weights[defaults.SIGNAL_SYCOPHANTIC] == 0.3
     src = write(tmp_path / "c.parquet", [chat("Q?", GOOD)])
     with pytest.raises(ConfigError, match="refusal_pattern: invalid RE2"):
         score_conversations(src, tmp_path / "o.parquet", ScoreConfig(refusal_pattern="(unclosed"))
@@ -221,12 +222,12 @@ def test_language_identification_flags_other_languages(tmp_path):
     rows, summary = score(tmp_path, convs, languages=["en", "de"])
     assert [r[constants.LANGUAGE_COLUMN] for r in rows][:3] == ["en", "fr", "de"]
     assert rows[3][constants.LANGUAGE_SCORE_COLUMN] < 0.5 or rows[3][constants.LANGUAGE_COLUMN] == "und"
-    assert [r[constants.SIGNAL_WRONG_LANGUAGE] for r in rows][:4] == [False, True, False, False]
-    assert constants.SIGNAL_WRONG_LANGUAGE in rows[1][constants.REASONS_COLUMN]
-    assert rows[1][constants.SCORE_COLUMN] == pytest.approx(1 - ScoreConfig().weights[constants.SIGNAL_WRONG_LANGUAGE])
-    assert summary["signals"][constants.SIGNAL_WRONG_LANGUAGE] == sum(r[constants.SIGNAL_WRONG_LANGUAGE] for r in rows)
+    assert [r[defaults.SIGNAL_WRONG_LANGUAGE] for r in rows][:4] == [False, True, False, False]
+    assert defaults.SIGNAL_WRONG_LANGUAGE in rows[1][constants.REASONS_COLUMN]
+    assert rows[1][constants.SCORE_COLUMN] == pytest.approx(1 - ScoreConfig().weights[defaults.SIGNAL_WRONG_LANGUAGE])
+    assert summary["signals"][defaults.SIGNAL_WRONG_LANGUAGE] == sum(r[defaults.SIGNAL_WRONG_LANGUAGE] for r in rows)
     strict, _ = score(tmp_path, convs, languages=["en"], language_min_confidence=1.0)
-    assert not any(r[constants.SIGNAL_WRONG_LANGUAGE] for r in strict)  # nothing is that sure
+    assert not any(r[defaults.SIGNAL_WRONG_LANGUAGE] for r in strict)  # nothing is that sure
 
 
 def test_language_codes_are_checked_at_load():

@@ -10,9 +10,10 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import IngestConfig, ScoreConfig, SourceConfig
 from sft_pipeline.errors import VerificationError
-from sft_pipeline.ingest import ingest_sources
-from sft_pipeline.score import score_conversations
+from sft_pipeline.ingest.sources import ingest_sources
+from sft_pipeline.score import defaults
 from sft_pipeline.score.shards import merge_shards, score_shard, shard_plan
+from sft_pipeline.score.passes import score_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "deployments" / "configs" / "tiny.yaml")
@@ -55,7 +56,7 @@ def test_any_number_of_shards_gives_the_sequential_output(conversations, sequent
     summary = merge_shards(conversations, paths, tmp_path / constants.SCORES_FILE, cfg)
     assert summary == seq_summary
     signals = summary["signals"]
-    assert signals[constants.SIGNAL_EXACT_DUPLICATE] >= 15 and signals[constants.SIGNAL_NEAR_DUPLICATE] >= 1
+    assert signals[defaults.SIGNAL_EXACT_DUPLICATE] >= 15 and signals[defaults.SIGNAL_NEAR_DUPLICATE] >= 1
     assert pq.read_table(tmp_path / constants.SCORES_FILE).equals(pq.read_table(seq_out))
     assert constants.LANGUAGE_COLUMN in pq.read_schema(seq_out).names
 

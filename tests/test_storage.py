@@ -44,17 +44,17 @@ def test_outputs_are_published_and_fetched_by_another_machine(tmp_path, remote, 
     assert (tmp_path / "bucket" / f"filter/{filtered.key[:stages.KEY_CHARS]}" / constants.FILTERED_FILE).exists()
 
     # A stage already published is fetched, not recomputed, on a third machine.
-    monkeypatch.setattr("sft_pipeline.score.score_conversations", _must_not_run)
+    monkeypatch.setattr("sft_pipeline.score.entry.score_conversations", _must_not_run)  # where the entry calls it
     c = machine(remote, tmp_path / "c")
     again = cache.run(stages.get("score"), c, {"ingest": cache.run(stages.get("ingest"), c)})
     assert again.key == score.key and again.counts == score.counts
-    assert cache.done(stages.get(constants.STAGE_SCORE), c, {"ingest": ingest})
+    assert cache.is_complete(stages.get(constants.STAGE_SCORE), c, {"ingest": ingest})
 
 
 def test_missing_upstream_output_is_one_clear_error(tmp_path, remote):
     a = machine(remote, tmp_path / "a")
     ingest = cache.run(stages.get("ingest"), a)
-    storage.remove(a.run, f"ingest/{ingest.key[:stages.KEY_CHARS]}")
+    storage.store_of(a.run).remove(f"ingest/{ingest.key[:stages.KEY_CHARS]}")
     with pytest.raises(InputError, match="ingest output .* found neither in .* nor at file://"):
         cache.run(stages.get("score"), machine(remote, tmp_path / "b"), {"ingest": ingest})
 
@@ -63,7 +63,7 @@ def test_a_plain_path_keeps_outputs_where_they_are_written(tmp_path):
     cfg = load_config(TINY, [f"run.output_dir={tmp_path / 'runs'}", f"ingest.sources=[{{path: '{TINY_DATA}'}}]"])
     ingest = cache.run(stages.get("ingest"), cfg)
     assert Path(ingest.out_dir).parent.parent == tmp_path / "runs"
-    assert storage.publish(cfg.run, "ingest/x") is None and not storage.is_remote(cfg.run)
+    assert storage.store_of(cfg.run).publish("ingest/x") is None and storage.store_of(cfg.run).url("ingest/x") is None
 
 
 def _must_not_run(*args, **kwargs):
@@ -99,19 +99,19 @@ def test_publish_and_fetch_on_an_object_store_like_url(tmp_path):
 
     url = f"memory://bucket-{uuid.uuid4().hex[:8]}/runs"
     src = machine(url, tmp_path / "a").run
-    out = storage.local_root(src) / "train" / "k1"
+    out = storage.store_of(src).folder("train/k1")
     (out / "adapter").mkdir(parents=True)
     (out / "adapter" / "weights.bin").write_bytes(b"w" * 1000)
     (out / constants.CHECKPOINTS_DIR / "checkpoint-2").mkdir(parents=True)
     (out / constants.CHECKPOINTS_DIR / "checkpoint-2" / "optimizer.pt").write_bytes(b"o")
     (out / constants.MANIFEST_FILE).write_text("{}")
-    assert storage.publish(src, "train/k1") == f"{url}/train/k1"
+    assert storage.store_of(src).publish("train/k1") == f"{url}/train/k1"
     remote = sorted(p.rsplit("/k1/", 1)[1] for p in fsspec.filesystem("memory").find(url.split("://")[1]))
     assert remote == ["adapter/weights.bin", constants.MANIFEST_FILE]  # checkpoints stay local
 
     dst = machine(url, tmp_path / "b").run
-    assert storage.fetch(dst, "train/k1")
-    assert (storage.local_root(dst) / "train" / "k1" / "adapter" / "weights.bin").read_bytes() == b"w" * 1000
+    assert storage.store_of(dst).fetch("train/k1")
+    assert (storage.store_of(dst).folder("train/k1") / "adapter" / "weights.bin").read_bytes() == b"w" * 1000
 
 
 def test_concurrent_fetches_of_one_output_all_succeed(tmp_path, remote):
@@ -123,7 +123,7 @@ def test_concurrent_fetches_of_one_output_all_succeed(tmp_path, remote):
     rel = f"ingest/{ingest.key[:stages.KEY_CHARS]}"
     b = machine(remote, tmp_path / "b")
     with ThreadPoolExecutor(8) as pool:
-        assert all(pool.map(lambda _: storage.fetch(b.run, rel), range(8)))
+        assert all(pool.map(lambda _: storage.store_of(b.run).fetch(rel), range(8)))
     fetched = tmp_path / "b" / rel / constants.CONVERSATIONS_FILE
     assert pq.read_table(fetched).equals(pq.read_table(Path(ingest.out_dir) / constants.CONVERSATIONS_FILE))
     assert [p.name for p in (tmp_path / "b" / "ingest").iterdir()] == [ingest.key[:stages.KEY_CHARS]]  # no temp folders
@@ -224,3 +224,18 @@ def test_checkpoint_mirror_survives_a_failed_upload_and_replaces_stale_files(tmp
     assert pull_latest(url, tmp_path / "b") == 4
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoint-4").iterdir()) == [COMPLETE_MARKER,
                                                                                    "trainer_state.json"]
+
+
+@pytest.mark.parametrize("where", ["path", "url"])
+def test_where_outputs_live_is_asked_once_per_stage_run(where, tmp_path, remote, monkeypatch):
+    # cache.run used to ask storage whether the run has a remote copy four times (url_of, is_published, publish).
+    cfg = machine(remote, tmp_path / "a") if where == "url" else \
+        load_config(TINY, [f"run.output_dir={tmp_path / 'runs'}", f"ingest.sources=[{{path: '{TINY_DATA}'}}]"])
+    store = storage.store_of(cfg.run)
+    assert isinstance(store, storage.UrlStore) == (where == "url")
+    asked = []
+    real = storage.store_of
+    monkeypatch.setattr(storage, "store_of", lambda run: asked.append(run) or real(run))
+    result = cache.run(stages.get(constants.STAGE_INGEST), cfg)
+    assert len(asked) == 1
+    assert (result.url is None) == (where == "path") and Path(result.out_dir).is_dir()

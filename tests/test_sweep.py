@@ -112,6 +112,20 @@ def test_apply_writes_a_config_with_the_recommended_setting(tmp_path):
     assert yaml.safe_load(config.read_text())["filter"] == {"threshold": 0.7}  # the original is untouched
 
 
+@pytest.mark.parametrize("flag, value", [("--thresholds", "nan"), ("--thresholds", "inf"), ("--thresholds", "0.5,1.5"),
+                                         ("--top-fractions", "0"), ("--top-fractions", "nan")])
+def test_the_commands_own_numbers_are_checked_before_anything_starts(flag, value, capsys):
+    # --thresholds nan started the server and ran ingest and score before failing on an internal key
+    # (tokenize.decontaminate_for.0.threshold). The config named here does not exist: the numbers come first.
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", flag, value, "--config", "/no/such/config.yaml"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: " in err and "is not a number" in err
+    assert "Traceback" not in err and "config file not found" not in err
+
+
 def test_a_two_branch_sweep_through_the_flow_shares_what_is_the_same(tiny_model_dir, tmp_path):
     # No tiny-data score falls in [0.65, 0.7): both thresholds keep the same rows, so the branches share
     # one tokenize/train/evaluate output (trained once); 0.95 keeps fewer rows and trains its own.

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from sft_pipeline.config import IngestConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, REJECTS_FILE
 from sft_pipeline.errors import InputError
-from sft_pipeline.ingest.stage import ingest_sources
+from sft_pipeline.ingest.sources import ingest_sources
 from sft_pipeline.urls import folder_problem
 
 OUTPUT_FILES = frozenset({CONVERSATIONS_FILE, REJECTS_FILE})

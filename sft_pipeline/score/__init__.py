@@ -1,6 +1,6 @@
 """The score stage: one boolean column per quality signal, a weighted ``score`` and ``reasons``.
 
-Signals (names in ``sft_pipeline.constants``; weights and thresholds in ``ScoreConfig``):
+Signals (names and default weights in ``sft_pipeline.score.defaults``; thresholds in ``ScoreConfig``):
 
 * the seed tutorial's four heuristics, per assistant turn against the user turn before it:
   ``too_short`` (< 5 words), ``too_verbose`` (> 50x the instruction's words),
@@ -18,7 +18,3 @@ Signals (names in ``sft_pipeline.constants``; weights and thresholds in ``ScoreC
 How turn-level signals aggregate over a multi-turn conversation is described in
 ``sft_pipeline.score.signals``. ``score = max(0, 1 - sum of weights of fired signals)``.
 """
-
-from sft_pipeline.score.stage import score_conversations
-
-__all__ = ["score_conversations"]

@@ -17,7 +17,7 @@ from sft_pipeline import storage
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, KEY_CHARS, SCORES_FILE, STAGE_INGEST, STAGE_SCORE
 from sft_pipeline.score.shards import merge_shards, score_shard, shard_plan
-from sft_pipeline.score.stage import score_conversations
+from sft_pipeline.score.passes import score_conversations
 
 if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
@@ -30,9 +30,10 @@ def run_stage(run: StageRun) -> dict:
     shards = run.extra.get(SHARDS)
     if not shards:
         return score_conversations(src, run.out / SCORES_FILE, run.cfg.score)
-    local = [storage.fetch_file(run.cfg.run, s) for s in shards]
+    store = storage.store_of(run.cfg.run)
+    local = [store.fetch_file(s) for s in shards]
     summary = merge_shards(src, local, run.out / SCORES_FILE, run.cfg.score)
-    storage.remove(run.cfg.run, scratch(run.key))
+    store.remove(scratch(run.key))
     return summary
 
 
@@ -53,9 +54,10 @@ def run_shard(cfg: PipelineConfig, ingest_dir: Path, index: int, row_groups: lis
     hashes anything again.
     """
     rel = f"{scratch(score_key)}/shard-{index:05d}.npz"
-    final = storage.local_root(cfg.run) / rel
+    store = storage.store_of(cfg.run)
+    final = store.folder(rel)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
     score_shard(ingest_dir / CONVERSATIONS_FILE, row_groups, tmp, cfg.score)
     os.replace(tmp, final)
-    return storage.publish_file(cfg.run, rel)
+    return store.publish_file(rel)

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig
-from sft_pipeline.score import dedup, language, signals, text
+from sft_pipeline.score import dedup, defaults, language, signals, text
 from sft_pipeline.score.turns import Turns, flatten
 
 N_TURNS, N_ASSISTANT, REPETITION_RATIO = "n_turns", "n_assistant_turns", "repetition_ratio"
@@ -62,22 +62,22 @@ def score_chunk(batch: pa.RecordBatch, cfg: ScoreConfig, wanted: set[str]) -> Ch
     words = text.word_counts(turns.content)
     flags = signals.conversation_signals(turns, words, cfg, wanted)
     tokens = signals.token_estimate(turns, cfg)
-    if constants.SIGNAL_TOO_LONG in wanted:
-        flags[constants.SIGNAL_TOO_LONG] = tokens > cfg.max_tokens_est
+    if defaults.SIGNAL_TOO_LONG in wanted:
+        flags[defaults.SIGNAL_TOO_LONG] = tokens > cfg.max_tokens_est
     stats = {
         N_TURNS: turns.n_messages.astype(np.int32),
         N_ASSISTANT: np.bincount(turns.conv[turns.assistant], minlength=turns.n_convs).astype(np.int32),
         constants.TOKENS_EST_COLUMN: tokens,
     }
-    if constants.SIGNAL_WRONG_LANGUAGE in wanted:
+    if defaults.SIGNAL_WRONG_LANGUAGE in wanted:
         stats |= language.language_stats(turns, cfg)
-        flags[constants.SIGNAL_WRONG_LANGUAGE] = language.wrong_language(
+        flags[defaults.SIGNAL_WRONG_LANGUAGE] = language.wrong_language(
             stats[constants.LANGUAGE_COLUMN], stats[constants.LANGUAGE_SCORE_COLUMN], cfg.languages,
             cfg.language_min_confidence)
     result = ChunkResult(flags=flags, stats=stats)
-    if wanted & {constants.SIGNAL_REPETITION, constants.SIGNAL_NEAR_DUPLICATE}:
+    if wanted & {defaults.SIGNAL_REPETITION, defaults.SIGNAL_NEAR_DUPLICATE}:
         _hash_signals(turns, cfg, wanted, result)
-    if constants.SIGNAL_EXACT_DUPLICATE in wanted:
+    if defaults.SIGNAL_EXACT_DUPLICATE in wanted:
         result.keys = dedup.exact_keys(turns)
     return result
 
@@ -86,13 +86,13 @@ def _hash_signals(turns: Turns, cfg: ScoreConfig, wanted: set[str], result: Chun
     """Repetition ratio and MinHash signatures, from one pass of word hashing."""
     hashes, owner = dedup.word_hashes(turns.content)
     conv = turns.conv[owner]
-    if constants.SIGNAL_REPETITION in wanted:  # repeats within each assistant turn, pooled per conversation
+    if defaults.SIGNAL_REPETITION in wanted:  # repeats within each assistant turn, pooled per conversation
         mine = turns.assistant[owner]
         grams, groups = text.ngram_hashes(hashes[mine], owner[mine], cfg.repetition_ngram)
         ratio = text.repeated_fraction(grams, groups, turns.conv, turns.n_convs)
         result.stats[REPETITION_RATIO] = ratio.astype(np.float32)
-        result.flags[constants.SIGNAL_REPETITION] = ratio > cfg.repetition_threshold
-    if constants.SIGNAL_NEAR_DUPLICATE in wanted:
+        result.flags[defaults.SIGNAL_REPETITION] = ratio > cfg.repetition_threshold
+    if defaults.SIGNAL_NEAR_DUPLICATE in wanted:
         shingles, groups = text.ngram_hashes(hashes, conv, cfg.minhash_ngram)
         result.sigs, result.has_sig = dedup.signatures(shingles, groups, turns.n_convs, cfg.minhash_permutations)
 

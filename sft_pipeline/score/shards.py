@@ -2,7 +2,7 @@
 
 Pass 1 is per row, so any split of the rows gives the same per-row arrays; duplicates and
 the weighted score are resolved once, over all rows, in :func:`merge_shards`. The output is
-therefore identical to the sequential :func:`~sft_pipeline.score.score_conversations`
+therefore identical to the sequential :func:`~sft_pipeline.score.passes.score_conversations`
 whatever the number of shards. Shard results are plain ``.npz`` files, so they travel
 between processes or machines by path (flows/score.py runs the shards on Prefect's Dask
 task runner).
@@ -17,7 +17,7 @@ import numpy as np
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.score.scorer import ChunkResult
-from sft_pipeline.score.stage import concat_results, finish, open_conversations, pass_one, write_scores
+from sft_pipeline.score.passes import concat_results, finish, open_conversations, pass_one, write_scores
 
 _FLAG, _STAT = "flag:", "stat:"
 _ARRAYS = ("keys", "sigs", "has_sig")

@@ -16,10 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import ConfigError
-from sft_pipeline.score import text
+from sft_pipeline.score import defaults, text
 from sft_pipeline.score.turns import ASSISTANT, SYSTEM, UNKNOWN_ROLE, Turns, instruction_index
 
 
@@ -31,13 +30,13 @@ def turn_signals(turns: Turns, words: np.ndarray, cfg: ScoreConfig, wanted: set[
     instr = instruction_index(turns)[asst]
     instruction_words = np.where(instr >= 0, words[np.maximum(instr, 0)], 0)
     checks = {
-        constants.SIGNAL_TOO_SHORT: lambda: response_words < cfg.min_response_words,
-        constants.SIGNAL_TOO_VERBOSE: lambda: response_words > instruction_words * cfg.max_verbosity_ratio,
-        constants.SIGNAL_SYCOPHANTIC: lambda: text.starts_with_any(content, cfg.sycophantic_openers),
-        constants.SIGNAL_HALLUCINATION: lambda: text.contains_any(content, cfg.hallucination_markers)
+        defaults.SIGNAL_TOO_SHORT: lambda: response_words < cfg.min_response_words,
+        defaults.SIGNAL_TOO_VERBOSE: lambda: response_words > instruction_words * cfg.max_verbosity_ratio,
+        defaults.SIGNAL_SYCOPHANTIC: lambda: text.starts_with_any(content, cfg.sycophantic_openers),
+        defaults.SIGNAL_HALLUCINATION: lambda: text.contains_any(content, cfg.hallucination_markers)
         | text.contains_any(content, cfg.hedge_phrases, cfg.hedge_chars),
-        constants.SIGNAL_REFUSAL: lambda: _regex(content, cfg.refusal_pattern, cfg.refusal_chars, "refusal_pattern"),
-        constants.SIGNAL_AI_DISCLAIMER: lambda: _regex(content, cfg.disclaimer_pattern, None, "disclaimer_pattern"),
+        defaults.SIGNAL_REFUSAL: lambda: _regex(content, cfg.refusal_pattern, cfg.refusal_chars, "refusal_pattern"),
+        defaults.SIGNAL_AI_DISCLAIMER: lambda: _regex(content, cfg.disclaimer_pattern, None, "disclaimer_pattern"),
     }
     return {name: check() for name, check in checks.items() if name in wanted}
 
@@ -117,6 +116,6 @@ def conversation_signals(turns: Turns, words: np.ndarray, cfg: ScoreConfig, want
         name: aggregate_turns(flags, asst_conv, turns.n_convs, cfg.min_turn_fraction.get(name))
         for name, flags in turn_signals(turns, words, cfg, wanted).items()
     }
-    if constants.SIGNAL_BAD_STRUCTURE in wanted:
-        fired[constants.SIGNAL_BAD_STRUCTURE] = bad_structure(turns, words)
+    if defaults.SIGNAL_BAD_STRUCTURE in wanted:
+        fired[defaults.SIGNAL_BAD_STRUCTURE] = bad_structure(turns, words)
     return fired

@@ -15,6 +15,6 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from sft_pipeline.train.failures import is_transient
 from sft_pipeline.train.job import TrainJob
-from sft_pipeline.train.stage import train_stage
+from sft_pipeline.train.entry import train_stage
 
 __all__ = ["TrainJob", "is_transient", "train_stage"]

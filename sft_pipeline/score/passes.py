@@ -19,7 +19,7 @@ from sft_pipeline import constants
 from sft_pipeline.config import ScoreConfig
 from sft_pipeline.errors import InputError
 from sft_pipeline.files import open_parquet
-from sft_pipeline.score import dedup, language
+from sft_pipeline.score import dedup, defaults, language
 from sft_pipeline.score.scorer import N_ASSISTANT, N_TURNS, REPETITION_RATIO, ChunkResult, chunks, score_chunk
 
 REQUIRED_COLUMNS = ("id", "messages")
@@ -33,11 +33,20 @@ STAT_TYPES = {N_TURNS: np.int32, N_ASSISTANT: np.int32, constants.TOKENS_EST_COL
 class Scored:
     """Every per-row result, in input order, before it is written."""
 
-    flags: dict[str, np.ndarray]  # signal -> fired, in constants.SCORE_SIGNALS order
+    flags: dict[str, np.ndarray]  # signal -> fired, in defaults.SCORE_SIGNALS order
     stats: dict[str, np.ndarray]
     duplicate_of: pa.Array
     score: np.ndarray
     representative: np.ndarray | None  # row index of each row's cluster representative
+
+
+def active_signals(cfg: ScoreConfig) -> set[str]:
+    """The signals computed: ``score.signals``, less language id when no language is set.
+
+    >>> sorted(active_signals(ScoreConfig(signals=["too_short", "wrong_language"])))
+    ['too_short']
+    """
+    return set(cfg.signals) - (set() if cfg.languages else {defaults.SIGNAL_WRONG_LANGUAGE})
 
 
 def score_conversations(conversations_path: Path, out_path: Path, cfg: ScoreConfig) -> dict:
@@ -61,11 +70,11 @@ def compute_scores(pf: pq.ParquetFile, cfg: ScoreConfig) -> Scored:
 
 def pass_one(pf: pq.ParquetFile, cfg: ScoreConfig, row_groups: list[int] | None = None) -> ChunkResult:
     """Every per-row signal of the file (or of ``row_groups`` only), concatenated in row order."""
-    wanted = cfg.active_signals
+    wanted = active_signals(cfg)
     groups = range(pf.num_row_groups) if row_groups is None else row_groups
     n = sum(pf.metadata.row_group(g).num_rows for g in groups)
     # Signatures go straight into one preallocated matrix (concatenating would double it).
-    sigs = np.empty((n, cfg.minhash_permutations), np.uint32) if constants.SIGNAL_NEAR_DUPLICATE in wanted else None
+    sigs = np.empty((n, cfg.minhash_permutations), np.uint32) if defaults.SIGNAL_NEAR_DUPLICATE in wanted else None
     results, row = [], 0
     for batch in pf.iter_batches(batch_size=cfg.batch_rows, columns=["messages"], row_groups=list(groups)):
         for piece in chunks(batch, cfg.max_batch_bytes):
@@ -95,7 +104,7 @@ def finish(pf: pq.ParquetFile, first: ChunkResult, cfg: ScoreConfig) -> Scored:
     ids = pf.read(columns=["id"]).column("id").cast(pa.string()).chunks or [pa.array([], pa.string())]
     flags = dict(first.flags)
     rep = _resolve_duplicates(first, ids, cfg, flags)
-    flags = {name: flags[name] for name in constants.SCORE_SIGNALS if name in flags}
+    flags = {name: flags[name] for name in defaults.SCORE_SIGNALS if name in flags}
     score = weighted_score(flags, cfg.weights, pf.metadata.num_rows)
     return Scored(flags, first.stats, _duplicate_of(ids, rep), score, rep)
 
@@ -129,15 +138,15 @@ def _concat_stats(results: list[ChunkResult]) -> dict[str, np.ndarray]:
 
 def _resolve_duplicates(first: ChunkResult, ids: list[pa.Array], cfg: ScoreConfig, flags: dict) -> np.ndarray | None:
     """Set the duplicate flags; return each row's representative (None: dedup disabled)."""
-    wanted = cfg.active_signals
-    if not wanted & {constants.SIGNAL_EXACT_DUPLICATE, constants.SIGNAL_NEAR_DUPLICATE}:
+    wanted = active_signals(cfg)
+    if not wanted & {defaults.SIGNAL_EXACT_DUPLICATE, defaults.SIGNAL_NEAR_DUPLICATE}:
         return None
     exact, near, rep = dedup.resolve(id_rank(ids), first.keys, first.sigs, first.has_sig,
                                      cfg.near_duplicate_threshold)
-    if constants.SIGNAL_EXACT_DUPLICATE in wanted:
-        flags[constants.SIGNAL_EXACT_DUPLICATE] = exact
-    if constants.SIGNAL_NEAR_DUPLICATE in wanted:
-        flags[constants.SIGNAL_NEAR_DUPLICATE] = near
+    if defaults.SIGNAL_EXACT_DUPLICATE in wanted:
+        flags[defaults.SIGNAL_EXACT_DUPLICATE] = exact
+    if defaults.SIGNAL_NEAR_DUPLICATE in wanted:
+        flags[defaults.SIGNAL_NEAR_DUPLICATE] = near
     return rep
 
 

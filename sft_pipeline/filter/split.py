@@ -1,22 +1,9 @@
-"""The filter stage: keep rows by quality score; never recompute a signal.
-
-Only ``id``, ``score`` and ``n_tokens_est`` are read to decide; the rows are then streamed once
-into ``filtered.parquet`` (kept) and ``dropped.parquet`` (dropped, with ``dropped_by``), so
-kept + dropped == input rows. Two modes:
-
-* ``threshold``: keep ``score >= threshold`` (the seed's 0.7);
-* ``top_fraction``: keep the best ``round(fraction * rows)`` rows by score, ties broken by
-  ``id`` then input order (deterministic).
-
-Also written: ``sweep.json`` (rows and estimated tokens kept at thresholds 0.0, 0.1 ... 1.0;
-tokens are the score stage's ``n_tokens_est``: ceil(UTF-8 bytes / 4) + 4 per message) and a
-score histogram PNG.
-"""
+"""Splitting scored rows into kept and dropped (``filtered.parquet``, ``dropped.parquet``), with the
+threshold sweep and the score histogram; which rows a setting keeps is ``sft_pipeline.selection``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +14,6 @@ from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.files import open_parquet, write_json
 from sft_pipeline.selection import BY_THRESHOLD, keep_mask, scores_of
-
-if TYPE_CHECKING:
-    from sft_pipeline.stages import StageRun
 
 SWEEP_STEPS = 10  # thresholds 0.0, 0.1, ..., 1.0
 DECIDING_COLUMNS = ("id", constants.SCORE_COLUMN, constants.TOKENS_EST_COLUMN)
@@ -64,11 +48,6 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
         "tokens_kept": int(tokens[keep].sum()),
         "sweep": sweep,
     }
-
-
-def run_stage(run: StageRun) -> dict:
-    """The stage's entry (sft_pipeline.stages): split the score stage's rows into kept and dropped."""
-    return filter_scored(run.inputs[constants.STAGE_SCORE] / constants.SCORES_FILE, run.out, run.cfg.filter)
 
 
 def open_scores(path: Path) -> pq.ParquetFile:
