@@ -44,14 +44,18 @@ def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until:
 
 
 def track(cfg: PipelineConfig, results: dict[str, StageResult]) -> None:
-    """One MLflow run per pipeline run (``run.tracking_uri``): config, every stage's counts, the evaluation."""
+    """One MLflow run per pipeline run (``run.tracking_uri``): config, every stage's counts, the evaluation.
+
+    The work is done by now: a store that is down or fails is a warning, never a failed run or a retry.
+    """
     if cfg.run.tracking_uri:
         from prefect.runtime import flow_run
 
-        from sft_pipeline.tracking import log_pipeline_run
+        from sft_pipeline.tracking import log_if_possible
 
-        run_id = log_pipeline_run(cfg, {name: r.counts for name, r in results.items()}, flow_run.name or "sft")
-        get_run_logger().info("logged to MLflow at %s (run %s)", cfg.run.tracking_uri, run_id)
+        run_id = log_if_possible(cfg, {name: r.counts for name, r in results.items()}, flow_run.name or "sft")
+        if run_id is not None:
+            get_run_logger().info("logged to MLflow at %s (run %s)", cfg.run.tracking_uri, run_id)
 
 
 def run_stage(stage: stages.Stage, cfg: PipelineConfig, results: dict[str, StageResult]) -> StageResult:

@@ -27,6 +27,15 @@ class VerificationError(PipelineError):
     """A stage's output failed a correctness gate (e.g. label masks)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none.
+
+    >>> first_line(OSError("refused\\nretried 7 times")), first_line(TimeoutError())
+    ('refused', 'TimeoutError')
+    """
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class DiskFull(PipelineError):
     """A write failed for lack of space or quota: a retry cannot fix it, freeing space can."""
 

@@ -235,3 +235,13 @@ def test_a_full_disk_fails_the_stage_once_in_one_line_and_a_rerun_succeeds(
     _, results = run_flow(overrides, [change], until=stage)
     assert (Path(results[stage].out_dir) / name).is_file()
     assert _published(stage_root) == before | {Path(results[stage].out_dir).name}
+
+
+def test_a_tracker_that_is_down_does_not_fail_a_finished_run(first_run, overrides, monkeypatch):
+    # With every stage cached, the flow waited ~4 minutes in MLflow's HTTP retries and ended Failed.
+    from test_tracking import closed_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the old code fails fast instead of in minutes
+    tracker = f"run.tracking_uri=http://127.0.0.1:{closed_port()}"
+    state, _ = run_flow(overrides, [tracker, "train.report_to=[tensorboard, mlflow]"])
+    assert set(task_states(state).values()) == {"Cached"}
