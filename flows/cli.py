@@ -98,13 +98,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     load_config(args.config, args.overrides)  # fail fast, before any server starts
     hide_user_error_tracebacks()
+    cli.escape_terminal_logs()  # Prefect's handlers exist now
     state = call_flow(lambda: sft(config=args.config, overrides=args.overrides, until=args.until,
                                   return_state=True))
     if state.is_failed():
         state.result()  # re-raises the stage's error (one line for user errors)
     cli.print_outputs(state.result())
     if state.name != COMPLETED:
-        print(f"{state.name.upper()}: {state.message}")
+        cli.say(f"{state.name.upper()}: {state.message}")
     return 0
 
 
@@ -117,6 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     sweep.plan(cfg, args.thresholds, args.top_fractions)  # fail fast on a missing budget or setting
     hide_user_error_tracebacks()
+    cli.escape_terminal_logs()  # Prefect's handlers exist now
     command = " ".join(["sft-pipeline", *sys.argv[1:]]) if sys.argv[1:] else "sft-pipeline sweep"
     summary = call_flow(lambda: sft_sweep(config=args.config, overrides=args.overrides, thresholds=args.thresholds,
                                           top_fractions=args.top_fractions, command=command))
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--apply", action="store_true", help="write CONFIG.recommended.yaml with the recommended setting")
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
+    cli.escape_terminal_logs()
     flow_command = args.func in (cmd_run, cmd_sweep)
     signal.signal(signal.SIGTERM, _on_signal)
     if not (flow_command and os.environ.get(API_URL_ENV)):  # with a server, Prefect handles Ctrl-C

@@ -11,6 +11,7 @@ from sft_pipeline.cache import output_folder
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import (MASK_PREVIEW_FILE, REPORT_MD_FILE, STAGE_EVALUATE, STAGE_FILTER, STAGE_TOKENIZE,
                                     SWEEP_FILE)
+from sft_pipeline.escape import cell
 from sft_pipeline.stages import KEY_CHARS, StageResult
 
 MARKDOWN, TABLE = "markdown", "table"
@@ -36,11 +37,23 @@ def publish_stage(cfg: PipelineConfig, result: StageResult) -> None:
         create_markdown_artifact(key=key, markdown=text, description=description)
 
 
-def publish_summary(results: dict[str, StageResult]) -> None:
+def summary_markdown(results: dict[str, StageResult]) -> str:
+    """The run-summary table: every cell escaped (an ``output_dir`` is config: a backtick or ``|`` in it must not
+    end a code span or split the table, nor leave HTML behind).
+
+    >>> r = StageResult(stage="ingest", key="ab" * 20, out_dir="/runs/`<img src=x onerror=alert(1)>`|x")
+    >>> print(summary_markdown({"ingest": r}).splitlines()[-1])
+    | ingest | /runs/\\`&lt;img src=x onerror=alert(1)&gt;\\`\\|x | abababababababab |  |
+    """
     lines = ["| stage | output | key | counts |", "|---|---|---|---|"]
-    lines += [f"| {r.stage} | `{r.url or r.out_dir}` | `{r.key[:KEY_CHARS]}` | {r.counts_line()} |"
+    lines += [f"| {cell(r.stage)} | {cell(r.url or r.out_dir)} | {cell(r.key[:KEY_CHARS])} | {cell(r.counts_line())} |"
               for r in results.values()]
-    create_markdown_artifact(key="run-summary", markdown="\n".join(lines), description="Stage outputs of this run")
+    return "\n".join(lines)
+
+
+def publish_summary(results: dict[str, StageResult]) -> None:
+    create_markdown_artifact(key="run-summary", markdown=summary_markdown(results),
+                             description="Stage outputs of this run")
     log = get_run_logger()
     for r in results.values():
         log.info("%-9s %s", r.stage, r.url or r.out_dir)
