@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Iterator
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -11,6 +13,7 @@ from sft_pipeline.cache import output_folder
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import (MASK_PREVIEW_FILE, REPORT_MD_FILE, STAGE_EVALUATE, STAGE_FILTER, STAGE_TOKENIZE,
                                     SWEEP_FILE)
+from sft_pipeline.errors import first_line
 from sft_pipeline.escape import cell
 from sft_pipeline.stages import KEY_CHARS, StageResult
 
@@ -22,6 +25,15 @@ ARTIFACTS = {  # stage -> (its output file, artifact key, kind, description)
 }
 
 
+@contextlib.contextmanager
+def best_effort(what: str) -> Iterator[None]:
+    """An artifact that cannot be created (the API is gone) is a warning: the stage's work is done and stays."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - an artifact never fails a run
+        get_run_logger().warning("could not create the %s artifact: %s", what, first_line(exc))
+
+
 def publish_stage(cfg: PipelineConfig, result: StageResult) -> None:
     """The artifact a person reads after this stage, if it has one."""
     if result.stage not in ARTIFACTS:
@@ -31,10 +43,11 @@ def publish_stage(cfg: PipelineConfig, result: StageResult) -> None:
     text = path.read_text() if path.exists() else ""
     if not text.strip():
         return
-    if kind == TABLE:
-        create_table_artifact(key=key, table=json.loads(text), description=description)
-    else:
-        create_markdown_artifact(key=key, markdown=text, description=description)
+    with best_effort(key):
+        if kind == TABLE:
+            create_table_artifact(key=key, table=json.loads(text), description=description)
+        else:
+            create_markdown_artifact(key=key, markdown=text, description=description)
 
 
 def summary_markdown(results: dict[str, StageResult]) -> str:
@@ -52,8 +65,9 @@ def summary_markdown(results: dict[str, StageResult]) -> str:
 
 
 def publish_summary(results: dict[str, StageResult]) -> None:
-    create_markdown_artifact(key="run-summary", markdown=summary_markdown(results),
-                             description="Stage outputs of this run")
+    with best_effort("run-summary"):
+        create_markdown_artifact(key="run-summary", markdown=summary_markdown(results),
+                                 description="Stage outputs of this run")
     log = get_run_logger()
     for r in results.values():
         log.info("%-9s %s", r.stage, r.url or r.out_dir)

@@ -71,12 +71,21 @@ def submit_stage(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, S
     return bound(stage, cfg, upstream).submit(stage.name, cfg, upstream, **extra)
 
 
-def final_state(results: dict[str, StageResult]):
-    """The results, or a Completed state named after a verdict other than promoted."""
+def verdict_note(results: dict[str, StageResult]) -> tuple[str, str] | None:
+    """(state name, message) for an evaluation verdict other than promoted; None when there is none."""
     evaluation = results.get(STAGE_EVALUATE)
     if evaluation is None or evaluation.verdict in (None, PROMOTED):
-        return results
+        return None
     failed = ", ".join(evaluation.details.get("failed_checks") or []) or "regression gate"
-    message = f"tuned model {evaluation.verdict.replace('_', ' ')}: {failed}"
+    return (STATE_NAMES.get(evaluation.verdict, evaluation.verdict),
+            f"tuned model {evaluation.verdict.replace('_', ' ')}: {failed}")
+
+
+def final_state(results: dict[str, StageResult]):
+    """The results, or a Completed state named after a verdict other than promoted."""
+    note = verdict_note(results)
+    if note is None:
+        return results
+    name, message = note
     get_run_logger().warning(message)
-    return Completed(name=STATE_NAMES.get(evaluation.verdict, evaluation.verdict), message=message, data=results)
+    return Completed(name=name, message=message, data=results)

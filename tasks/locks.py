@@ -20,6 +20,7 @@ from typing import Optional
 from prefect.locking.filesystem import FileSystemLockManager
 
 from sft_pipeline.files import write_json
+from sft_pipeline.processes import process_start
 
 log = logging.getLogger("sft_pipeline.locks")
 
@@ -27,19 +28,6 @@ MAX_LOCK_AGE_S = 7 * 24 * 3600  # no stage holds a lock for a week: such a lock 
 UNWRITTEN_LOCK_AGE_S = 60.0  # a lock file still empty after this was left by a holder killed while taking it
 WAIT_LOG_EVERY_S = 30.0
 POLL_S = 0.1
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks since boot, from /proc), None if it does not exist.
-
-    >>> process_start(os.getpid()) is not None, process_start(2**22 + 1)
-    (True, None)
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def stale_reason(info: dict, written: float) -> str | None:
