@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ API_URL_ENV = "PREFECT_API_URL"
 JOIN_POLL_S = 0.5
 LOST_POLL_S = 5.0  # once the temporary server has died: how often the run's outputs on disk are looked for
 EXIT_INCOMPLETE = 1
+CACHE_LOG = logging.getLogger("sft_pipeline.cache")
 
 
 RUN_STOPPED = "the run was stopped, completed stages stay cached"
@@ -92,7 +94,7 @@ def in_thread(call: Callable[[], Any], server: Any = None, on_disk: Callable[[],
         while thread.is_alive():
             thread.join(JOIN_POLL_S)  # returns to Python often, so the signal handler runs
             if status is None and server is not None and (status := temporary.lost(server)) is not None:
-                temporary.quiet_without_server()
+                temporary.without_server()
             if status is not None and time.monotonic() >= next_look:
                 next_look = time.monotonic() + LOST_POLL_S
                 if on_disk is None or (results := on_disk()) is not None:
@@ -140,15 +142,31 @@ def quiet() -> None:
         os.environ.setdefault(key, value)
 
 
+class FromThread(logging.Filter):
+    """Drops the records of one thread (the command looking at the outputs, not the flow writing them)."""
+
+    def __init__(self, thread: int):
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
 def stored_run(cfg: Any, until: str) -> Callable[[], dict | None]:
-    """The run's outputs through ``until`` as the library finds them on disk (None: not all complete)."""
+    """The run's outputs through ``until`` as the library finds them on disk (None: not all complete), looked
+    for without the cache's "incomplete: recomputing" lines (the flow is still writing them)."""
     from sft_pipeline.errors import PipelineError
 
     def look() -> dict | None:
+        quiet = FromThread(threading.get_ident())
+        CACHE_LOG.addFilter(quiet)
         try:
             return cli.stored_results(cfg, until)
         except PipelineError:
             return None
+        finally:
+            CACHE_LOG.removeFilter(quiet)
 
     return look
 

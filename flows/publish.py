@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from typing import Iterator
+from typing import Any, Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import server
 from sft_pipeline.cache import output_folder
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import (MASK_PREVIEW_FILE, REPORT_MD_FILE, STAGE_EVALUATE, STAGE_FILTER, STAGE_TOKENIZE,
@@ -25,11 +25,15 @@ ARTIFACTS = {  # stage -> (its output file, artifact key, kind, description)
 }
 
 
-@contextlib.contextmanager
-def best_effort(what: str) -> Iterator[None]:
-    """An artifact that cannot be created (the API is gone) is a warning: the stage's work is done and stays."""
+def best_effort(what: str, create: Callable[[], Any]) -> None:
+    """``create()`` an artifact; one that cannot be created (the API is gone) is a warning: the stage's work is
+    done and stays. Once the temporary server is known dead, none is tried (each waited a minute in the client's
+    retries)."""
+    if server.LOST.is_set():
+        get_run_logger().warning("no %s artifact: Prefect's temporary server is gone", what)
+        return
     try:
-        yield
+        create()
     except Exception as exc:  # noqa: BLE001 - an artifact never fails a run
         get_run_logger().warning("could not create the %s artifact: %s", what, first_line(exc))
 
@@ -43,11 +47,10 @@ def publish_stage(cfg: PipelineConfig, result: StageResult) -> None:
     text = path.read_text() if path.exists() else ""
     if not text.strip():
         return
-    with best_effort(key):
-        if kind == TABLE:
-            create_table_artifact(key=key, table=json.loads(text), description=description)
-        else:
-            create_markdown_artifact(key=key, markdown=text, description=description)
+    if kind == TABLE:
+        best_effort(key, lambda: create_table_artifact(key=key, table=json.loads(text), description=description))
+    else:
+        best_effort(key, lambda: create_markdown_artifact(key=key, markdown=text, description=description))
 
 
 def summary_markdown(results: dict[str, StageResult]) -> str:
@@ -65,9 +68,8 @@ def summary_markdown(results: dict[str, StageResult]) -> str:
 
 
 def publish_summary(results: dict[str, StageResult]) -> None:
-    with best_effort("run-summary"):
-        create_markdown_artifact(key="run-summary", markdown=summary_markdown(results),
-                                 description="Stage outputs of this run")
+    best_effort("run-summary", lambda: create_markdown_artifact(
+        key="run-summary", markdown=summary_markdown(results), description="Stage outputs of this run"))
     log = get_run_logger()
     for r in results.values():
         log.info("%-9s %s", r.stage, r.url or r.out_dir)

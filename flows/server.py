@@ -14,12 +14,14 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 GUARD_MODULE = "flows.server_guard"
 # What keeps printing once the server is gone: the events client and worker, every 7 s.
 NOISY_WITHOUT_SERVER = ("prefect.events.clients", "prefect._internal.concurrency")
+LOST = threading.Event()  # set once the temporary server has died under this process: skip what needs its API
 
 
 def start_guard() -> subprocess.Popen:
@@ -58,7 +60,9 @@ def lost(server: Any) -> int | None:
     return None if process is None else process.poll()
 
 
-def quiet_without_server() -> None:
-    """No more retry and connection lines from Prefect's background services: nobody can answer them."""
+def without_server() -> None:
+    """From now on nothing waits for the API (an artifact retried for a minute), and Prefect's background
+    services print no more retry and connection lines: nobody can answer them."""
+    LOST.set()
     for name in NOISY_WITHOUT_SERVER:
         logging.getLogger(name).disabled = True  # Prefect's internal logger ignores levels
