@@ -44,14 +44,18 @@ def sft(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, until:
 
 
 def track(cfg: PipelineConfig, results: dict[str, StageResult]) -> None:
-    """One MLflow run per pipeline run (``run.tracking_uri``): config, every stage's counts, the evaluation."""
+    """One MLflow run per pipeline run (``run.tracking_uri``): config, every stage's counts, the evaluation.
+
+    The work is done by now: a store that is down or fails is a warning, never a failed run or a retry.
+    """
     if cfg.run.tracking_uri:
         from prefect.runtime import flow_run
 
-        from sft_pipeline.tracking import log_pipeline_run
+        from sft_pipeline.tracking import log_if_possible
 
-        run_id = log_pipeline_run(cfg, {name: r.counts for name, r in results.items()}, flow_run.name or "sft")
-        get_run_logger().info("logged to MLflow at %s (run %s)", cfg.run.tracking_uri, run_id)
+        run_id = log_if_possible(cfg, {name: r.counts for name, r in results.items()}, flow_run.name or "sft")
+        if run_id is not None:
+            get_run_logger().info("logged to MLflow at %s (run %s)", cfg.run.tracking_uri, run_id)
 
 
 def run_stage(stage: stages.Stage, cfg: PipelineConfig, results: dict[str, StageResult]) -> StageResult:
@@ -67,13 +71,21 @@ def submit_stage(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, S
     return stage_task(stage, cfg, upstream).submit(stage.name, cfg, upstream, **extra)
 
 
-def final_state(results: dict[str, StageResult]):
-    """The results, or a Completed state named after a verdict other than promoted."""
+def verdict_note(results: dict[str, StageResult]) -> tuple[str, str] | None:
+    """(state name, message) for an evaluation verdict other than promoted; None when there is none."""
     evaluation = results.get(STAGE_EVALUATE)
     verdict = evaluation.details.get("verdict") if evaluation is not None else None
     if verdict in (None, PROMOTED):
-        return results
+        return None
     failed = ", ".join(evaluation.details.get("failed_checks") or []) or "regression gate"
-    message = f"tuned model {verdict.replace('_', ' ')}: {failed}"
+    return STATE_NAMES.get(verdict, verdict), f"tuned model {verdict.replace('_', ' ')}: {failed}"
+
+
+def final_state(results: dict[str, StageResult]):
+    """The results, or a Completed state named after a verdict other than promoted."""
+    note = verdict_note(results)
+    if note is None:
+        return results
+    name, message = note
     get_run_logger().warning(message)
-    return Completed(name=STATE_NAMES.get(verdict, verdict), message=message, data=results)
+    return Completed(name=name, message=message, data=results)

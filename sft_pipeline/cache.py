@@ -25,7 +25,7 @@ from sft_pipeline.config import PipelineConfig
 from sft_pipeline.config.tree import settings
 from sft_pipeline.constants import MANIFEST_FILE, PACKAGE_SCHEME
 from sft_pipeline.errors import InputError
-from sft_pipeline.files import atomic_dir
+from sft_pipeline.files import atomic_dir, disk_full_is_one_line
 from sft_pipeline.resources import resolve_path
 from sft_pipeline.stages import KEY_CHARS, Stage, StageResult, StageRun
 
@@ -205,7 +205,7 @@ def run(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, StageResult] |
     sources = {name: output_folder(cfg, result) for name, result in upstream.items()}
     started = time.time()
     _make_parent(folder)
-    with (atomic_dir(folder) if stage.atomic else _in_place(folder)) as out:
+    with disk_full_is_one_line(stage.name, folder), (atomic_dir(folder) if stage.atomic else _in_place(folder)) as out:
         try:
             summary = stage.function()(StageRun(cfg, out, sources, cache_key, checkpoints, extra))
         except Exception:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Any, Callable, NoReturn
 
 from sft_pipeline import constants
 from sft_pipeline.errors import PipelineError
+from sft_pipeline.escape import terminal
 
 EXIT_USER_ERROR = 2
 DEFAULT_CONFIG = "deployments/configs/default.yaml"
@@ -29,6 +31,33 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+def say(*lines: object, file=None) -> None:
+    """Print each line with its control characters escaped (file names and data can hold ESC sequences that
+    would set the window title or colours)."""
+    for line in lines:
+        print(terminal(line), file=file or sys.stdout)
+
+
+class TerminalSafe(logging.Filter):
+    """Log records as they reach a terminal: control characters in file names or data escaped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (safe := terminal(message)) != message:
+            record.msg, record.args = safe, None
+        return True
+
+
+def escape_terminal_logs() -> None:
+    """Put :class:`TerminalSafe` on every handler configured now (Python's last resort, the root's, Prefect's)."""
+    handlers = {logging.lastResort, *logging.getLogger().handlers}
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        handlers.update(getattr(logger, "handlers", ()))
+    for handler in handlers - {None}:
+        if not any(isinstance(f, TerminalSafe) for f in handler.filters):
+            handler.addFilter(TerminalSafe())
+
+
 def raise_terminated(signum: int, _frame: Any) -> None:
     raise Terminated(signum)
 
@@ -36,7 +65,7 @@ def raise_terminated(signum: int, _frame: Any) -> None:
 def exit_now(signum: int, note: str = "") -> NoReturn:
     """One line on stderr and exit at once with 128 + ``signum`` (threads still working are not waited for)."""
     ignore_stop_signals()
-    print(f"error: terminated ({signal.Signals(signum).name})" + (f"; {note}" if note else ""), file=sys.stderr)
+    say(f"error: terminated ({signal.Signals(signum).name})" + (f"; {note}" if note else ""), file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(128 + signum)
@@ -61,8 +90,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     cfg = IngestConfig(sources=[SourceConfig(path=p, format=args.format) for p in args.inputs])
-    print(format_summary(ingest_into(cfg, out)))
-    print(f"wrote {out / constants.CONVERSATIONS_FILE} and {out / constants.REJECTS_FILE}")
+    summary = format_summary(ingest_into(cfg, out))
+    say(summary, f"wrote {out / constants.CONVERSATIONS_FILE} and {out / constants.REJECTS_FILE}")
     return 0
 
 
@@ -77,9 +106,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     upstream = stored_results(cfg, constants.STAGE_SCORE)
     result = cache.run(stages.get(constants.STAGE_FILTER), cfg, upstream)
-    print(f"filter: {result.counts_line()}")
-    print(f"kept:    {result.path(constants.FILTERED_FILE)}")
-    print(f"dropped: {result.path(constants.DROPPED_FILE)}")
+    say(f"filter: {result.counts_line()}", f"kept:    {result.path(constants.FILTERED_FILE)}",
+        f"dropped: {result.path(constants.DROPPED_FILE)}")
     return 0
 
 
@@ -111,7 +139,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sft_pipeline.report import render_report
 
     md, html = render_report(Path(args.run_dir))
-    print(f"report: {md}\nhtml:   {html}")
+    say(f"report: {md}", f"html:   {html}")
     return 0
 
 
@@ -168,20 +196,19 @@ def print_outputs(results: dict) -> None:
               ("report (html)", constants.STAGE_EVALUATE, constants.REPORT_HTML_FILE))
     for label, stage, name in wanted:
         if stage in results:
-            print(f"{label + ':':15} {(results[stage].url or results[stage].out_dir).rstrip('/')}/{name}")
+            say(f"{label + ':':15} {(results[stage].url or results[stage].out_dir).rstrip('/')}/{name}")
 
 
 def print_sweep(summary: dict, config: str, apply: bool) -> None:
     """A sweep's report, its recommendation and the command that uses it (written to a config with ``apply``)."""
     from sft_pipeline import sweep
 
-    print(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)")
-    print(summary["sentence"])
+    say(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)", summary["sentence"])
     if summary["recommended"]:
         advice = " ".join(f"--set {o}" for o in summary["overrides"])
-        print(f"to use it:     sft-pipeline run --config {config} {advice}")
+        say(f"to use it:     sft-pipeline run --config {config} {advice}")
         if apply:
-            print(f"wrote          {sweep.apply(config, summary['overrides'])}")
+            say(f"wrote          {sweep.apply(config, summary['overrides'])}")
 
 
 def add_commands(sub) -> None:
@@ -220,7 +247,7 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     try:
         return func(args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Terminated as stop:
         on_stop(stop.signum)
@@ -228,6 +255,7 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser()[0].parse_args(argv)
+    escape_terminal_logs()
     in_main = threading.current_thread() is threading.main_thread()  # only there can Python install a handler
     previous = {signum: signal.signal(signum, raise_terminated) for signum in STOP_SIGNALS} if in_main else {}
     try:

@@ -1,5 +1,10 @@
 """User-facing errors: each carries one clear line, printed without a traceback."""
 
+from __future__ import annotations
+
+import errno
+import os
+
 
 class PipelineError(Exception):
     """Base class of errors reported to the user as a single line."""
@@ -20,6 +25,43 @@ class UnreadableSource(InputError):
 
 class VerificationError(PipelineError):
     """A stage's output failed a correctness gate (e.g. label masks)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none.
+
+    >>> first_line(OSError("refused\\nretried 7 times")), first_line(TimeoutError())
+    ('refused', 'TimeoutError')
+    """
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class DiskFull(PipelineError):
+    """A write failed for lack of space or quota: a retry cannot fix it, freeing space can."""
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# How a lost errno still reads: Python's strerror text, Rust's io::ErrorKind (safetensors) in messages.
+DISK_FULL_TEXTS = (*(os.strerror(code) for code in sorted(DISK_FULL_ERRNOS)), "StorageFull", "QuotaExceeded")
+
+
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s cause chain that says the disk is full (ENOSPC, EDQUOT), or None.
+
+    >>> disk_full_cause(OSError(errno.ENOSPC, "No space left on device")) is not None
+    True
+    >>> disk_full_cause(RuntimeError("IoError(Os { code: 28, kind: StorageFull })")) is not None
+    True
+    >>> disk_full_cause(OSError(errno.EIO, "Input/output error")) is None
+    True
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) in DISK_FULL_ERRNOS or any(text in str(exc) for text in DISK_FULL_TEXTS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # Errors that a retry cannot fix: tasks fail at once on these.

@@ -1,4 +1,5 @@
-"""Escaping of data-derived strings for Markdown (the report, the mask preview, the sweep report).
+"""Escaping of data-derived strings for Markdown (the report, the mask preview, the sweep report) and for
+the terminal (:func:`terminal`: what the commands print and log).
 
 It lives outside ``report/`` so that the tokenize stage, which uses it for its preview, does not
 import the report (whose code then versions the evaluate stage alone). Every string that comes from data (prompts, model output, ids, categories, stage counts' keys)
@@ -97,3 +98,24 @@ def code(text: object) -> str:
     ticks = "`" * (longest_backticks(text) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+# What a terminal acts on instead of showing: C0 controls but newline and tab (ESC starts colour, title and
+# cursor sequences; CR overwrites a line), DEL, C1 controls, and bidirectional overrides that reorder text.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_LINE_BREAKS = re.compile("[\n\t]")
+
+
+def terminal(text: object, *, one_line: bool = False) -> str:
+    """Text safe to print to a terminal: every control sequence shown as its escape, not acted on.
+
+    ``one_line`` escapes newlines and tabs too (a file name inside a line of output).
+
+    >>> print(terminal("x\\x1b]0;PWNED\\x07\\x1b[31mred.jsonl\\r\\nnext"))
+    x\\x1b]0;PWNED\\x07\\x1b[31mred.jsonl\\r
+    next
+    >>> print(terminal("a\\nb\\u202ec", one_line=True))
+    a\\nb\\u202ec
+    """
+    escaped = _TERMINAL_UNSAFE.sub(lambda m: ascii(m.group())[1:-1], str(text))
+    return _LINE_BREAKS.sub(lambda m: ascii(m.group())[1:-1], escaped) if one_line else escaped

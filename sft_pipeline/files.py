@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from sft_pipeline.errors import InputError
+from sft_pipeline.errors import DiskFull, InputError, disk_full_cause
 from sft_pipeline.holders import MAX_AGE_S, gone, this_process
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,48 @@ def _leftover(final: Path, token: str, paths: list[Path]) -> str | None:
         return None
     except (OSError, ValueError):  # not JSON: not a record this code wrote
         return "its holder record is unreadable"
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing folder), None if unknown."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if folder.exists():
+                return shutil.disk_usage(folder).free
+    return None
+
+
+def size_text(size: int) -> str:
+    """A byte count for people.
+
+    >>> size_text(0), size_text(1536), size_text(5 * 2**30)
+    ('0 B', '1.5 KiB', '5.0 GiB')
+    """
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(what: str, folder: str | Path) -> Iterator[None]:
+    """A write that fails for lack of space (ENOSPC, EDQUOT) becomes one :class:`DiskFull` line naming
+    ``folder`` and the space left there: not retried (a retry fills the same disk again)."""
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is None:
+            raise
+        named = getattr(full, "filename", None)
+        free = free_bytes(folder)
+        left = "unknown space" if free is None else size_text(free)
+        raise DiskFull(f"{what}: no space left on the device of {folder} ({left} free"
+                       + (f"; writing {named}" if named else "")
+                       + "); free some space and run again (completed stages stay cached)") from None
 
 
 def write_json(path: str | Path, obj: Any) -> None:

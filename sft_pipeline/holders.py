@@ -7,22 +7,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from pathlib import Path
+
+from sft_pipeline.processes import process_start
 
 MAX_AGE_S = 7 * 24 * 3600  # nothing is written for a week: what is older is a leftover, whoever wrote it
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks since boot, from /proc), None if it does not exist.
-
-    >>> process_start(os.getpid()) is not None, process_start(2**22 + 1)
-    (True, None)
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def this_process() -> dict:

@@ -17,7 +17,8 @@ from typing import Optional
 from prefect.locking.filesystem import FileSystemLockManager
 
 from sft_pipeline.files import write_json
-from sft_pipeline.holders import MAX_AGE_S, gone, process_start, this_process  # noqa: F401 - process_start: tests
+from sft_pipeline.holders import MAX_AGE_S, gone, this_process
+from sft_pipeline.processes import process_start  # noqa: F401 - process_start: tests
 
 log = logging.getLogger("sft_pipeline.locks")
 

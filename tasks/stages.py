@@ -9,6 +9,7 @@ from prefect.tasks import exponential_backoff
 
 from sft_pipeline import cache, stages
 from sft_pipeline.config import PipelineConfig
+from sft_pipeline.constants import STAGE_SCORE
 from sft_pipeline.score import entry as score_entry
 from sft_pipeline.stages import StageResult
 from tasks.caching import result_storage, retry_condition, stage_policy
@@ -41,6 +42,6 @@ def stage_task(stage: stages.Stage, cfg: PipelineConfig, upstream: dict[str, Sta
         retry_condition_fn=retry_condition(stage), refresh_cache=not cache.is_complete(stage, cfg, upstream))
 
 
-@task(name="score-shard", **TASK_OPTIONS)
+@task(name="score-shard", retry_condition_fn=retry_condition(stages.get(STAGE_SCORE)), **TASK_OPTIONS)
 def score_shard(cfg: PipelineConfig, ingest: StageResult, index: int, row_groups: list[int], score_key: str) -> str:
     return score_entry.run_shard(cfg, cache.output_folder(cfg, ingest), index, row_groups, score_key)

@@ -85,3 +85,54 @@ def test_sigterm_during_a_library_command_removes_its_temporary_files(tmp_path, 
     assert proc.returncode == 128 + signal.SIGTERM
     assert rest.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
     assert list(temp.iterdir()) == [] and list(tmp_path.glob(".out.tmp-*")) == [] and not out.exists()
+
+
+def _start_run(tmp_path: Path, *overrides: str, until: str = "evaluate") -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--config", str(TINY), "--set", f"run.output_dir={tmp_path}",
+           "--until", until, *[arg for item in overrides for arg in ("--set", item)]]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _read_until(proc: subprocess.Popen, marker: str) -> list[str]:
+    lines, deadline = [], time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and not any(marker in line for line in lines) and proc.poll() is None:
+        lines.append(proc.stdout.readline())
+    assert any(marker in line for line in lines), "".join(lines)
+    return lines
+
+
+def _server_of(pid: int) -> list[int]:
+    return [child for child in children(pid) if b"uvicorn" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def test_kill_9_of_a_run_leaves_no_temporary_server_behind(tiny_model_dir, tmp_path):
+    # The server (about 220 MB) ran for ever, one more per crash.
+    proc = _start_run(tmp_path, f"model.name_or_path={tiny_model_dir}")
+    _read_until(proc, STARTED)
+    server = _server_of(proc.pid)
+    assert server, "no temporary Prefect server was started"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [pid for pid in server if alive(pid)]:
+        time.sleep(0.2)
+    assert not [pid for pid in server if alive(pid)], "the temporary server outlived its killed run"
+
+
+def test_a_run_whose_temporary_server_dies_reports_its_outputs_and_exits(tiny_model_dir, tmp_path):
+    # The CLI hung after every stage had finished (events-worker errors every 7 s, still alive after 300 s).
+    proc = _start_run(tmp_path, f"model.name_or_path={tiny_model_dir}", "train.max_steps=16", until="train")
+    _read_until(proc, "speed levers")  # training has begun (its steps are still to come) when the server dies
+    for pid in _server_of(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    rest, _ = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, rest[-3000:]
+    assert time.monotonic() - killed < 240
+    lines = rest.strip().splitlines()
+    assert any(line.startswith("warning: Prefect's temporary server stopped during the run") for line in lines)
+    adapter = next((line.split()[-1] for line in lines if line.startswith("adapter:")), None)
+    assert adapter and Path(adapter, "adapter_model.safetensors").is_file(), rest[-3000:]
+    assert sum("failed to process item" in line for line in lines) <= 2, "the events worker's lines go on"

@@ -1,9 +1,11 @@
 """End to end: the `sft` flow on the tiny config under a real (temporary) Prefect server."""
 
+import errno
 import os
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
@@ -186,3 +188,60 @@ def test_a_damaged_output_is_recomputed_not_served(prefect_server, overrides, tm
     assert pq.read_metadata(folder / constants.SCORES_FILE).num_rows == rows
     # The recomputed scores have the same content, so the filter's key and cached output stand.
     assert states["filter"] == "Cached" and again["filter"].key == results["filter"].key
+
+
+
+def _fills_the_disk(real, name: str, calls: list):
+    """``real``, a write function, failing with a real ENOSPC when the path it is given is named ``name``."""
+    def write(*args, **kwargs):
+        path = next((a for a in args if isinstance(a, (str, os.PathLike))), "")
+        if Path(path).name.lstrip(".").startswith(name):  # write_json writes .metrics.json.tmp-* first
+            calls.append(str(path))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(*args, **kwargs)
+    return write
+
+
+def _published(folder: Path) -> set[str]:
+    return {f.name for f in folder.iterdir() if (f / constants.MANIFEST_FILE).is_file()}
+
+
+@pytest.mark.parametrize("stage, change, owner, writer, name", [
+    ("tokenize", "tokenize.max_heldout_rows=7", pq, "write_table", constants.TRAIN_TOKENS_FILE),
+    ("train", "train.learning_rate=2e-3", Path, "write_text", constants.METRICS_FILE),  # its own retry predicate
+])
+def test_a_full_disk_fails_the_stage_once_in_one_line_and_a_rerun_succeeds(
+        first_run, overrides, monkeypatch, stage, change, owner, writer, name):
+    # ENOSPC was retried twice (evaluate measured the model three times), then up to six tracebacks.
+    from flows.sft import sft
+    from sft_pipeline.errors import DiskFull
+
+    stage_root = Path(first_run[1][stage].out_dir).parent
+    before = _published(stage_root)
+    calls: list = []
+    monkeypatch.setattr(owner, writer, _fills_the_disk(getattr(owner, writer), name, calls))
+    state = sft(config=TINY, overrides=[*overrides, change], until=stage, return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, DiskFull), repr(error)
+    assert len(calls) == 1, f"retried: {calls}"
+    message = str(error)
+    assert message.startswith(f"{stage}: no space left on the device of {stage_root}/") and " free" in message
+    assert "\n" not in message and name in message
+    assert not [f for f in stage_root.iterdir() if ".tmp-" in f.name], "a half-built folder was left"
+    assert _published(stage_root) == before, "something was published"
+
+    monkeypatch.undo()  # space again
+    _, results = run_flow(overrides, [change], until=stage)
+    assert (Path(results[stage].out_dir) / name).is_file()
+    assert _published(stage_root) == before | {Path(results[stage].out_dir).name}
+
+
+def test_a_tracker_that_is_down_does_not_fail_a_finished_run(first_run, overrides, monkeypatch):
+    # With every stage cached, the flow waited ~4 minutes in MLflow's HTTP retries and ended Failed.
+    from test_tracking import closed_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the old code fails fast instead of in minutes
+    tracker = f"run.tracking_uri=http://127.0.0.1:{closed_port()}"
+    state, _ = run_flow(overrides, [tracker, "train.report_to=[tensorboard, mlflow]"])
+    assert set(task_states(state).values()) == {"Cached"}

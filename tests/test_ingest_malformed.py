@@ -97,6 +97,19 @@ def test_conversation_level_problems(tmp_path):
     ]
 
 
+INVISIBLE = ["\u200b", "\u2060", "\ufeff", "\u00ad", "\u200d\u200c", " \u200b\n\u2060 ", "\x00"]
+
+
+@pytest.mark.parametrize("blank", INVISIBLE)
+def test_answers_and_questions_of_invisible_characters_are_rejected_as_empty(tmp_path, blank):
+    # str.strip kept them: at filter.threshold=0.5 such rows reached train.parquet
+    rows = [conv("uq", "a" + blank), conv("uq", "a" + blank + "\u00e9"), conv("u" + blank, "aa"), conv("uq", "aok")]
+    _, convs, rejects = ingest(tmp_path, write_jsonl(tmp_path / "z.jsonl", rows))
+    assert [c["source_row"] for c in convs] == [1, 3]
+    assert reasons_of(rejects) == [(0, "empty_assistant"), (2, "empty_user")]
+    assert "message 1 ('assistant') is empty" in rejects[0]["message"]
+
+
 def test_lone_surrogate_from_json_array_is_rejected(tmp_path):
     path = tmp_path / "s.json"
     path.write_bytes(b'[{"prompt": "q\\ud800", "completion": "a"}, ' + GOOD.encode() + b"]")

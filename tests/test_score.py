@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import unicodedata
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -135,6 +136,18 @@ def test_near_duplicates_keep_one_representative(tmp_path):
     assert [r[defaults.SIGNAL_NEAR_DUPLICATE] for r in rows] == [True, False, False]
     assert rows[0][constants.DUPLICATE_OF_COLUMN] == "k" and rows[1][constants.DUPLICATE_OF_COLUMN] is None
     assert summary["signals"] == {defaults.SIGNAL_NEAR_DUPLICATE: 1}
+
+
+def test_composed_and_decomposed_spellings_are_duplicates_and_kept_as_written(tmp_path):
+    composed = chat("Qu'est-ce qu'un caf\u00e9 cr\u00e8me ?", "Un caf\u00e9 avec de la cr\u00e8me, servi chaud. " * 8)
+    decomposed = [{**m, "content": unicodedata.normalize("NFD", m["content"])} for m in composed]
+    assert decomposed != composed
+    rows, _ = score(tmp_path, [composed, decomposed], ids=["a", "b"])
+    assert [r[constants.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, True]
+    assert rows[1][constants.DUPLICATE_OF_COLUMN] == "a"
+    rows, _ = score(tmp_path, [composed, decomposed], ids=["a", "b"], signals=[constants.SIGNAL_NEAR_DUPLICATE])
+    assert [r[constants.SIGNAL_NEAR_DUPLICATE] for r in rows] == [False, True]
+    assert [r["messages"] for r in rows] == [composed, decomposed]
 
 
 def test_exact_copies_point_at_the_final_representative(tmp_path):

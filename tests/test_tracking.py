@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from sft_pipeline import constants
 from sft_pipeline.config import ModelConfig, TrainConfig, load_config
 from sft_pipeline.errors import ConfigError
-from sft_pipeline.tracking import EXPERIMENT_NAME, log_pipeline_run, read_run
+from sft_pipeline.tracking import EXPERIMENT_NAME, log_if_possible, log_pipeline_run, read_run
 from sft_pipeline.train import TrainJob
 from sft_pipeline.train.reporting import TENSORBOARD_DIR
 from sft_pipeline.train.samples import labelled_rows, toy_conversations, write_rows
@@ -103,6 +105,70 @@ def test_pipeline_tracking_needs_a_store():
     cfg = load_config(REPO / "deployments/configs/tiny.yaml")
     with pytest.raises(ConfigError, match="run.tracking_uri: not set"):
         log_pipeline_run(cfg, {}, "x")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder that takes no new file: permission bits, or for root (who ignores them) a folder of sysfs."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        yield folder
+    else:
+        yield Path("/sys/fs")
+    folder.chmod(0o755)
+
+
+@pytest.fixture(params=["closed port", "read-only sqlite folder"])
+def broken_store(request, monkeypatch):
+    # MLflow's own retries (7, for about 4 minutes) would only make the old behaviour slow, not different.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    if request.param == "closed port":
+        return f"http://127.0.0.1:{closed_port()}"
+    return f"sqlite:///{request.getfixturevalue('read_only_folder')}/mlflow.db"
+
+
+def test_training_goes_on_without_a_tracker_that_cannot_be_used(broken_store, tiny_model_dir, tiny_tokenizer,
+                                                                tmp_path, caplog):
+    # It blocked in HTTP retries before the first step, failed, and was retried by Prefect: no adapter after 13 min.
+    write_rows(labelled_rows(tiny_tokenizer, toy_conversations(8), 64), tmp_path / "tok" / constants.TRAIN_TOKENS_FILE)
+    cfg = TrainConfig(method="lora", max_steps=2, batch_size=2, learning_rate=1e-3, save_steps=2,
+                      report_to=["tensorboard", "mlflow"])
+    job = TrainJob(ModelConfig(name_or_path=str(tiny_model_dir)), cfg, tmp_path / "tok", tmp_path / "out", seed=0,
+                   tracking_uri=broken_store)
+    with caplog.at_level(logging.WARNING, logger="sft_pipeline"):
+        result = train_model(job)
+    assert result["steps"] == 2
+    assert (job.out_dir / constants.ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    assert list((job.out_dir / TENSORBOARD_DIR).iterdir()), "TensorBoard still writes"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [line for line in warnings if broken_store in line]
+    assert len(warnings) == 1 and "training goes on without it" in warnings[0], warnings
+
+
+def test_a_tracker_that_cannot_be_used_after_the_work_is_a_warning(broken_store, caplog):
+    # The finished, all-cached flow waited about 4 minutes and ended Failed with 10 tracebacks.
+    cfg = load_config(REPO / "deployments/configs/tiny.yaml", [f"run.tracking_uri={broken_store}"])
+    with caplog.at_level(logging.WARNING, logger="sft_pipeline"):
+        assert log_if_possible(cfg, {"ingest": {"rows_read": 50}}, "run-a") is None
+    assert [r.getMessage() for r in caplog.records][-1].startswith(f"not logged to MLflow at {broken_store}: ")
+
+
+def test_a_tracker_that_works_is_logged_to(tmp_path):
+    cfg = load_config(REPO / "deployments/configs/tiny.yaml", [f"run.tracking_uri={_store(tmp_path)}"])
+    run_id = log_if_possible(cfg, {"ingest": {"rows_read": 50}}, "run-a")
+    assert read_run(cfg.run.tracking_uri, run_id)[1] == {"ingest/rows_read": 50.0}
 
 
 def _leaves(tree: dict) -> list:

@@ -25,8 +25,8 @@ UNKNOWN_ROLE = "unknown_role"
 MISPLACED_SYSTEM = "misplaced_system"  # a system message that is not the first message
 BAD_TURN_ORDER = "bad_turn_order"  # user/assistant do not alternate starting with user
 NO_ASSISTANT = "no_assistant"  # no assistant turn at all
-EMPTY_USER = "empty_user"  # a user message whose text is blank
-EMPTY_ASSISTANT = "empty_assistant"  # an assistant message whose text is blank
+EMPTY_USER = "empty_user"  # a user message that shows nothing (blank, or only zero-width/format characters)
+EMPTY_ASSISTANT = "empty_assistant"  # an assistant message that shows nothing
 TOO_LONG = "too_long"  # more than ``max_chars`` characters in total
 TOO_MANY_TURNS = "too_many_turns"  # more than ``max_turns`` messages
 

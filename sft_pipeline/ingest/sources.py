@@ -29,6 +29,7 @@ from typing import Any
 from sft_pipeline.config import IngestConfig, SourceConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, REJECTS_FILE
 from sft_pipeline.errors import InputError, UnreadableSource, VerificationError
+from sft_pipeline.escape import terminal
 from sft_pipeline.ingest.formats import (DROPPED_LEADING_ASSISTANT_KEY, Message, MessageKeys, apply_field_map,
                                          conversation_id, drop_leading_assistant, metadata_json, to_messages)
 from sft_pipeline.ingest.readers import HUB_SCHEME, read_source
@@ -180,7 +181,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{summary['rows_rejected']} rejected from {len(summary['sources'])} source(s) "
              f"in {summary['seconds']} s"]
     for s in summary["sources"]:
-        line = f"  {s['source']}: {s['rows_read']} read, {s['rows_accepted']} accepted"
+        line = f"  {terminal(s['source'], one_line=True)}: {s['rows_read']} read, {s['rows_accepted']} accepted"
         line += f" ({counts(s['formats'])})" if s["formats"] else ""
         line += f", {s['rows_rejected']} rejected"
         line += f" ({counts(s['rejects_by_reason'])})" if s["rows_rejected"] else ""

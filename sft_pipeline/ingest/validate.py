@@ -7,11 +7,27 @@ assistant turns alternating from a user turn, with at least one assistant reply.
 
 from __future__ import annotations
 
+import unicodedata
+
 from sft_pipeline.constants import ROLE_ASSISTANT, ROLE_SYSTEM, ROLE_USER, ROLES
 from sft_pipeline.ingest import reasons
 from sft_pipeline.ingest.reasons import RowReject
 
 Message = dict[str, str]
+# What renders as nothing: controls, format characters (zero-width space and joiners, word joiner, BOM,
+# soft hyphen) and space separators.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: only whitespace, controls and invisible format characters.
+
+    ``str.strip`` alone keeps zero-width and format characters, so such an answer looked non-empty.
+
+    >>> is_blank(" \\u200b\\u2060\\ufeff\\u00ad\\u200c\\u200d\\n"), is_blank("\\x00\\t"), is_blank("a\\u200b"), is_blank("")
+    (True, True, False, True)
+    """
+    return all(unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
 
 
 def check_roles(messages: list[Message]) -> None:
@@ -40,7 +56,7 @@ def check_roles(messages: list[Message]) -> None:
 
 
 def check_contents(messages: list[Message], max_chars: int) -> None:
-    """Contents are strings, encodable as UTF-8, non-blank for user/assistant, within ``max_chars``.
+    """Contents are strings, encodable as UTF-8, visible for user/assistant (:func:`is_blank`), within ``max_chars``.
 
     >>> check_contents([{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}], 100)
     Traceback (most recent call last):
@@ -57,9 +73,10 @@ def check_contents(messages: list[Message], max_chars: int) -> None:
                 content.encode("utf-8")
             except UnicodeEncodeError:
                 raise RowReject(reasons.INVALID_UTF8, f"message {i} contains invalid UTF-8 / lone surrogates") from None
-        if msg["role"] != ROLE_SYSTEM and not content.strip():
+        if msg["role"] != ROLE_SYSTEM and is_blank(content):
             reason = reasons.EMPTY_USER if msg["role"] == ROLE_USER else reasons.EMPTY_ASSISTANT
-            raise RowReject(reason, f"message {i} ({msg['role']!r}) is empty")
+            shown = " (only invisible characters)" if content.strip() else ""
+            raise RowReject(reason, f"message {i} ({msg['role']!r}) is empty{shown}")
         total += len(content)
     if total > max_chars:
         raise RowReject(reasons.TOO_LONG, f"{total} characters, more than max_chars={max_chars}")

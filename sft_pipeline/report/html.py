@@ -19,16 +19,19 @@ ALLOWED_TAGS = {"h1", "h2", "h3", "h4", "p", "br", "hr", "strong", "em", "code",
                 "li", "table", "thead", "tbody", "tr", "th", "td", "div", "img", "a"}
 ALLOWED_ATTRIBUTES = {"div": {"class"}, "img": {"src", "alt", "title"}, "a": {"href", "title"},
                       "code": {"class"}, "th": {"align"}, "td": {"align"}}
+# Data can hold a string of thousands of characters without a space: everything wraps anywhere (inherited,
+# and counted in a table's minimum widths), tables stay within the page, grid columns may shrink below
+# their content.
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+       color: #222; line-height: 1.45; overflow-wrap: anywhere; word-break: break-word; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 img { max-width: 100%; }
-pre { background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; word-wrap: break-word; font-size: 0.88em; }
+pre { background: #f7f7f7; padding: 0.6em; white-space: pre-wrap; font-size: 0.88em; max-width: 100%; }
 blockquote { border-left: 4px solid #ddd; margin: 0.5em 0; padding: 0 1em; color: #444; }
-.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+.pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 1em; }
 """
 
 

@@ -1,6 +1,8 @@
 """Exact and near-duplicate detection (MinHash + LSH banding), one representative per cluster.
 
 * Exact duplicates: identical (role, stripped content) sequences, keyed by an 8-byte BLAKE2b.
+* Both hash text in Unicode NFC (:func:`nfc`), so composed and decomposed spellings of one
+  conversation are duplicates; the stored text is left as it was written.
 * Near duplicates: word n-gram shingles over all messages, MinHash signatures from ``rensa``
   (Rust; 10-20x faster than ``datasketch`` on the same token hashes, see bench/bench_score.py),
   LSH bands/rows chosen by ``datasketch.MinHashLSH`` for the Jaccard threshold. Rows sharing a
@@ -35,6 +37,15 @@ _VERIFY_CHUNK = 65_536  # candidate pairs compared at once (bounds memory)
 _BAND_MULT = np.uint64(0x100000001B3)
 
 
+def nfc(content: pa.Array) -> pa.Array:
+    """Strings in Unicode normal form C: "e" + U+0301 and "\u00e9" hash alike.
+
+    >>> nfc(pa.array(["cafe\u0301", "caf\u00e9", "ok"])).to_pylist() == ["caf\u00e9"] * 2 + ["ok"]
+    True
+    """
+    return pc.utf8_normalize(content, form="NFC")
+
+
 def word_hashes(content: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Stable 64-bit hash of every whitespace-separated word, and the index of its string.
 
@@ -42,7 +53,7 @@ def word_hashes(content: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     >>> owner.tolist(), bool(h[0] == h[2]), bool(h[1] == h[3]), bool(h[0] == h[1])
     ([0, 0, 0, 2], True, True, False)
     """
-    words = pc.ascii_split_whitespace(content)
+    words = pc.ascii_split_whitespace(nfc(content))
     flat = words.flatten()
     real = pc.greater(pc.binary_length(flat), 0)  # Arrow yields "" at leading/trailing spaces
     owner = pc.list_parent_indices(words).filter(real).to_numpy().astype(np.int64)
@@ -53,16 +64,16 @@ def word_hashes(content: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exact_keys(turns: Turns) -> np.ndarray:
-    """One uint64 per conversation; equal keys mean equal role/stripped-content sequences.
+    """One uint64 per conversation; equal keys mean equal role/stripped-content sequences (in NFC).
 
     >>> from sft_pipeline.score.turns import flatten
     >>> m = lambda c: [{"role": "user", "content": "q"}, {"role": "assistant", "content": c}]
-    >>> k = exact_keys(flatten(pa.array([m("yes"), m(" yes\\n"), m("no")])))
-    >>> bool(k[0] == k[1]), bool(k[0] == k[2])
-    (True, False)
+    >>> k = exact_keys(flatten(pa.array([m("yes"), m(" yes\\n"), m("no"), m("caf\u00e9"), m("cafe\u0301")])))
+    >>> bool(k[0] == k[1]), bool(k[0] == k[2]), bool(k[3] == k[4])
+    (True, False, True)
     """
     roles = pa.array(turns.role.astype(np.int8).astype(str))
-    fields = pc.binary_join_element_wise(roles, pc.utf8_trim_whitespace(turns.content), _FIELD_SEP)
+    fields = pc.binary_join_element_wise(roles, pc.utf8_trim_whitespace(nfc(turns.content)), _FIELD_SEP)
     offsets = np.concatenate([[0], np.cumsum(turns.n_messages)]).astype(np.int32)
     joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), fields), _MESSAGE_SEP)
     blobs = joined.cast(pa.binary()).to_pylist()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sft_pipeline import storage
 from sft_pipeline.config import PipelineConfig
 from sft_pipeline.constants import CONVERSATIONS_FILE, KEY_CHARS, SCORES_FILE, STAGE_INGEST, STAGE_SCORE
+from sft_pipeline.files import disk_full_is_one_line
 from sft_pipeline.score.shards import merge_shards, score_shard, shard_plan
 from sft_pipeline.score.passes import score_conversations
 
@@ -58,6 +59,10 @@ def run_shard(cfg: PipelineConfig, ingest_dir: Path, index: int, row_groups: lis
     final = store.folder(rel)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
-    score_shard(ingest_dir / CONVERSATIONS_FILE, row_groups, tmp, cfg.score)
-    os.replace(tmp, final)
+    try:
+        with disk_full_is_one_line(f"score shard {index}", final.parent):
+            score_shard(ingest_dir / CONVERSATIONS_FILE, row_groups, tmp, cfg.score)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
     return store.publish_file(rel)

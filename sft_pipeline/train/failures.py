@@ -152,6 +152,8 @@ def is_transient(exc: BaseException) -> bool:
     >>> is_transient(RuntimeError("NCCL error: unhandled system error"))
     True
     """
+    if isinstance(exc, PipelineError):  # one line a retry cannot change (bad input, a full disk)
+        return False
     for item in _chain(exc):
         if isinstance(item, RankFailure):
             return item.transient  # judged where the error was raised, with its type and cause

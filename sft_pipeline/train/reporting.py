@@ -4,6 +4,10 @@ Both are transformers' own integrations (``TensorBoardCallback``, ``MLflowCallba
 their writer and store here instead of through environment variables. Only rank 0 reports.
 TensorBoard needs no server to write: ``tensorboard --logdir <train output>/tensorboard``
 shows the curves. A resumed run appends to the same folder (steps continue).
+
+MLflow never stops training: its store is checked once before the run
+(:func:`sft_pipeline.tracking.store_problem`), and a store that is down, or that fails while
+the run logs to it, is a warning and training goes on without it (TensorBoard still writes).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import contextlib
 import logging
 from typing import Iterator
 
-from sft_pipeline.errors import ConfigError
+from sft_pipeline import tracking
+from sft_pipeline.errors import ConfigError, first_line
 from sft_pipeline.train import ranks
 from sft_pipeline.train.job import TrainJob
 
@@ -37,21 +42,72 @@ def tensorboard_callback(job: TrainJob):
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(job.out_dir / TENSORBOARD_DIR)))
 
 
-def mlflow_callback(job: TrainJob):
-    import mlflow
+def _tolerant_mlflow_class():
     from transformers.integrations import MLflowCallback
 
+    class TolerantMLflowCallback(MLflowCallback):
+        """transformers' MLflow callback, whose first failure is one warning and ends its reporting."""
+
+        def __init__(self, tracking_uri: str):
+            super().__init__()
+            self.tracking_uri, self.broken = tracking_uri, False
+
+        def _guarded(self, event: str, *args, **kwargs) -> None:
+            if self.broken:
+                return
+            try:
+                getattr(super(), event)(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a tracker never stops training
+                self.broken = True
+                log.warning("MLflow at %s failed (%s): training goes on without it", self.tracking_uri,
+                            first_line(exc))
+
+        def on_train_begin(self, *args, **kwargs):
+            self._guarded("on_train_begin", *args, **kwargs)
+
+        def on_log(self, *args, **kwargs):
+            self._guarded("on_log", *args, **kwargs)
+
+        def on_save(self, *args, **kwargs):
+            self._guarded("on_save", *args, **kwargs)
+
+        def on_train_end(self, *args, **kwargs):
+            self._guarded("on_train_end", *args, **kwargs)
+
+        def __del__(self):
+            if not self.broken:
+                with contextlib.suppress(Exception):
+                    super().__del__()
+
+    return TolerantMLflowCallback
+
+
+def mlflow_callback(job: TrainJob):
+    """The MLflow reporter, or None (and one warning) when its store cannot be used now."""
+    import mlflow
+
+    tracking.bound_http_retries()
+    problem = tracking.store_problem(job.tracking_uri)
+    if problem is not None:
+        log.warning("train.report_to: MLflow at %s cannot be used (%s): training goes on without it",
+                    job.tracking_uri, problem)
+        return None
     mlflow.set_tracking_uri(job.tracking_uri)
-    return MLflowCallback()
+    return _tolerant_mlflow_class()(job.tracking_uri)
 
 
 def end_mlflow_run(status: str) -> None:
-    """End MLflow's active run in this process (one a failed attempt left open), if any."""
+    """End MLflow's active run in this process (one a failed attempt left open), if any; a store that fails
+    now is a warning (the training is done)."""
     import sys
 
     mlflow = sys.modules.get("mlflow")
-    if mlflow is not None and mlflow.active_run() is not None:
+    if mlflow is None or mlflow.active_run() is None:
+        return
+    try:
         mlflow.end_run(status=status)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not end the MLflow run (%s)", first_line(exc))
 
 
 @contextlib.contextmanager
@@ -65,8 +121,8 @@ def reporting_callbacks(job: TrainJob) -> Iterator[list]:
     callbacks = []
     if REPORT_TENSORBOARD in wanted:
         callbacks.append(tensorboard_callback(job))
-    if REPORT_MLFLOW in wanted:
-        callbacks.append(mlflow_callback(job))
+    if REPORT_MLFLOW in wanted and (reporter := mlflow_callback(job)) is not None:
+        callbacks.append(reporter)
     try:
         yield callbacks
     except BaseException:

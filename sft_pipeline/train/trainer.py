@@ -155,6 +155,21 @@ def training_args(job: TrainJob, data: TrainData, batch: Batch, levers: Levers =
     )
 
 
+@contextlib.contextmanager
+def kept_trainable_dtypes(model):
+    """Trainable weights keep their dtype across a checkpoint load.
+
+    TRL trains QLoRA adapters in bf16, and PEFT's ``load_adapter`` (what the Trainer calls on resume)
+    upcasts them to fp32: a resumed run then trained at another precision and published different
+    weights. bf16 -> fp32 -> bf16 is exact, so the resumed run continues the uninterrupted one.
+    """
+    dtypes = {name: param.dtype for name, param in model.named_parameters() if param.requires_grad}
+    yield
+    for name, param in model.named_parameters():
+        if name in dtypes and param.dtype != dtypes[name]:
+            param.data = param.data.to(dtypes[name])
+
+
 def _counting_trainer_class():
     from trl import SFTTrainer
 
@@ -168,6 +183,10 @@ def _counting_trainer_class():
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.token_counter.add(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            with kept_trainable_dtypes(model or self.model):
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     return CountingSFTTrainer
 
