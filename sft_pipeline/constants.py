@@ -74,6 +74,9 @@ SIGNAL_NEAR_DUPLICATE = "near_duplicate"
 SIGNAL_WRONG_LANGUAGE = "wrong_language"  # computed only when score.languages is set
 SCORE_SIGNALS = TURN_SIGNALS + (SIGNAL_REPETITION, SIGNAL_BAD_STRUCTURE, SIGNAL_TOO_LONG,
                                 SIGNAL_EXACT_DUPLICATE, SIGNAL_NEAR_DUPLICATE, SIGNAL_WRONG_LANGUAGE)
+# conversations.parquet: which configured source a row came from (the path as configured, and its index).
+SOURCE_COLUMN = "source"
+SOURCE_INDEX_COLUMN = "source_index"
 # Columns the score stage adds besides one per signal.
 SCORE_COLUMN = "score"
 REASONS_COLUMN = "reasons"

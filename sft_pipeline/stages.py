@@ -117,6 +117,7 @@ class StageRun:
 
 
 TRAIN_TRANSIENT = "sft_pipeline.train.failures:is_transient"
+MIX_WEIGHTS = "ingest.mix_weights"  # the sources' weights (by index), which the tokenize stage mixes train rows by
 
 STAGES: tuple[Stage, ...] = (
     Stage(STAGE_INGEST, "sft_pipeline.ingest:run_stage", sections=("ingest",),
@@ -128,7 +129,7 @@ STAGES: tuple[Stage, ...] = (
     # A sweep's shared held-out set also reads the ids of the rows its branches train on (sft_pipeline.sweep_rows).
     Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize.entry:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
           optional_reads={STAGE_SWEEP_TRAIN_IDS: (TRAIN_IDS_FILE,)},
-          sections=("tokenize", "model", "run.seed"), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
+          sections=("tokenize", "model", "run.seed", MIX_WEIGHTS), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
     Stage(STAGE_TRAIN, "sft_pipeline.train.stage:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
           sections=("train", "model", "run.seed"), writes=(ADAPTER_DIR, METRICS_FILE), atomic=False,
           transient=TRAIN_TRANSIENT),
