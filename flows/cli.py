@@ -119,7 +119,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     hide_user_error_tracebacks()
     command = " ".join(["sft-pipeline", *sys.argv[1:]]) if sys.argv[1:] else "sft-pipeline sweep"
     summary = call_flow(lambda: sft_sweep(config=args.config, overrides=args.overrides, thresholds=args.thresholds,
-                                          top_fractions=args.top_fractions, command=command))
+                                          top_fractions=args.top_fractions, command=command,
+                                          random_control=args.random_control))
     cli.print_sweep(summary, args.config, args.apply)
     return 0
 
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thresholds", type=cli.floats, default=[], help="e.g. 0.5,0.7,0.9")
     p.add_argument("--top-fractions", type=cli.floats, default=[], help="e.g. 0.5,0.8")
     p.add_argument("--apply", action="store_true", help="write CONFIG.recommended.yaml with the recommended setting")
+    p.add_argument("--random-control", action="store_true",
+                   help="also train each setting's random control (as many random rows) and say if it beats it")
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     flow_command = args.func in (cmd_run, cmd_sweep)

@@ -134,6 +134,8 @@ def print_sweep(summary: dict, config: str, apply: bool) -> None:
 
     print(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)")
     print(summary["sentence"])
+    for setting, outcome in (summary.get("against_random") or {}).items():
+        print(f"  {setting}: {outcome} (against its random control)")
     if summary["recommended"]:
         advice = " ".join(f"--set {o}" for o in summary["overrides"])
         print(f"to use it:     sft-pipeline run --config {config} {advice}")

@@ -214,6 +214,16 @@ class FilterConfig(Section):
     threshold: float = Field(default=0.7, ge=0, le=1)  # keep score >= threshold
     # When set, keep the top fraction by score instead (ties by id), e.g. 0.8 as in the seed.
     top_fraction: float | None = Field(default=None, gt=0, le=1)
+    random_rows: int | None = Field(default=None, ge=1, description=(
+        "when set, keep this many of the scored rows drawn at random whatever their score (by id hash under "
+        "run.seed; all of them when there are fewer), instead of threshold: the random control that "
+        "`sft-pipeline sweep --random-control` trains beside each setting"))
+
+    @model_validator(mode="after")
+    def _check_one_method(self) -> "FilterConfig":
+        if self.random_rows is not None and self.top_fraction is not None:
+            raise ValueError("set top_fraction or random_rows, not both")
+        return self
 
 
 class TokenizeConfig(Section):

@@ -2,11 +2,13 @@
 
 Only ``id``, ``score`` and ``n_tokens_est`` are read to decide; the rows are then streamed once
 into ``filtered.parquet`` (kept) and ``dropped.parquet`` (dropped, with ``dropped_by``), so
-kept + dropped == input rows. Two modes:
+kept + dropped == input rows. Three modes:
 
 * ``threshold``: keep ``score >= threshold`` (the seed's 0.7);
 * ``top_fraction``: keep the best ``round(fraction * rows)`` rows by score, ties broken by
-  ``id`` then input order (deterministic).
+  ``id`` then input order (deterministic);
+* ``random_rows``: keep that many rows at random, whatever their score (by id hash under ``run.seed``):
+  the random control of a sweep (``sft-pipeline sweep --random-control``).
 
 Also written: ``sweep.json`` (rows and estimated tokens kept at thresholds 0.0, 0.1 ... 1.0;
 tokens are the score stage's ``n_tokens_est``: ceil(UTF-8 bytes / 4) + 4 per message) and a
@@ -26,7 +28,7 @@ from sft_pipeline import constants
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.files import open_parquet, write_json
-from sft_pipeline.selection import BY_THRESHOLD, keep_mask, scores_of
+from sft_pipeline.selection import BY_RANDOM_ROWS, BY_THRESHOLD, keep_mask, scores_of
 
 if TYPE_CHECKING:
     from sft_pipeline.stages import StageRun
@@ -37,15 +39,17 @@ BATCH_ROWS = 8192
 HIST_BINS = 21  # bars centred on 0.00, 0.05, ..., 1.00 (weights are multiples of 0.05 or 0.1)
 
 
-def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
-    """Split scores.parquet into kept and dropped rows; write the sweep and histogram."""
+def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig, seed: int = 0) -> dict:
+    """Split scores.parquet into kept and dropped rows; write the sweep and histogram (``seed``: random rows')."""
     pf = open_scores(Path(scores_path))
     table = pf.read(columns=list(DECIDING_COLUMNS))
     score = scores_of(table)
     tokens = table.column(constants.TOKENS_EST_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64)
-    keep, mode = keep_mask(score, table.column("id"), cfg)
+    keep, mode = keep_mask(score, table.column("id"), cfg, seed)
     if mode == BY_THRESHOLD:
         cutoff = cfg.threshold
+    elif mode == BY_RANDOM_ROWS:  # no score decides
+        cutoff = None
     else:  # the lowest score kept
         cutoff = float(score[keep].min()) if keep.any() else None
     out_dir = Path(out_dir)
@@ -68,7 +72,8 @@ def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
 
 def run_stage(run: StageRun) -> dict:
     """The stage's entry (sft_pipeline.stages): split the score stage's rows into kept and dropped."""
-    return filter_scored(run.inputs[constants.STAGE_SCORE] / constants.SCORES_FILE, run.out, run.cfg.filter)
+    return filter_scored(run.inputs[constants.STAGE_SCORE] / constants.SCORES_FILE, run.out, run.cfg.filter,
+                         seed=run.cfg.run.seed)
 
 
 def open_scores(path: Path) -> pq.ParquetFile:

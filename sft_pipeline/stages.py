@@ -125,7 +125,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(STAGE_SCORE, "sft_pipeline.score.entry:run_stage", reads={STAGE_INGEST: (CONVERSATIONS_FILE,)},
           sections=("score",), writes=(SCORES_FILE,)),
     Stage(STAGE_FILTER, "sft_pipeline.filter:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
-          sections=("filter",), writes=(FILTERED_FILE, DROPPED_FILE)),
+          sections=("filter", "run.seed"), writes=(FILTERED_FILE, DROPPED_FILE)),  # the seed draws random_rows
     # A sweep's shared held-out set also reads the ids of the rows its branches train on (sft_pipeline.sweep_rows).
     Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize.entry:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
           optional_reads={STAGE_SWEEP_TRAIN_IDS: (TRAIN_IDS_FILE,)},
