@@ -206,7 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         summary = call_flow(lambda: sft_sweep(config=args.config, overrides=args.overrides,
                                               thresholds=args.thresholds, top_fractions=args.top_fractions,
-                                              command=command))
+                                              command=command, random_control=args.random_control))
     except ServerLost as lost:
         finish_without_server(lost, "sweep")
     cli.print_sweep(summary, args.config, args.apply)
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thresholds", type=cli.thresholds, default=[], help="from 0 to 1, e.g. 0.5,0.7,0.9")
     p.add_argument("--top-fractions", type=cli.top_fractions, default=[], help="above 0, up to 1, e.g. 0.5,0.8")
     p.add_argument("--apply", action="store_true", help="write CONFIG.recommended.yaml with the recommended setting")
+    p.add_argument("--random-control", action="store_true",
+                   help="also train each setting's random control (as many random rows) and say if it beats it")
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     cli.escape_terminal_logs()

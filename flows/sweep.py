@@ -9,7 +9,8 @@ baseline and every evaluation are redone), and branches whose filters keep the s
 one tokenize/train/evaluate output. Branches of one stage are submitted together, so data stages
 run in parallel where the task runner has room; model stages run one at a time in this process,
 and with ``train.work_pool`` set every branch's training goes to `sft-train/<pool>` at once,
-under the GPU concurrency limit, as in `sft`.
+under the GPU concurrency limit, as in `sft`. With ``random_control``, the random controls
+(``sweep.controls``) are branches too, added once the settings' filters have counted their rows.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ MODEL_STAGES = (STAGE_TRAIN, STAGE_EVALUATE)
 
 @flow(name=SWEEP_FLOW)
 def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, thresholds: list[float] | None = None,
-              top_fractions: list[float] | None = None, command: str = "") -> dict:
-    """Train and evaluate one branch per filter setting; write the sweep report; return its summary."""
+              top_fractions: list[float] | None = None, command: str = "", random_control: bool = False) -> dict:
+    """Train and evaluate one branch per filter setting (and, with ``random_control``, one per distinct number of
+    rows kept, on that many random rows); write the sweep report; return its summary."""
     with library_logs():
         cfg = load_config(config, overrides)
         branches = sweep.plan(cfg, thresholds or [], top_fractions or [])
@@ -43,13 +45,28 @@ def sft_sweep(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, 
         configs = {b.name: sweep.derive(cfg, b.overrides()) for b in branches}
         results = {b.name: dict(shared) for b in branches}
         run_branch_stage(stages.get(STAGE_FILTER), cfg, configs, results, {})
+        controls = add_controls(cfg, branches, configs, results, shared) if random_control else {}
+        branches = [*branches, *{c.name: c for c in controls.values()}.values()]
         trained = branch_train_ids(cfg, {b: results[b][STAGE_FILTER] for b in configs})
         heldout = held_out_set(sweep.heldout_config(cfg), {**shared, STAGE_SWEEP_TRAIN_IDS: trained})
         eval_inputs = {STAGE_TOKENIZE: heldout}  # what every branch is evaluated on, and the base model on it, once
         eval_inputs[STAGE_BASELINE] = run_stage(stages.get(STAGE_BASELINE), cfg, eval_inputs)
         for name in BRANCH_STAGES:
             run_branch_stage(stages.get(name), cfg, configs, results, eval_inputs)
-        return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}")
+        return report(cfg, branches, results, heldout, command or f"sft-pipeline sweep --config {config}",
+                      {name: c.name for name, c in controls.items()})
+
+
+def add_controls(cfg, branches, configs: dict, results: dict[str, dict], shared: dict) -> dict[str, sweep.Branch]:
+    """Each setting's random control (``sweep.controls``), its filter run; every later stage runs on it as on
+    any branch (same seed, step budget, held-out set and prompts)."""
+    kept = {b.name: int(results[b.name][STAGE_FILTER].counts.get("rows_kept", 0)) for b in branches}
+    controls = sweep.controls(branches, kept)
+    new = {c.name: sweep.derive(cfg, c.overrides()) for c in controls.values()}
+    configs.update(new)
+    results.update({name: dict(shared) for name in new})
+    run_branch_stage(stages.get(STAGE_FILTER), cfg, new, results, {})
+    return controls
 
 
 def run_branch_stage(stage: stages.Stage, cfg, configs: dict, results: dict[str, dict], eval_inputs: dict) -> None:
@@ -92,9 +109,10 @@ def upstream(stage: stages.Stage, results: dict[str, StageResult], eval_inputs: 
 
 
 @task(name="sweep-report")
-def report(cfg, branches, results: dict[str, dict[str, StageResult]], heldout: StageResult, command: str) -> dict:
+def report(cfg, branches, results: dict[str, dict[str, StageResult]], heldout: StageResult, command: str,
+           controls: dict[str, str] | None = None) -> dict:
     from sft_pipeline import sweep_report
 
-    outcome = sweep_report.build(cfg, branches, results, heldout, command)
+    outcome = sweep_report.build(cfg, branches, results, heldout, command, controls)
     create_markdown_artifact(key="sft-sweep", markdown=outcome["markdown"], description="Filter sweep")
     return outcome["summary"]

@@ -204,6 +204,8 @@ def print_sweep(summary: dict, config: str, apply: bool) -> None:
     from sft_pipeline import sweep
 
     say(f"sweep report:  {summary['out_dir']}/sweep.md (and sweep.html)", summary["sentence"])
+    for setting, outcome in (summary.get("against_random") or {}).items():
+        say(f"  {setting}: {outcome} (against its random control)")
     if summary["recommended"]:
         advice = " ".join(f"--set {o}" for o in summary["overrides"])
         say(f"to use it:     sft-pipeline run --config {config} {advice}")

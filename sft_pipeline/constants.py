@@ -54,6 +54,9 @@ TESTING_SCHEME = "testing:"
 RUN_FILE = "run.json"  # stage folders and their summaries, to re-render the report
 METRIC_DELTAS_FILE = "metric_deltas.png"  # evaluate: each metric's paired delta with its 95 % interval
 
+# conversations.parquet: which configured source a row came from (the path as configured, and its index).
+SOURCE_COLUMN = "source"
+SOURCE_INDEX_COLUMN = "source_index"
 # Columns the score stage adds besides one per signal.
 SCORE_COLUMN = "score"
 REASONS_COLUMN = "reasons"

@@ -140,6 +140,7 @@ class StageRun:
 
 
 TRAIN_TRANSIENT = "sft_pipeline.train.failures:is_transient"
+MIX_WEIGHTS = "ingest.mix_weights"  # the sources' weights (by index), which the tokenize stage mixes train rows by
 
 
 def _one_process(cfg: PipelineConfig) -> bool:
@@ -148,20 +149,22 @@ def _one_process(cfg: PipelineConfig) -> bool:
 
 # Training gives the same adapter wherever it runs and whatever it reports to; launch settings matter only
 # for several ranks.
+# Source weights do not change what ingest writes: the tokenize stage applies them (MIX_WEIGHTS).
+INGEST_UNKEYED = (Unkeyed(("ingest.sources.__all__.weight",)),)
 TRAIN_UNKEYED = (Unkeyed(("train.work_pool", "train.report_to", "train.progress_steps")),
                  Unkeyed(("train.num_processes", "train.distributed"), when=_one_process))
 
 STAGES: tuple[Stage, ...] = (
-    Stage(STAGE_INGEST, "sft_pipeline.ingest.entry:run_stage", sections=("ingest",),
+    Stage(STAGE_INGEST, "sft_pipeline.ingest.entry:run_stage", sections=("ingest",), outside_key=INGEST_UNKEYED,
           writes=(CONVERSATIONS_FILE, REJECTS_FILE)),
     Stage(STAGE_SCORE, "sft_pipeline.score.entry:run_stage", reads={STAGE_INGEST: (CONVERSATIONS_FILE,)},
           sections=("score",), writes=(SCORES_FILE,)),
     Stage(STAGE_FILTER, "sft_pipeline.filter.entry:run_stage", reads={STAGE_SCORE: (SCORES_FILE,)},
-          sections=("filter",), writes=(FILTERED_FILE, DROPPED_FILE)),
+          sections=("filter", "run.seed"), writes=(FILTERED_FILE, DROPPED_FILE)),  # the seed draws random_rows
     # A sweep's shared held-out set also reads the ids of the rows its branches train on (sft_pipeline.sweep_rows).
     Stage(STAGE_TOKENIZE, "sft_pipeline.tokenize.entry:run_stage", reads={STAGE_FILTER: (FILTERED_FILE,)},
           optional_reads={STAGE_SWEEP_TRAIN_IDS: (TRAIN_IDS_FILE,)},
-          sections=("tokenize", "model", "run.seed"), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
+          sections=("tokenize", "model", "run.seed", MIX_WEIGHTS), writes=(TRAIN_TOKENS_FILE, HELDOUT_TOKENS_FILE)),
     Stage(STAGE_TRAIN, "sft_pipeline.train.entry:run_stage", reads={STAGE_TOKENIZE: (TRAIN_TOKENS_FILE,)},
           sections=("train", "model", "run.seed"), outside_key=TRAIN_UNKEYED, writes=(ADAPTER_DIR, METRICS_FILE),
           atomic=False,

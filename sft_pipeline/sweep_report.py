@@ -1,5 +1,6 @@
 """The sweep's report: one row per branch, paired intervals against the base model and against the
-config's own branch, a plot of the primary metric's paired change against the base, and the recommendation."""
+config's own branch, a plot of the primary metric's paired change against the base, the recommendation,
+and, with random controls, whether each setting beats its control."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from sft_pipeline.escape import code
 from sft_pipeline.evaluate.benchmarks import BENCHMARKS
 from sft_pipeline.evaluate.metrics import compare, metric_table
 from sft_pipeline.files import write_json
-from sft_pipeline.sweep import Branch, BranchRow, Recommendation, read_results, recommend
+from sft_pipeline.sweep import Branch, BranchRow, Recommendation, against_random, read_results, recommend
 
 SWEEP_MD, SWEEP_HTML, SWEEP_JSON, SWEEP_PLOT = "sweep.md", "sweep.html", "sweep.json", "sweep_primary.png"
 TUNED, BASE = "tuned", "base"
+CONTROL_NOTE = ("Each random control kept as many rows as its setting, drawn at random from every scored row "
+                "(`filter.random_rows`, seeded by `run.seed`), and was trained and evaluated exactly as the settings "
+                "were (same steps, seed, held-out rows and prompts). *beats random*: the paired 95 % interval of "
+                "setting minus control lies wholly on the good side of 0; *worse than random*: wholly on the bad "
+                "side; *indistinguishable from random*: it contains 0.")
 
 
 def metrics_of(results: dict) -> tuple:
@@ -74,17 +80,35 @@ def markdown(rows: Sequence[BranchRow], rec: Recommendation, primary: str, *, st
         m = r.metrics.get(primary) or {}
         value = f"{_num(m.get('tuned'))} [{_num(m.get('tuned_low'))}, {_num(m.get('tuned_high'))}]"
         current = "(current)" if r.branch.current else _cell(r.versus_current.get(primary))
-        lines.append(f"| {r.branch.name}{' ★' if r.branch == rec.best else ''} | {r.rows_kept:,} | "
+        name = f"{r.branch.name}{' ★' if r.branch == rec.best else ''}{' (random control)' * r.branch.is_control}"
+        lines.append(f"| {name} | {r.rows_kept:,} | "
                      f"{r.tokens_kept:,} | {value} | {_cell(r.versus_base.get(primary))} | {current} | "
                      f"{r.verdict or '–'} |")
     lines += ["", "Other metrics, tuned minus base (95 % CI), one column per setting:", ""]
     others = [k for k in (rows[0].versus_base if rows else {}) if k != primary]
     lines += ["| metric | " + " | ".join(r.branch.name for r in rows) + " |", "|---|" + "---|" * len(rows)]
     lines += [f"| {k} | " + " | ".join(_cell(r.versus_base.get(k)) for r in rows) + " |" for k in others]
+    lines += control_section(rows, primary, label)
     lines += ["", f"Command: {code(command)}"]
     if plot_uri:
         lines += ["", f"![{label}: change against the base model, by setting]({plot_uri})"]
     return "\n".join(lines) + "\n"
+
+
+def control_section(rows: Sequence[BranchRow], primary: str, label: str) -> list[str]:
+    """Each setting against its random control on the primary metric (no lines when the sweep has none)."""
+    paired = [r for r in rows if r.control is not None]
+    if not paired:
+        return []
+    head = ["setting", "rows kept", "random control", f"{label}: setting", "control", "setting - control (95 % CI)",
+            "against random"]
+    lines = ["", "## Does each setting beat random rows?", "", CONTROL_NOTE, "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in paired:
+        entry = r.versus_control.get(primary)
+        lines.append(f"| {r.branch.name} | {r.rows_kept:,} | {r.control.name} | {_num((entry or {}).get('tuned'))} | "
+                     f"{_num((entry or {}).get('base'))} | {_cell(entry)} | {against_random(entry)} |")
+    return lines
 
 
 def plot(rows: Sequence[BranchRow], primary: str, label: str, out: Path) -> Path:
@@ -99,6 +123,7 @@ def plot(rows: Sequence[BranchRow], primary: str, label: str, out: Path) -> Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    rows = [r for r in rows if not r.branch.is_control]  # a row count, not a setting: compared in their own table
     for kind in dict.fromkeys(r.branch.kind for r in rows):
         pts = [(r.branch.value, r.versus_base[primary]) for r in rows
                if r.branch.kind == kind and (r.versus_base.get(primary) or {}).get("delta") is not None]
@@ -137,16 +162,39 @@ def write(out_dir: Path, rows: Sequence[BranchRow], primary: str, direction: int
                                       "sentence": rec.sentence,
                                       "branches": [{"setting": r.branch.name, "rows_kept": r.rows_kept,
                                                     "tokens_kept": r.tokens_kept, "verdict": r.verdict,
-                                                    "versus_base": r.versus_base, "versus_current": r.versus_current}
+                                                    "versus_base": r.versus_base, "versus_current": r.versus_current,
+                                                    **control_fields(r, primary)}
                                                    for r in rows]})
     return rec
 
 
-def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command: str) -> dict:
+def control_fields(row: BranchRow, primary: str) -> dict:
+    """A branch's random control in sweep.json: its name, the comparison of the branch minus the control, and what
+    it says on the primary metric (nothing for a branch without a control)."""
+    if row.control is None:
+        return {}
+    return {"random_control": row.control.name, "versus_random_control": row.versus_control,
+            "against_random": against_random(row.versus_control.get(primary))}
+
+
+def add_controls(rows: Sequence[BranchRow], controls: dict[str, str], by_name: dict[str, Branch], results: dict,
+                 *, resamples: int, seed: int) -> None:
+    """Give each setting's row its random control and the paired comparison of the setting minus the control."""
+    for r in rows:
+        name = controls.get(r.branch.name)
+        if name is not None:
+            r.control = by_name[name]
+            r.versus_control = versus(results[name], results[r.branch.name], side_a=TUNED, resamples=resamples,
+                                      seed=seed)
+
+
+def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command: str,
+          controls: dict[str, str] | None = None) -> dict:
     """Read each branch's evaluation, compare, and write the report under ``<output root>/sweep/<key16>/``.
 
-    ``stage_results`` maps a branch name to its ``{stage: StageResult}``. Returns the markdown, the
-    folder and a small summary (recommendation and per-branch verdicts).
+    ``stage_results`` maps a branch name to its ``{stage: StageResult}``; ``controls`` a setting's name to its
+    random control's (a branch too). Returns the markdown, the folder and a small summary (recommendation,
+    per-branch verdicts, and each setting against its random control).
     """
     from sft_pipeline import cache, storage
     from sft_pipeline.artifacts import code_version, json_digest
@@ -160,6 +208,7 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
     resamples, seed = cfg.eval.bootstrap_resamples, cfg.run.seed
     rows = [branch_row(b, stage_results[b.name][STAGE_FILTER].counts, results[b.name], results[current.name],
                        resamples=resamples, seed=seed) for b in branches]
+    add_controls(rows, controls or {}, {b.name: b for b in branches}, results, resamples=resamples, seed=seed)
     primary = cfg.eval.gate.primary_metric or "heldout_loss"
     direction = (rows[0].metrics.get(primary) or {}).get("direction", -1)
     key = json_digest({"branches": {n: r.key for n, r in evals.items()}, "primary": primary,
@@ -172,5 +221,7 @@ def build(cfg, branches: Sequence[Branch], stage_results: dict, heldout, command
     text = (out / SWEEP_MD).read_text()
     summary = {"out_dir": str(out), "recommended": rec.best.name if rec.best else None,
                "overrides": rec.best.overrides() if rec.best else [], "sentence": rec.sentence,
-               "verdicts": {r.branch.name: r.verdict for r in rows}}
+               "verdicts": {r.branch.name: r.verdict for r in rows},
+               "against_random": {r.branch.name: against_random(r.versus_control.get(primary))
+                                  for r in rows if r.control is not None}}
     return {"markdown": text, "summary": summary}

@@ -94,3 +94,13 @@ class FilterConfig(Section):
     threshold: float = Field(default=0.7, ge=0, le=1, description="Keep rows whose score is at least this.")
     top_fraction: float | None = Field(default=None, gt=0, le=1, description=(
         "When set, keep this fraction of the rows, best scores first (ties by id), instead of a threshold."))
+    random_rows: int | None = Field(default=None, ge=1, description=(
+        "When set, keep this many of the scored rows drawn at random whatever their score (by id hash under "
+        "run.seed; all of them when there are fewer), instead of threshold: the random control that "
+        "`sft-pipeline sweep --random-control` trains beside each setting."))
+
+    @model_validator(mode="after")
+    def _check_one_method(self) -> "FilterConfig":
+        if self.random_rows is not None and self.top_fraction is not None:
+            raise ValueError("set top_fraction or random_rows, not both")
+        return self

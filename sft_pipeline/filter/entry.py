@@ -12,4 +12,5 @@ if TYPE_CHECKING:
 
 
 def run_stage(run: StageRun) -> dict:
-    return filter_scored(run.inputs[constants.STAGE_SCORE] / constants.SCORES_FILE, run.out, run.cfg.filter)
+    return filter_scored(run.inputs[constants.STAGE_SCORE] / constants.SCORES_FILE, run.out, run.cfg.filter,
+                         seed=run.cfg.run.seed)  # the seed draws random_rows

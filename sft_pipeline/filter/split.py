@@ -1,5 +1,6 @@
 """Splitting scored rows into kept and dropped (``filtered.parquet``, ``dropped.parquet``), with the
-threshold sweep and the score histogram; which rows a setting keeps is ``sft_pipeline.selection``."""
+threshold sweep and the score histogram; which rows a setting keeps is ``sft_pipeline.selection``
+(threshold, top fraction, or ``random_rows``: the random control of ``sft-pipeline sweep --random-control``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sft_pipeline import constants
 from sft_pipeline.config import FilterConfig
 from sft_pipeline.errors import VerificationError
 from sft_pipeline.files import open_parquet, write_json
-from sft_pipeline.selection import BY_THRESHOLD, keep_mask, scores_of
+from sft_pipeline.selection import BY_RANDOM_ROWS, BY_THRESHOLD, keep_mask, scores_of
 
 SWEEP_STEPS = 10  # thresholds 0.0, 0.1, ..., 1.0
 DECIDING_COLUMNS = ("id", constants.SCORE_COLUMN, constants.TOKENS_EST_COLUMN)
@@ -21,15 +22,17 @@ BATCH_ROWS = 8192
 HIST_BINS = 21  # bars centred on 0.00, 0.05, ..., 1.00 (weights are multiples of 0.05 or 0.1)
 
 
-def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig) -> dict:
-    """Split scores.parquet into kept and dropped rows; write the sweep and histogram."""
+def filter_scored(scores_path: Path, out_dir: Path, cfg: FilterConfig, seed: int = 0) -> dict:
+    """Split scores.parquet into kept and dropped rows; write the sweep and histogram (``seed``: random rows')."""
     pf = open_scores(Path(scores_path))
     table = pf.read(columns=list(DECIDING_COLUMNS))
     score = scores_of(table)
     tokens = table.column(constants.TOKENS_EST_COLUMN).to_numpy(zero_copy_only=False).astype(np.int64)
-    keep, mode = keep_mask(score, table.column("id"), cfg)
+    keep, mode = keep_mask(score, table.column("id"), cfg, seed)
     if mode == BY_THRESHOLD:
         cutoff = cfg.threshold
+    elif mode == BY_RANDOM_ROWS:  # no score decides
+        cutoff = None
     else:  # the lowest score kept
         cutoff = float(score[keep].min()) if keep.any() else None
     out_dir = Path(out_dir)

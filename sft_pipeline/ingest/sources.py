@@ -84,20 +84,22 @@ def raw_text(row: RawRow) -> str:
     return excerpt(raw)
 
 
-def ingest_source(src: SourceConfig, cfg: IngestConfig, convs: BatchWriter, rejects: BatchWriter) -> SourceStats:
-    """Stream one source into the two writers; the rest of a local file that cannot be read is one reject."""
+def ingest_source(src: SourceConfig, cfg: IngestConfig, convs: BatchWriter, rejects: BatchWriter,
+                  index: int = 0) -> SourceStats:
+    """Stream one source (``ingest.sources[index]``) into the two writers; the rest of a local file that cannot be
+    read is one reject."""
     path = None if src.path.startswith(HUB_SCHEME) else resolve_path(src.path)
     stats = SourceStats(src.path)
     try:
-        _stream(src, path, cfg, convs, rejects, stats)
+        _stream(src, index, path, cfg, convs, rejects, stats)
     except UnreadableSource as err:  # damaged bytes only: a missing file, a wrong split or an I/O error still stop
         stats.unreadable = str(err)
         _reject(rejects, stats, src.path, RawRow(stats.rows_read, raw=""), RowReject(UNREADABLE_SOURCE, str(err)))
     return stats
 
 
-def _stream(src: SourceConfig, path: Path | None, cfg: IngestConfig, convs: BatchWriter, rejects: BatchWriter,
-            stats: SourceStats) -> None:
+def _stream(src: SourceConfig, index: int, path: Path | None, cfg: IngestConfig, convs: BatchWriter,
+            rejects: BatchWriter, stats: SourceStats) -> None:
     rows = read_source(src.path, path, split=src.split, max_row_bytes=cfg.max_row_bytes, batch_rows=cfg.batch_rows)
     keys = MessageKeys(src.field_map)
     with closing(rows):  # at `limit`, close the reader now (its file, a pipe's temporary copy)
@@ -107,8 +109,8 @@ def _stream(src: SourceConfig, path: Path | None, cfg: IngestConfig, convs: Batc
             except RowReject as rej:
                 _reject(rejects, stats, src.path, row, rej)
                 continue
-            convs.append(id=conversation_id(messages), source=src.path, source_row=row.index, format=fmt,
-                         messages=messages, metadata=metadata_json(metadata))
+            convs.append(id=conversation_id(messages), source=src.path, source_index=index, source_row=row.index,
+                         format=fmt, messages=messages, metadata=metadata_json(metadata))
             stats.rows_read += 1
             stats.rows_accepted += 1
             stats.formats[fmt] += 1
@@ -147,7 +149,7 @@ def ingest_sources(cfg: IngestConfig, out_dir: Path) -> dict[str, Any]:
     try:
         with BatchWriter(partials[0], CONVERSATIONS_SCHEMA, cfg.batch_rows) as convs, \
                 BatchWriter(partials[1], REJECTS_SCHEMA, cfg.batch_rows) as rejects:
-            stats = [ingest_source(src, cfg, convs, rejects) for src in cfg.sources]
+            stats = [ingest_source(src, cfg, convs, rejects, i) for i, src in enumerate(cfg.sources)]
             if stats and all(s.unreadable for s in stats):
                 raise InputError(stats[0].unreadable if len(stats) == 1 else
                                  f"no source could be read ({stats[0].unreadable})")

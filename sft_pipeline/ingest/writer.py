@@ -14,6 +14,7 @@ MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 CONVERSATIONS_SCHEMA = pa.schema([
     ("id", pa.string()),  # content hash of the canonical messages (formats.conversation_id)
     ("source", pa.string()),  # the source path as configured
+    ("source_index", pa.int32()),  # its position in ingest.sources (the index a source's weight is known by)
     ("source_row", pa.int64()),  # 0-based record index in the source (readers.py)
     ("format", pa.string()),  # alpaca | sharegpt | messages | prompt_completion
     ("messages", pa.list_(MESSAGE_TYPE)),

@@ -1,4 +1,4 @@
-"""Deterministic held-out split and train subset by id hash, and n-gram decontamination."""
+"""Deterministic held-out split, train subset (or weighted mix of sources) by id hash, and n-gram decontamination."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from sft_pipeline.constants import ROLE_SYSTEM
+from sft_pipeline.tokenize.mixing import Mix, SourceDraw, asked_rows, source_draws
 
 if TYPE_CHECKING:
     from sft_pipeline.config import TokenizeConfig
@@ -48,13 +49,14 @@ class Split:
     heldout: list[int]
     decontaminated: list[int] = field(default_factory=list)
     not_selected: list[int] = field(default_factory=list)
+    draws: list[SourceDraw] | None = None  # per source, when the train rows are a weighted mix
 
 
 def split_rows(ids: Sequence[str], *, seed: int, heldout_fraction: float, max_heldout: int | None,
-               max_rows: int | None) -> Split:
+               max_rows: int | None, mix: Mix | None = None) -> Split:
     """Held-out rows: hash < fraction, capped at ``max_heldout`` (the rest stay in train; rows sharing
     an id, i.e. exact duplicates, always fall on the same side);
-    then at most ``max_rows`` train rows, chosen by a second hash.
+    then at most ``max_rows`` train rows, chosen by a second hash (with ``mix``: each source's share of them).
 
     >>> s = split_rows([str(i) for i in range(100)], seed=1, heldout_fraction=0.2, max_heldout=5, max_rows=50)
     >>> len(s.heldout), len(s.train), len(s.not_selected)
@@ -65,19 +67,43 @@ def split_rows(ids: Sequence[str], *, seed: int, heldout_fraction: float, max_he
     limit = len(candidates) if max_heldout is None else max_heldout
     heldout = smallest(candidates, held_keys, limit)
     train = [i for i in range(len(ids)) if i not in heldout]
-    not_selected: list[int] = []
-    if max_rows is not None and len(train) > max_rows:
-        subset_keys = {i: unit_hash(ids[i], seed, SALT_SUBSET) for i in train}
-        keep = smallest(train, subset_keys, max_rows)
-        not_selected = [i for i in train if i not in keep]
-        train = [i for i in train if i in keep]
-    return Split(train=train, heldout=sorted(heldout), not_selected=not_selected)
+    draws = None
+    if mix is not None:
+        keep, draws = mixed(train, ids, mix, max_rows, seed)
+    elif max_rows is not None and len(train) > max_rows:
+        keep = smallest(train, {i: unit_hash(ids[i], seed, SALT_SUBSET) for i in train}, max_rows)
+    else:
+        keep = set(train)
+    return Split(train=[i for i in train if i in keep], heldout=sorted(heldout),
+                 not_selected=[i for i in train if i not in keep], draws=draws)
 
 
-def split_by_id(ids: Sequence[str], cfg: TokenizeConfig, seed: int) -> Split:
+def mixed(train: Sequence[int], ids: Sequence[str], mix: Mix, total: int | None,
+          seed: int) -> tuple[set[int], list[SourceDraw]]:
+    """The train rows a weighted mix selects (``sft_pipeline.tokenize.mixing``): each source's quota of ``total``,
+    its rows of smallest id hash; and each source's draw.
+
+    >>> keep, draws = mixed(range(6), "abcdef", Mix((1.0, 1.0), [0, 0, 0, 0, 1, 1]), None, seed=0)
+    >>> len(keep), [(d.rows_asked, d.rows_selected) for d in draws]
+    (4, [(2, 2), (2, 2)])
+    >>> keep, draws = mixed(range(6), "abcdef", Mix((1.0, 1.0), [0, 0, 0, 0, 1, 1]), 6, seed=0)
+    >>> len(keep), [(d.rows_asked, d.rows_selected, d.rows_short) for d in draws]
+    (5, [(3, 3, 0), (3, 2, 1)])
+    """
+    by_source: list[list[int]] = [[] for _ in mix.weights]
+    for i in train:
+        by_source[mix.sources[i]].append(i)
+    available = [len(rows) for rows in by_source]
+    asked = asked_rows(mix.weights, available, total)
+    keys = {i: unit_hash(ids[i], seed, SALT_SUBSET) for i in train}
+    picked = [smallest(rows, keys, n) for rows, n in zip(by_source, asked)]
+    return set().union(*picked), source_draws(mix.weights, available, asked, [len(p) for p in picked])
+
+
+def split_by_id(ids: Sequence[str], cfg: TokenizeConfig, seed: int, mix: Mix | None = None) -> Split:
     """The held-out / train split of these rows under ``cfg``'s rules (the same rules for every branch of a sweep)."""
     return split_rows(ids, seed=seed, heldout_fraction=cfg.heldout_fraction, max_heldout=cfg.max_heldout_rows,
-                      max_rows=cfg.max_rows)
+                      max_rows=cfg.max_rows, mix=mix)
 
 
 def message_words(messages: Sequence[dict]) -> list[list[str]]:
@@ -129,4 +155,5 @@ def decontaminate(split: Split, conversations: Sequence[Sequence[dict]], n: int,
     hit = contaminated([conversations[i] for i in split.heldout], (conversations[i] for i in train), n)
     removed = [idx for pos, idx in enumerate(split.heldout) if pos in hit]
     kept = [idx for pos, idx in enumerate(split.heldout) if pos not in hit]
-    return Split(train=split.train, heldout=kept, decontaminated=removed, not_selected=split.not_selected)
+    return Split(train=split.train, heldout=kept, decontaminated=removed, not_selected=split.not_selected,
+                 draws=split.draws)

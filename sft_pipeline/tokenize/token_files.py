@@ -10,6 +10,7 @@ every kept row passes the label-mask gate.
 from __future__ import annotations
 
 from pathlib import Path
+import logging
 from typing import Collection, Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ from sft_pipeline import constants
 from sft_pipeline.config import TokenizeConfig
 from sft_pipeline.errors import ConfigError, InputError, VerificationError
 from sft_pipeline.tokenize.encode import EncodeSettings, RowProblem, encode_all
+from sft_pipeline.tokenize.mixing import Mix, mix_summary
 from sft_pipeline.tokenize.outputs import (SPLIT_HELDOUT, SPLIT_TRAIN, Drop, Part, Rows, Tokenizing, drops_of,
                                            eot_stats, length_stats, write_outputs)
 from sft_pipeline.tokenize.split import Split, decontaminate, split_by_id
@@ -28,8 +30,10 @@ from sft_pipeline.tokenize.verify import check_rows, listed, target_turns
 
 DROP_DECONTAMINATED = "heldout_ngram_overlap_with_train"
 DROP_NOT_SELECTED = "not_in_max_rows_subset"
+DROP_NOT_MIXED = "beyond_its_source_share"  # a train candidate of a source whose share was filled
 DROP_TEMPLATE_REFUSED = "chat_template_refused"  # followed by the template's message
 REQUIRED_COLUMNS = ("id", "messages")
+log = logging.getLogger(__name__)
 
 
 def _problem(messages) -> str | None:
@@ -62,6 +66,42 @@ def read_filtered(path: Path) -> Rows:
         if problem:
             raise InputError(f"{path}: row {row} (id={row_id!r}): {problem}")
     return Rows(table, ids, conversations)
+
+
+def read_mix(path: Path, rows: Rows, weights: Sequence[float]) -> Mix:
+    """Each row's source index, checked against the configured sources; InputError naming the file and row."""
+    if constants.SOURCE_INDEX_COLUMN not in rows.table.column_names:
+        raise InputError(f"{path}: no {constants.SOURCE_INDEX_COLUMN} column, which mixing sources by weight needs "
+                         "(rows ingested by this version have it)")
+    sources = rows.table.column(constants.SOURCE_INDEX_COLUMN).to_pylist()
+    for row, index in enumerate(sources):
+        if index is None or not 0 <= index < len(weights):
+            raise InputError(f"{path}: row {row} (id={rows.ids[row]!r}): source_index {index!r} names none of the "
+                             f"{len(weights)} configured source(s)")
+    return Mix(tuple(weights), sources)
+
+
+def source_names(rows: Rows, count: int) -> list[str]:
+    """Each source's path, as its rows name it (``source <i>`` for a source with no row here)."""
+    names = [f"source {i}" for i in range(count)]
+    if constants.SOURCE_COLUMN in rows.table.column_names:
+        pairs = zip(rows.table.column(constants.SOURCE_INDEX_COLUMN).to_pylist(),
+                    rows.table.column(constants.SOURCE_COLUMN).to_pylist())
+        for index, name in dict(pairs).items():
+            names[index] = name
+    return names
+
+
+def mix_stats(mix: Mix, split: Split, rows: Rows, train: Part) -> dict:
+    """The mix's per-source summary (what each source was asked for, gave, and holds in the written train rows);
+    a log line for each source short of its share."""
+    summary = mix_summary(split.draws, source_names(rows, len(mix.weights)),
+                          [mix.sources[i] for i in train.indices], [e.supervised for e in train.encoded])
+    for name, entry in summary.items():
+        if entry["rows_short"]:
+            log.warning("tokenize: %s (%s) has %d train rows for a share of %d: all are used, %d short",
+                        name, entry["source"], entry["rows_available"], entry["rows_asked"], entry["rows_short"])
+    return {"mix": summary}
 
 
 def apply_policy(parts: Sequence[Part], rows: Rows, cfg: TokenizeConfig) -> tuple[list[Part], list[Drop]]:
@@ -127,22 +167,25 @@ def read_ids(path: Path) -> set[str]:
 
 
 def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeConfig, *, seed: int,
-                   decontaminate_against: Collection[str] | None = None, template: str | None = None) -> dict:
+                   decontaminate_against: Collection[str] | None = None, template: str | None = None,
+                   mix_weights: Sequence[float] | None = None) -> dict:
     """Split, encode, verify and write ``train.parquet``, ``heldout.parquet`` and the mask preview.
 
     Held-out rows sharing an n-gram with a train row are left out; with ``decontaminate_against``
     (row ids), with one of those rows instead (a sweep's shared held-out set: the rows its branches train on).
-    ``template`` names the chat template in messages (default: the tokenizer's).
+    ``template`` names the chat template in messages (default: the tokenizer's). ``mix_weights`` (by source
+    index): the train rows are a weighted mix of the sources (``mixing``), summarised per source under ``mix``.
     """
     rows = read_filtered(filtered_path)
+    mix = None if mix_weights is None else read_mix(Path(filtered_path), rows, mix_weights)
     template = template or f"the chat template of {getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}"
     job = Tokenizing(tokenizer, learn_template(tokenizer), cfg, template)
     against = None if decontaminate_against is None else \
         [i for i, row_id in enumerate(rows.ids) if row_id in decontaminate_against]
-    split = decontaminate(split_by_id(rows.ids, cfg, seed), rows.conversations, cfg.decontaminate_ngram,
+    split = decontaminate(split_by_id(rows.ids, cfg, seed, mix), rows.conversations, cfg.decontaminate_ngram,
                           against=against)
     drops = drops_of(rows, split.decontaminated, SPLIT_HELDOUT, DROP_DECONTAMINATED)
-    drops += drops_of(rows, split.not_selected, SPLIT_TRAIN, DROP_NOT_SELECTED)
+    drops += drops_of(rows, split.not_selected, SPLIT_TRAIN, DROP_NOT_SELECTED if mix is None else DROP_NOT_MIXED)
 
     encoded, refused = encode_parts(split, rows, job)
     kept, too_long = apply_policy(encoded, rows, cfg)
@@ -153,9 +196,12 @@ def tokenize_split(filtered_path: Path, out_dir: Path, tokenizer, cfg: TokenizeC
     stats = write_outputs(Path(out_dir), rows, train, heldout, drops, job)
     stats.update(length_stats(encoded[0].encoded, cfg.max_length))
     stats.update(rows_in=len(rows.ids), heldout_decontaminated=len(split.decontaminated),
-                 not_selected_by_max_rows=len(split.not_selected), **drop_counts([d.reason for d in drops]),
+                 **{"not_selected_by_max_rows" if mix is None else "not_selected_by_mix": len(split.not_selected)},
+                 **drop_counts([d.reason for d in drops]),
                  rows_refused_by_chat_template=len(refused),
                  **truncation_stats(train.encoded), **eot_stats(train_eot),
                  eot_marker_mid=job.info.mid_marker, eot_marker_last=job.info.last_marker,
                  bos_prepended=job.info.bos_id is not None)
+    if mix is not None:
+        stats.update(mix_stats(mix, split, rows, train))
     return stats
