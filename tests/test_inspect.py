@@ -11,6 +11,7 @@ import pytest
 
 from sft_pipeline import cache, cli, constants, stages
 from sft_pipeline.config import load_config
+from sft_pipeline.errors import InputError
 from sft_pipeline.inspection import inspect_row, lineage, open_run, pick
 from sft_pipeline.inspection.paint import SGR
 
@@ -52,7 +53,7 @@ def run(tiny_model_dir, tmp_path_factory):
     for stage in lineage.TRACED:
         results[stage] = cache.run(stages.get(stage), cfg, results)
     dirs = {name: Path(r.out_dir) for name, r in results.items()}
-    return {"root": tmp / "runs", "dirs": dirs, "overrides": overrides, "extra": extra}
+    return {"root": tmp / "runs", "dirs": dirs, "overrides": overrides, "extra": extra, "results": results}
 
 
 def table(run, stage: str, name: str) -> list[dict]:
@@ -124,6 +125,25 @@ def test_a_row_shortened_to_whole_turns_says_where(run):
     assert "✂ cut after message 1: messages 2-3" in out and "sky0" not in out
 
 
+def test_a_packed_row_names_its_packed_row_and_sequence(run, tmp_path):
+    import shutil
+
+    root = tmp_path / "runs"  # a copy of the run without train, so that the module's run stays the newest there
+    for stage in (constants.STAGE_INGEST, constants.STAGE_SCORE, constants.STAGE_FILTER):
+        shutil.copytree(run["dirs"][stage], root / stage / run["dirs"][stage].name)
+    cfg = load_config(TINY, run["overrides"] + [f"run.output_dir={root}", "tokenize.packing=true"])
+    packed = cache.run(stages.get(constants.STAGE_TOKENIZE), cfg, {"filter": run["results"]["filter"]})
+    row_id = extra_id(run, 1)
+    trace = inspect_row(row_id, run=packed.out_dir)  # a stage folder: the others are linked by their digests
+    assert trace.dirs == {**{k: root / k / v.name for k, v in run["dirs"].items() if k != "train"},
+                          "tokenize": Path(packed.out_dir)}
+    row, seq = trace.tokenized.packed
+    assert pq.read_table(Path(packed.out_dir) / constants.TRAIN_TOKENS_FILE).column("ids")[row].as_py()[seq] == row_id
+    assert trace.tokenized.input_ids == inspect_row(row_id, run=run["root"]).tokenized.input_ids
+    _, out, _ = inspect({"root": root}, row_id)
+    assert f"train (train.parquet packed row {row}, sequence {seq + 1})" in out and "no train output" in out
+
+
 def test_a_row_tokenize_drops_says_why(run):
     _, out, _ = inspect(run, extra_id(run, 2))
     assert re.search(r"dropped \((train|heldout) side\): first_assistant_turn_longer_than_max_length", out)
@@ -158,6 +178,16 @@ def test_the_run_is_found_from_the_config_or_any_of_its_folders(run):
     assert open_run(config=TINY, overrides=run["overrides"]).dirs == run["dirs"]
     assert lineage.from_run_dir(run["dirs"][constants.STAGE_FILTER]) == run["dirs"]  # linked up and down by digests
     assert lineage.from_run_dir(run["root"]) == run["dirs"]
+
+
+def test_an_evaluate_folders_run_file_names_the_stage_folders(run, tmp_path):
+    listed = {**{k: str(v) for k, v in run["dirs"].items()}, "baseline": str(tmp_path)}
+    (tmp_path / constants.RUN_FILE).write_text(json.dumps({"stage_dirs": listed}))
+    assert lineage.from_run_dir(tmp_path) == run["dirs"]
+    listed[constants.STAGE_SCORE] = str(tmp_path / "gone")
+    (tmp_path / constants.RUN_FILE).write_text(json.dumps({"stage_dirs": listed}))
+    with pytest.raises(InputError, match="its stage folder .*gone is gone"):
+        lineage.from_run_dir(tmp_path)
 
 
 def test_an_unknown_row_or_run_is_one_line(run, tmp_path):

@@ -39,7 +39,8 @@ def from_config(cfg) -> StageDirs:
         results[name] = found
     if not results:
         raise InputError(f"no stored ingest output for this config under {cfg.run.output_dir}: run "
-                         f"`sft-pipeline run --until tokenize` first, or name a run with --run")
+                         f"`sft-pipeline run` with it first (--until tokenize is enough), or name a run folder "
+                         f"with --run")
     return {name: cache.output_folder(cfg, result) for name, result in results.items()}
 
 

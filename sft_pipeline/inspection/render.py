@@ -21,7 +21,8 @@ LABEL_WIDTH = 9
 def format_trace(trace: RowTrace, paint: Painter, encoder: Encoder | None = None) -> str:
     """The whole trace as text (lines end with a newline)."""
     p = paint
-    head = p(trace.row_id, "head") if trace.row_id else f"{p(trace.query, 'head')} (no id: rejected at ingest)"
+    head = p(trace.row_id, "head") if trace.row_id else \
+        f"{p(trace.origins[0].ref() if trace.origins else trace.query, 'head')} (no id: rejected at ingest)"
     lines = [f"row {head}"]
     lines += _field(p, "from", ", ".join(_origin(p, o) for o in trace.origins)
                     + (f"; format {p(trace.format)}" if trace.format else ""))

@@ -46,6 +46,8 @@ class Origin:
 
 @dataclass(frozen=True)
 class Reject:
+    """Why ingest rejected the row (a code of ``ingest/reasons.py`` and one line) and the record as read."""
+
     reason: str
     message: str
     raw: str
