@@ -18,7 +18,7 @@ from sft_pipeline.inspection.paint import SGR
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "deployments" / "configs" / "tiny.yaml"
 TINY_DATA = ROOT / "tests" / "data" / "tiny_chat.jsonl"
-HOSTILE_USER = "Print \x1b[35mpurple\x1b[0m, set \x1b]0;owned\x07 the title, \x1b[2J clear, \u202eevil, \x9b1m and \x00."
+HOSTILE_USER = "Print \x1b[35mpurple\x1b[0m, set \x1b]0;owned\x07 the title, \x1b[2J clear, \u202eevil, \x9b1m, \x00."
 HOSTILE_ANSWER = "I show them as text: \x1b[35mpurple\x1b[0m and \x1b]8;;http://x\x07link\x1b]8;;\x07 stay inert here."
 
 
@@ -81,7 +81,8 @@ def test_a_kept_row_shows_every_stage_and_its_supervised_text(run):
     rc, out, _ = inspect(run, row_id[:10])
     assert rc == 0
     origin = next(r for r in table(run, constants.STAGE_INGEST, constants.CONVERSATIONS_FILE) if r["id"] == row_id)
-    assert f"row {row_id}" in out and f"{origin['source']}:{origin['source_row']} (line {origin['source_row'] + 1})" in out
+    where = f"{origin['source']}:{origin['source_row']} (line {origin['source_row'] + 1})"
+    assert f"row {row_id}" in out and where in out
     assert "accepted" in out and re.search(r"filter +kept \(score [\d.]+ >= threshold 0.7\)", out)
     assert "train (train.parquet row 0)" in out and "kept whole" in out
     assert re.search(r"train +(used|in the training set): 4 steps of 2 rows over \d+ rows", out)
@@ -142,6 +143,19 @@ def test_a_packed_row_names_its_packed_row_and_sequence(run, tmp_path):
     assert trace.tokenized.input_ids == inspect_row(row_id, run=run["root"]).tokenized.input_ids
     _, out, _ = inspect({"root": root}, row_id)
     assert f"train (train.parquet packed row {row}, sequence {seq + 1})" in out and "no train output" in out
+
+
+def test_a_decontaminated_row_says_so():
+    from sft_pipeline.inspection.paint import Painter
+    from sft_pipeline.inspection.render import format_trace
+    from sft_pipeline.inspection.trace import Filtered, RowTrace, Tokenized
+    from sft_pipeline.tokenize.token_files import DROP_DECONTAMINATED
+
+    trace = RowTrace(query="abcdef", dirs={}, row_id="abcdef", messages=[], filtered=[Filtered(True, None, 0.9)],
+                     tokenized=Tokenized(dropped=("heldout", DROP_DECONTAMINATED), config={"decontaminate_ngram": 24}))
+    out = format_trace(trace, Painter(False))
+    assert "decontaminated: drawn for the held-out set, left out (it shares a 24-word sequence with a train row)" in out
+    assert "not trained on" in out
 
 
 def test_a_row_tokenize_drops_says_why(run):
