@@ -233,6 +233,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("report", help="render the report again from an evaluate output folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+    from sft_pipeline.inspection.command import add_command as add_inspect
+
+    add_inspect(sub, add_config_args)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, Any]:
