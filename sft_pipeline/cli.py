@@ -1,4 +1,4 @@
-"""Library commands of `sft-pipeline` (no orchestrator): ingest, filter, report, config show.
+"""Library commands of `sft-pipeline` (no orchestrator): ingest, filter, report, config show, inspect, prepare-model.
 
 `flows/cli.py` adds the Prefect-backed `run` command and is the console entry point.
 """
@@ -135,6 +135,20 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    """Assemble, convert or download the config's model now, so that a run starts from the model cache."""
+    import time
+
+    from sft_pipeline.config import load_config
+    from sft_pipeline.model_files import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    started = time.monotonic()
+    where = prepare(cfg.model.name_or_path, cfg.model.revision)
+    say(f"model {cfg.model.name_or_path}: ready in {where} ({time.monotonic() - started:.0f} s)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from sft_pipeline.report import render_report
 
@@ -230,6 +244,9 @@ def add_commands(sub) -> None:
     p = shows.add_parser("show", help="every key of the resolved config: its value, default and description")
     add_config_args(p)
     p.set_defaults(func=cmd_config_show)
+    p = sub.add_parser("prepare-model", help="assemble, convert or download the config's model into its cache now")
+    add_config_args(p)
+    p.set_defaults(func=cmd_prepare_model)
     p = sub.add_parser("report", help="render the report again from an evaluate output folder")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
