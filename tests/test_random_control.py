@@ -14,7 +14,7 @@ import pytest
 from sft_pipeline import constants, sweep, sweep_report
 from sft_pipeline.config import FilterConfig, validate_config
 from sft_pipeline.errors import ConfigError
-from sft_pipeline.filter import filter_scored
+from sft_pipeline.filter.split import filter_scored
 from sft_pipeline.sweep import RANDOM_ROWS, THRESHOLD, Branch, BranchRow
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 import pyarrow.compute as pc
 
 from sft_pipeline import constants as C
+from sft_pipeline.score.defaults import SCORE_SIGNALS
 from sft_pipeline.errors import InputError
 from sft_pipeline.inspection.run import RunFiles
 from sft_pipeline.inspection.trace import Origin, trace_row
@@ -92,7 +93,7 @@ def matching(files: RunFiles, stage: str, decision: str, everyone: set[str]) -> 
 
 def _fired(files: RunFiles, decision: str) -> set[str]:
     names = files.column_names(C.STAGE_SCORE, C.SCORES_FILE)
-    signals = tuple(s for s in C.SCORE_SIGNALS if s in names)
+    signals = tuple(s for s in SCORE_SIGNALS if s in names)
     if decision != "clean" and decision not in signals:
         _unknown(C.STAGE_SCORE, decision, signals)
     rows = files.columns(C.STAGE_SCORE, C.SCORES_FILE, ("id", *signals)).to_pylist()

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from sft_pipeline import constants as C
+from sft_pipeline.score.defaults import DEFAULT_SCORE_WEIGHTS, SCORE_SIGNALS
 from sft_pipeline.errors import InputError
 from sft_pipeline.inspection.run import POSITION_COLUMNS, RunFiles
 
@@ -178,9 +179,9 @@ def _score(files: RunFiles, trace: RowTrace) -> None:
     if not files.has(C.STAGE_SCORE):
         return
     config = files.manifest(C.STAGE_SCORE).get("config", {}).get(C.STAGE_SCORE, {})
-    weights = {**C.DEFAULT_SCORE_WEIGHTS, **config.get("weights", {})}
+    weights = {**DEFAULT_SCORE_WEIGHTS, **config.get("weights", {})}
     trace.scores = [Scored(score=row[C.SCORE_COLUMN],
-                           fired=[(s, weights.get(s, 0.0)) for s in C.SCORE_SIGNALS if row.get(s)],
+                           fired=[(s, weights.get(s, 0.0)) for s in SCORE_SIGNALS if row.get(s)],
                            duplicate_of=row.get(C.DUPLICATE_OF_COLUMN), tokens_est=row.get(C.TOKENS_EST_COLUMN))
                     for row in files.rows(C.STAGE_SCORE, C.SCORES_FILE, "id", trace.row_id)]
 
