@@ -135,7 +135,7 @@ def test_the_run_summary_artifact_escapes_config_values():
     hostile = f"/runs/a`b {IMG} c|d"
     results = {"ingest": StageResult(stage="ingest", key="0" * 64, out_dir=hostile, counts={"rows": 3}),
                "filter": StageResult(stage="filter", key="1" * 64, out_dir="/runs/f", url=f"s3://b/`{SCRIPT}`",
-                                     method="threshold|x")}
+                                     details={"method": "threshold|x"})}
     html = markdown.markdown(summary_markdown(results), extensions=["tables"])
     assert "<img" not in html and "<script" not in html and not re.search(r"<[^>]+\son\w+=", html)
     rows = re.findall(r"<tr>(.*?)</tr>", html, flags=re.S)

@@ -143,10 +143,10 @@ def test_composed_and_decomposed_spellings_are_duplicates_and_kept_as_written(tm
     decomposed = [{**m, "content": unicodedata.normalize("NFD", m["content"])} for m in composed]
     assert decomposed != composed
     rows, _ = score(tmp_path, [composed, decomposed], ids=["a", "b"])
-    assert [r[constants.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, True]
+    assert [r[defaults.SIGNAL_EXACT_DUPLICATE] for r in rows] == [False, True]
     assert rows[1][constants.DUPLICATE_OF_COLUMN] == "a"
-    rows, _ = score(tmp_path, [composed, decomposed], ids=["a", "b"], signals=[constants.SIGNAL_NEAR_DUPLICATE])
-    assert [r[constants.SIGNAL_NEAR_DUPLICATE] for r in rows] == [False, True]
+    rows, _ = score(tmp_path, [composed, decomposed], ids=["a", "b"], signals=[defaults.SIGNAL_NEAR_DUPLICATE])
+    assert [r[defaults.SIGNAL_NEAR_DUPLICATE] for r in rows] == [False, True]
     assert [r["messages"] for r in rows] == [composed, decomposed]
 
 

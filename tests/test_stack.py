@@ -17,6 +17,7 @@ from sft_pipeline.sweep_report import SWEEP_JSON
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = ROOT / "tests" / "data" / "tiny_chat.jsonl"
 STACK_TIMEOUT_S = 900
+FINISHED = "Flow run finished successfully in '"  # a Completed state, whatever the verdict names it
 
 
 def test_stack_runs_sft_full_and_a_sweep_with_gpu_handoff(tiny_model_dir, tmp_path):
@@ -44,12 +45,12 @@ def test_stack_runs_sft_full_and_a_sweep_with_gpu_handoff(tiny_model_dir, tmp_pa
     for log in sorted(logs.glob("worker-*.log")):
         detail += f"\n--- {log.name}\n" + log.read_text()[-3000:]
     assert proc.returncode == 0, detail
-    assert "finished successfully in 'Completed'" in proc.stdout, detail
+    assert FINISHED in proc.stdout, detail
     reports = list(out.glob(f"evaluate/*/{constants.REPORT_MD_FILE}"))
     adapters = list(out.glob(f"train/*/{constants.ADAPTER_DIR}/adapter_model.safetensors"))
     assert reports and adapters, detail
     # Training ran on the gpu pool's worker, in a flow run of its own: once for sft/full, once for the new branch.
-    assert proc.stdout.count("finished successfully in 'Completed'") == 2, detail
+    assert proc.stdout.count(FINISHED) == 2, detail
     assert len(adapters) == 2, detail
     assert (logs / "worker-gpu.log").read_text().count("submitting flow run") >= 2, detail
     summary = json.loads(next(out.glob(f"sweep/*/{SWEEP_JSON}")).read_text())

@@ -33,7 +33,7 @@ def from_config(cfg) -> StageDirs:
     results: dict[str, StageResult] = {}
     for name in TRACED:
         stage = stages.get(name)
-        found = cache.find(stage, cfg, cache.key(stage, cfg, results))
+        found = cache.complete_output(stage, cfg, cache.key(stage, cfg, results))
         if found is None:
             break
         results[name] = found

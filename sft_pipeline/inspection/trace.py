@@ -190,7 +190,7 @@ def _filter(files: RunFiles, trace: RowTrace) -> None:
     if not files.has(C.STAGE_FILTER):
         return
     manifest = files.manifest(C.STAGE_FILTER)
-    trace.weights_cutoff = (manifest.get("method"), (manifest.get("counts") or {}).get("cutoff"))
+    trace.weights_cutoff = ((manifest.get("details") or {}).get("method"), (manifest.get("counts") or {}).get("cutoff"))
     kept = files.rows(C.STAGE_FILTER, C.FILTERED_FILE, "id", trace.row_id)
     dropped = files.rows(C.STAGE_FILTER, C.DROPPED_FILE, "id", trace.row_id)
     trace.filtered = [Filtered(True, None, r.get(C.SCORE_COLUMN)) for r in kept] + \
