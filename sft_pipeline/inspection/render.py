@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.inspection.paint import Painter
 from sft_pipeline.inspection.run import Encoder
 from sft_pipeline.inspection.trace import RowTrace, Tokenized
@@ -112,7 +112,7 @@ def _placed(p: Painter, tok: Tokenized) -> str:
 def _shape(p: Painter, tok: Tokenized) -> list[str]:
     """Kept whole or shortened (and how far), the stored token counts, and a stored/re-encoded mismatch."""
     ids, labels = tok.input_ids or [], tok.labels or []
-    supervised = len(labels) - labels.count(C.IGNORE_INDEX)
+    supervised = len(labels) - labels.count(constants.IGNORE_INDEX)
     enc = tok.encoded
     if enc is None or isinstance(enc, RowProblem):
         why = p(enc.message) if enc else "no tokenizer"
@@ -194,7 +194,7 @@ def _cut_line(tok: Tokenized, trace: RowTrace) -> str | None:
     left = enc.full_length - len(enc.input_ids)
     if enc.turns_kept is None:
         return f"✂ cut at max_length: {left} more tokens left out"
-    answers = [k for k, m in enumerate(trace.messages or []) if m["role"] == C.ROLE_ASSISTANT]
+    answers = [k for k, m in enumerate(trace.messages or []) if m["role"] == constants.ROLE_ASSISTANT]
     after = answers[enc.turns_kept - 1] if 0 < enc.turns_kept <= len(answers) else None
     rest = f"messages {after + 1}-{len(trace.messages) - 1}" if after is not None else "the rest"
     return f"✂ cut after message {after}: {rest} ({left} tokens) left out"

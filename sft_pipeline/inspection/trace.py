@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from sft_pipeline import constants as C
+from sft_pipeline import constants
 from sft_pipeline.score.defaults import DEFAULT_SCORE_WEIGHTS, SCORE_SIGNALS
 from sft_pipeline.errors import InputError
 from sft_pipeline.inspection.run import POSITION_COLUMNS, RunFiles
@@ -107,7 +107,7 @@ class RowTrace:
 
 def trace_row(files: RunFiles, query: str) -> RowTrace:
     """Trace ``query`` (an id, an id prefix or ``SOURCE:RECORD``) through ``files``; InputError if unknown."""
-    if not files.has(C.STAGE_INGEST):
+    if not files.has(constants.STAGE_INGEST):
         raise InputError("this run has no ingest output: nothing to trace")
     trace = RowTrace(query=query, dirs=dict(files.dirs))
     position = POSITION_RE.match(query)
@@ -127,12 +127,13 @@ def trace_row(files: RunFiles, query: str) -> RowTrace:
 
 def resolve_id(files: RunFiles, query: str) -> str:
     """The one accepted row id that is ``query`` or starts with it."""
-    ids = files.columns(C.STAGE_INGEST, C.CONVERSATIONS_FILE, ("id",)).column("id")
+    ids = files.columns(constants.STAGE_INGEST, constants.CONVERSATIONS_FILE, ("id",)).column("id")
     if len(query) < MIN_PREFIX:
         raise InputError(f"row {query!r}: give at least {MIN_PREFIX} characters of an id, or SOURCE:RECORD")
     found = sorted(set(ids.filter(pc.starts_with(ids, query)).to_pylist()))
     if not found:
-        raise InputError(f"row {query!r}: no such id in {files.path(C.STAGE_INGEST, C.CONVERSATIONS_FILE)} "
+        conversations = files.path(constants.STAGE_INGEST, constants.CONVERSATIONS_FILE)
+        raise InputError(f"row {query!r}: no such id in {conversations} "
                          f"(a rejected row has no id: name it as SOURCE:RECORD)")
     if len(found) > 1:
         raise InputError(f"row {query!r}: {len(found)} ids start with it ({', '.join(found[:3])}...): give more")
@@ -148,8 +149,9 @@ def _source_matches(stored: str, given: str) -> bool:
 
 
 def _from_position(files: RunFiles, trace: RowTrace, source: str, record: int) -> None:
-    convs = files.columns(C.STAGE_INGEST, C.CONVERSATIONS_FILE, POSITION_COLUMNS).to_pylist()
-    rejects = files.columns(C.STAGE_INGEST, C.REJECTS_FILE, ("source", "source_row", "reason", "message", "raw"))
+    convs = files.columns(constants.STAGE_INGEST, constants.CONVERSATIONS_FILE, POSITION_COLUMNS).to_pylist()
+    rejects = files.columns(constants.STAGE_INGEST, constants.REJECTS_FILE,
+                            ("source", "source_row", "reason", "message", "raw"))
     rejects = rejects.to_pylist()
     sources = {r["source"] for r in convs + rejects if _source_matches(r["source"], source)}
     if not sources:
@@ -170,42 +172,43 @@ def _from_position(files: RunFiles, trace: RowTrace, source: str, record: int) -
 
 
 def _ingest(files: RunFiles, trace: RowTrace) -> None:
-    rows = files.rows(C.STAGE_INGEST, C.CONVERSATIONS_FILE, "id", trace.row_id)
+    rows = files.rows(constants.STAGE_INGEST, constants.CONVERSATIONS_FILE, "id", trace.row_id)
     trace.origins = [Origin(r["source"], r["source_row"]) for r in rows]
     trace.format, trace.messages = rows[0]["format"], rows[0]["messages"]
 
 
 def _score(files: RunFiles, trace: RowTrace) -> None:
-    if not files.has(C.STAGE_SCORE):
+    if not files.has(constants.STAGE_SCORE):
         return
-    config = files.manifest(C.STAGE_SCORE).get("config", {}).get(C.STAGE_SCORE, {})
+    config = files.manifest(constants.STAGE_SCORE).get("config", {}).get(constants.STAGE_SCORE, {})
     weights = {**DEFAULT_SCORE_WEIGHTS, **config.get("weights", {})}
-    trace.scores = [Scored(score=row[C.SCORE_COLUMN],
+    trace.scores = [Scored(score=row[constants.SCORE_COLUMN],
                            fired=[(s, weights.get(s, 0.0)) for s in SCORE_SIGNALS if row.get(s)],
-                           duplicate_of=row.get(C.DUPLICATE_OF_COLUMN), tokens_est=row.get(C.TOKENS_EST_COLUMN))
-                    for row in files.rows(C.STAGE_SCORE, C.SCORES_FILE, "id", trace.row_id)]
+                           duplicate_of=row.get(constants.DUPLICATE_OF_COLUMN),
+                           tokens_est=row.get(constants.TOKENS_EST_COLUMN))
+                    for row in files.rows(constants.STAGE_SCORE, constants.SCORES_FILE, "id", trace.row_id)]
 
 
 def _filter(files: RunFiles, trace: RowTrace) -> None:
-    if not files.has(C.STAGE_FILTER):
+    if not files.has(constants.STAGE_FILTER):
         return
-    manifest = files.manifest(C.STAGE_FILTER)
+    manifest = files.manifest(constants.STAGE_FILTER)
     trace.weights_cutoff = ((manifest.get("details") or {}).get("method"), (manifest.get("counts") or {}).get("cutoff"))
-    kept = files.rows(C.STAGE_FILTER, C.FILTERED_FILE, "id", trace.row_id)
-    dropped = files.rows(C.STAGE_FILTER, C.DROPPED_FILE, "id", trace.row_id)
-    trace.filtered = [Filtered(True, None, r.get(C.SCORE_COLUMN)) for r in kept] + \
-        [Filtered(False, r[C.DROPPED_BY_COLUMN], r.get(C.SCORE_COLUMN)) for r in dropped]
+    kept = files.rows(constants.STAGE_FILTER, constants.FILTERED_FILE, "id", trace.row_id)
+    dropped = files.rows(constants.STAGE_FILTER, constants.DROPPED_FILE, "id", trace.row_id)
+    trace.filtered = [Filtered(True, None, r.get(constants.SCORE_COLUMN)) for r in kept] + \
+        [Filtered(False, r[constants.DROPPED_BY_COLUMN], r.get(constants.SCORE_COLUMN)) for r in dropped]
 
 
 def _tokenize(files: RunFiles, trace: RowTrace) -> None:
-    if not files.has(C.STAGE_TOKENIZE):
+    if not files.has(constants.STAGE_TOKENIZE):
         return
     tok = trace.tokenized = Tokenized()
-    tok.config = files.manifest(C.STAGE_TOKENIZE).get("config", {}).get(C.STAGE_TOKENIZE, {})
-    dropped = files.rows(C.STAGE_TOKENIZE, C.TOKENIZE_DROPPED_FILE, "id", trace.row_id)
+    tok.config = files.manifest(constants.STAGE_TOKENIZE).get("config", {}).get(constants.STAGE_TOKENIZE, {})
+    dropped = files.rows(constants.STAGE_TOKENIZE, constants.TOKENIZE_DROPPED_FILE, "id", trace.row_id)
     if dropped:
         tok.dropped = (dropped[0]["split"], dropped[0]["reason"])
-    held = files.rows(C.STAGE_TOKENIZE, C.HELDOUT_TOKENS_FILE, "id", trace.row_id)
+    held = files.rows(constants.STAGE_TOKENIZE, constants.HELDOUT_TOKENS_FILE, "id", trace.row_id)
     if held:
         tok.split, tok.input_ids, tok.labels = "heldout", held[0]["input_ids"], held[0]["labels"]
     else:
@@ -218,23 +221,23 @@ def _tokenize(files: RunFiles, trace: RowTrace) -> None:
 
 def _train_tokens(files: RunFiles, tok: Tokenized, row_id: str) -> None:
     """The row's tokens in train.parquet (one sequence of a packed row when it is packed)."""
-    name = C.TRAIN_TOKENS_FILE
-    if "ids" in files.column_names(C.STAGE_TOKENIZE, name):
+    name = constants.TRAIN_TOKENS_FILE
+    if "ids" in files.column_names(constants.STAGE_TOKENIZE, name):
         tok.packed = files.packed_position(row_id)
         if tok.packed is None:
             return
         row, seq = tok.packed
-        table = files.columns(C.STAGE_TOKENIZE, name, ("input_ids", "labels", "seq_lengths"))
+        table = files.columns(constants.STAGE_TOKENIZE, name, ("input_ids", "labels", "seq_lengths"))
         lengths = table.column("seq_lengths")[row].as_py()
         start = sum(lengths[:seq])
         tok.input_ids, tok.labels = (table.column(c)[row].as_py()[start: start + lengths[seq]]
                                      for c in ("input_ids", "labels"))
     else:
-        found = files.positions(C.STAGE_TOKENIZE, name, row_id)
+        found = files.positions(constants.STAGE_TOKENIZE, name, row_id)
         if not found:
             return
         tok.train_row = found[0]
-        table = files.columns(C.STAGE_TOKENIZE, name, ("input_ids", "labels"))
+        table = files.columns(constants.STAGE_TOKENIZE, name, ("input_ids", "labels"))
         tok.input_ids, tok.labels = (table.column(c)[found[0]].as_py() for c in ("input_ids", "labels"))
     tok.split = "train"
 
@@ -250,12 +253,12 @@ def _encoded(files: RunFiles, trace: RowTrace, whole: bool):
 
 def _train(files: RunFiles, trace: RowTrace) -> None:
     tok = trace.tokenized
-    if tok is None or tok.split != "train" or not files.has(C.STAGE_TRAIN):
+    if tok is None or tok.split != "train" or not files.has(constants.STAGE_TRAIN):
         return
     import json
 
     try:
-        metrics = json.loads(files.path(C.STAGE_TRAIN, C.METRICS_FILE).read_text())
+        metrics = json.loads(files.path(constants.STAGE_TRAIN, constants.METRICS_FILE).read_text())
     except (OSError, ValueError):
         metrics = {}
     rows = (metrics.get("data") or {}).get("rows")
